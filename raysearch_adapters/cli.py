@@ -1,0 +1,125 @@
+"""The ``raysearch-adapters`` command. Thin: parses flags, imports the heavy modules lazily."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from raysearch_adapters.config import load_config, to_yaml
+from raysearch_adapters.errors import UserError
+
+
+class CLIError(UserError):
+    """A command-line usage error."""
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="*", metavar="CONFIG|key=value",
+                   help="YAML config files (merged in order) and key=value overrides, e.g. "
+                        "conf/demo.yaml search.num_trials=4")
+
+
+def _split_config(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    paths = [a for a in items if "=" not in a]
+    overrides = [a for a in items if "=" in a]
+    return paths, overrides
+
+
+def load_from_args(items: Sequence[str]):
+    """Config from positional CONFIG files and key=value overrides."""
+    paths, overrides = _split_config(items)
+    return load_config(paths, overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args.config)
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise CLIError(f"'{name}' is not built yet in this version of raysearch-adapters")
+    return run
+
+
+# name -> (help, how to add its arguments, handler); handlers of later modules are
+# resolved lazily so `--help` never imports torch or ray.
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+        return getattr(importlib.import_module(module), func)(args)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raysearch-adapters",
+        description="Search adapter configs (dim, placement, lr, ...) for an ASR model's new domain with "
+                    "Ray Tune + Optuna, keeping original-domain WER degradation within kappa.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("demo-data", help="build the embedded two-domain demo corpus (offline TTS)")
+    p.add_argument("--out", default=None, help="output folder (default: data.demo_dir of the config)")
+    p.add_argument("--small", action="store_true", help="a tiny corpus for tests (seconds)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the corpus is deterministic per seed)")
+    p.add_argument("--jobs", type=int, default=0, help="parallel synthesis processes (0 = all cores)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the corpus exists")
+    p.set_defaults(func=_not_built("demo-data"))
+
+    p = sub.add_parser("pretrain", help="train a base Conformer-CTC on the original domain")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in pretrain.out_dir")
+    p.set_defaults(func=_not_built("pretrain"))
+
+    p = sub.add_parser("evaluate", help="WER/CER of a model (optionally with an adapter) on a manifest")
+    p.add_argument("--model", default="demo", help="'demo', a checkpoint path, or a torchaudio bundle name")
+    p.add_argument("--manifest", required=True, action="append", help="manifest(s) to evaluate (repeatable)")
+    p.add_argument("--adapter", default=None, help="an adapter file saved by a search")
+    p.add_argument("--hypotheses", default=None, help="write per-utterance hypotheses (JSON-lines) here")
+    _config_args(p)
+    p.set_defaults(func=_not_built("evaluate"))
+
+    p = sub.add_parser("search", help="run an adapter search (no arguments: the embedded demo)")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.set_defaults(func=_not_built("search"))
+
+    p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job")
+    p.add_argument("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265")
+    _config_args(p)
+    p.set_defaults(func=_not_built("submit"))
+
+    p = sub.add_parser("dashboard", help="serve the live results dashboard of a search")
+    p.add_argument("results_dir", help="a search's results folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    p.set_defaults(func=_not_built("dashboard"))
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a search")
+    p.add_argument("results_dir", help="a search's results folder")
+    p.set_defaults(func=_not_built("report"))
+
+    p = sub.add_parser("config", help="show the resolved config")
+    csub = p.add_subparsers(dest="action", metavar="ACTION")
+    csub.required = True
+    show = csub.add_parser("show", help="print the merged config (defaults <- files <- overrides)")
+    _config_args(show)
+    show.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"raysearch-adapters {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""The one error type users see: every bad input raises a subclass with a one-line message
+naming the file and line or config key, what was found and what is allowed."""
+
+
+class UserError(ValueError):
+    """Bad input. The CLI prints the message as one line and exits with status 2."""
