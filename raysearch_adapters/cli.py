@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train a base Conformer-CTC on the original domain")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in pretrain.out_dir")
-    p.set_defaults(func=_not_built("pretrain"))
+    p.set_defaults(func=_lazy("raysearch_adapters.train.pretrain", "cli_main"))
 
     p = sub.add_parser("evaluate", help="WER/CER of a model (optionally with an adapter) on a manifest")
     p.add_argument("--model", default="demo", help="'demo', a checkpoint path, or a torchaudio bundle name")

@@ -126,10 +126,10 @@ class DataConfig:
 class ConformerConfig:
     """Built-in Conformer-CTC size (used by ``pretrain``; a checkpoint carries its own)."""
 
-    d_model: int = 144  # model width
+    d_model: int = 128  # model width
     num_layers: int = 6  # Conformer blocks (the adaptable blocks)
     num_heads: int = 4  # attention heads; must divide d_model
-    ffn_dim: int = 576  # feed-forward hidden width
+    ffn_dim: int = 320  # feed-forward hidden width
     conv_kernel: int = 15  # depthwise convolution kernel (odd)
     subsampling_channels: int = 64  # channels of the 4x convolutional subsampling
     dropout: float = 0.1

@@ -1,0 +1,72 @@
+"""Base-model checkpoints: weights + the config that rebuilds them + tokenizer + metadata.
+
+Saved as plain tensors, str, bytes and lists so they load with ``torch.load(weights_only=True)``;
+loading checks every key and shape and names the ones that do not match.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from raysearch_adapters.errors import UserError
+
+FORMAT = "raysearch-adapters/model/v1"
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be loaded into the model."""
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, then rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: Optional[dict] = None, half: bool = False) -> None:
+    """Write a base-model checkpoint (``half``: store float weights as fp16 to ship small files)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": FORMAT, "config": model.config_dict(),
+                       "tokenizer": model.tokenizer.to_dict(), "state_dict": state,
+                       "meta": dict(meta or {})}, path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The raw checkpoint dict, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors: not a checkpoint we can read safely
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: format {found!r}; expected a raysearch-adapters model ({FORMAT})")
+    return ckpt
+
+
+def load_state_strict(model: nn.Module, state: dict, where: str) -> None:
+    """Load ``state`` into ``model``, failing with the missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise CheckpointError(f"{where}: weights do not fit the model: {'; '.join(parts)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})

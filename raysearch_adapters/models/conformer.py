@@ -1,0 +1,181 @@
+"""The built-in Conformer-CTC: 4x convolutional subsampling, Conformer blocks, CTC head.
+
+Small enough to pretrain on a laptop CPU. Every block exposes the three points adapters
+can go (``post``: the block's output, ``mha``: the self-attention branch, ``ffn``: the
+second feed-forward branch) as sub-modules, so adapters are injected by wrapping modules
+from the outside, never by editing this file. Like torchaudio's Conformer there is no
+positional encoding: the depthwise convolutions carry relative position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysearch_adapters.config import ConformerConfig, FrontendConfig
+from raysearch_adapters.models.base import Backbone, BlockInfo
+from raysearch_adapters.models.tokenizer import Tokenizer
+
+
+def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """[B, T] bool, True at padded frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+class ConvSubsampling(nn.Module):
+    """Two stride-2 3x3 convolutions over (time, mel): 4x fewer frames, then a projection to d_model."""
+
+    def __init__(self, n_mels: int, channels: int, d_model: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU())
+        freq = ((n_mels - 1) // 2 + 1 - 1) // 2 + 1
+        self.out = nn.Linear(channels * freq, d_model)
+
+    @staticmethod
+    def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
+        """Frames after the two stride-2 convolutions (kernel 3, padding 1)."""
+        for _ in range(2):
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return lengths
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(x.unsqueeze(1))  # [B, C, T/4, F/4]
+        b, c, t, f = x.shape
+        return self.out(x.transpose(1, 2).reshape(b, t, c * f)), self.output_lengths(lengths)
+
+
+class FeedForward(nn.Module):
+    """Pre-norm feed-forward branch (the block adds it with weight 1/2, macaron style)."""
+
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, ffn_dim), nn.SiLU(),
+                                 nn.Dropout(dropout), nn.Linear(ffn_dim, d_model), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SelfAttention(nn.Module):
+    """Pre-norm multi-head self-attention branch that ignores padded frames."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        y, _ = self.attn(y, y, y, key_padding_mask=pad_mask, need_weights=False)
+        return self.dropout(y)
+
+
+class ConvModule(nn.Module):
+    """Pointwise conv + GLU, depthwise conv, BatchNorm, SiLU, pointwise conv."""
+
+    def __init__(self, d_model: int, kernel: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise1 = nn.Conv1d(d_model, 2 * d_model, 1)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.batch_norm = nn.BatchNorm1d(d_model)
+        self.pointwise2 = nn.Conv1d(d_model, d_model, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        # Zero padded frames so the depthwise kernel never mixes padding into real frames.
+        y = self.norm(x).masked_fill(pad_mask[..., None], 0.0).transpose(1, 2)
+        y = F.glu(self.pointwise1(y), dim=1)
+        y = y.masked_fill(pad_mask[:, None, :], 0.0)
+        y = self.pointwise2(F.silu(self.batch_norm(self.depthwise(y))))
+        return self.dropout(y.transpose(1, 2))
+
+
+class ConformerBlock(nn.Module):
+    """FFN/2 -> MHSA -> Conv -> FFN/2 -> LayerNorm, each branch added residually."""
+
+    def __init__(self, cfg: ConformerConfig):
+        super().__init__()
+        self.ffn1 = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.mha = SelfAttention(cfg.d_model, cfg.num_heads, cfg.dropout)
+        self.conv = ConvModule(cfg.d_model, cfg.conv_kernel, cfg.dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        x = x + 0.5 * self.ffn1(x)
+        x = x + self.mha(x, pad_mask)
+        x = x + self.conv(x, pad_mask)
+        x = x + 0.5 * self.ffn(x)
+        return self.norm(x)
+
+
+class Encoder(nn.Module):
+    """Subsampling + the stack of Conformer blocks."""
+
+    def __init__(self, cfg: ConformerConfig, n_mels: int):
+        super().__init__()
+        self.subsampling = ConvSubsampling(n_mels, cfg.subsampling_channels, cfg.d_model)
+        self.layers = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.num_layers))
+
+
+class ConformerCTC(Backbone):
+    """Conformer-CTC over log-mel features, with a SentencePiece (or any) tokenizer."""
+
+    name = "conformer_ctc"
+
+    def __init__(self, cfg: ConformerConfig, frontend: FrontendConfig, tokenizer: Tokenizer):
+        super().__init__()
+        self.cfg = cfg
+        self.frontend_cfg = frontend
+        self.sample_rate = frontend.sample_rate
+        self.tokenizer = tokenizer
+        self.encoder = Encoder(cfg, frontend.n_mels)
+        self.head = nn.Linear(cfg.d_model, tokenizer.vocab_size + 1)  # +1: CTC blank at index 0
+
+    def featurizer(self) -> nn.Module:
+        from raysearch_adapters.data.features import LogMelFrontend
+
+        return LogMelFrontend(self.frontend_cfg)
+
+    def featurizer_key(self) -> dict:
+        return {"frontend": "log-mel", **dataclasses.asdict(self.frontend_cfg)}
+
+    def adaptable_blocks(self) -> List[BlockInfo]:
+        return [BlockInfo(i, f"encoder.layers.{i}", self.cfg.d_model,
+                          {"post": f"encoder.layers.{i}", "mha": f"encoder.layers.{i}.mha",
+                           "ffn": f"encoder.layers.{i}.ffn"})
+                for i in range(len(self.encoder.layers))]
+
+    def encode_prefix(self, inputs: torch.Tensor, lengths: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.encoder.subsampling(inputs, lengths)
+        mask = padding_mask(lengths, x.shape[1])
+        for layer in self.encoder.layers[:k]:
+            x = layer(x, mask)
+        return x, lengths
+
+    def forward_from(self, hidden: torch.Tensor, lengths: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        mask = padding_mask(lengths, hidden.shape[1])
+        x = hidden
+        for layer in self.encoder.layers[k:]:
+            x = layer(x, mask)
+        return self.head(x).float().log_softmax(dim=-1), lengths
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_from(*self.encode_prefix(inputs, lengths, 0), 0)
+
+    def config_dict(self) -> dict:
+        return {"name": self.name, "conformer": dataclasses.asdict(self.cfg),
+                "frontend": dataclasses.asdict(self.frontend_cfg)}
+
+    @classmethod
+    def from_config_dict(cls, d: dict, tokenizer: Tokenizer) -> "ConformerCTC":
+        """Rebuild (random weights) from :meth:`config_dict`."""
+        return cls(ConformerConfig(**d["conformer"]), FrontendConfig(**d["frontend"]), tokenizer)

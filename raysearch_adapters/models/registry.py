@@ -1,0 +1,49 @@
+"""Load a base model by name: the shipped demo Conformer, a checkpoint file, or a torchaudio bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raysearch_adapters.config import MODEL_NAMES, ModelConfig
+from raysearch_adapters.errors import UserError
+from raysearch_adapters.models.base import Backbone
+from raysearch_adapters.models.checkpoint import load_state_strict, read_checkpoint
+from raysearch_adapters.models.tokenizer import tokenizer_from_dict
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_MODEL = ASSETS / "demo_model.pt"
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """'demo' -> the shipped model; anything else is a path."""
+    if checkpoint == "demo":
+        if not DEMO_MODEL.is_file():
+            raise UserError(f"model.checkpoint=demo: the shipped demo model {DEMO_MODEL} is missing from this "
+                            "installation; train one with `raysearch-adapters pretrain` and pass its path")
+        return DEMO_MODEL
+    return Path(checkpoint).expanduser()
+
+
+def load_checkpoint_model(path: Path) -> Backbone:
+    """A base model from a checkpoint written by :func:`save_checkpoint`."""
+    from raysearch_adapters.models.conformer import ConformerCTC
+
+    ckpt = read_checkpoint(path)
+    name = ckpt["config"].get("name")
+    if name != "conformer_ctc":
+        raise UserError(f"{path}: model name {name!r} in checkpoint; loadable from a file: conformer_ctc")
+    model = ConformerCTC.from_config_dict(ckpt["config"], tokenizer_from_dict(ckpt["tokenizer"]))
+    load_state_strict(model, ckpt["state_dict"], str(path))
+    model.meta = ckpt.get("meta", {})
+    return model.eval()
+
+
+def load_base_model(cfg: ModelConfig) -> Backbone:
+    """The frozen base model described by ``cfg`` (in eval mode)."""
+    if cfg.name == "conformer_ctc":
+        return load_checkpoint_model(resolve_checkpoint(cfg.checkpoint))
+    if cfg.name == "wav2vec2":
+        from raysearch_adapters.models.wav2vec2 import Wav2Vec2CTC
+
+        return Wav2Vec2CTC.from_bundle(cfg.bundle).eval()
+    raise UserError(f"model.name: got {cfg.name!r}; available: {', '.join(MODEL_NAMES)}")

@@ -1,0 +1,52 @@
+"""Greedy CTC transcription and WER of a model over a cached feature set (no Ray)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import List, Sequence
+
+import torch
+
+from raysearch_adapters.data.batching import duration_batches
+from raysearch_adapters.metrics import char_error_rate, error_counts
+from raysearch_adapters.models.base import greedy_ctc_decode
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on GPU for precision auto/bf16; plain fp32 on CPU (CPU bf16 is slower here)."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def transcribe(model, feature_set, indices: Sequence[int] | None = None, max_batch_seconds: float = 120.0,
+               device: torch.device | str = "cpu", precision: str = "auto") -> List[str]:
+    """Hypotheses for ``indices`` (default: all) of ``feature_set``, in that order."""
+    device = torch.device(device)
+    idx = list(range(len(feature_set))) if indices is None else list(indices)
+    durations = [feature_set.durations[i] for i in idx]
+    hyps: List[str] = [""] * len(idx)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in duration_batches(durations, max_batch_seconds, shuffle=False):
+            x, lengths, _ = feature_set.collate([idx[j] for j in batch])
+            with autocast_context(device, precision):
+                log_probs, out_lengths = model(x.to(device), lengths.to(device))
+            for j, ids in zip(batch, greedy_ctc_decode(log_probs, out_lengths)):
+                hyps[j] = model.tokenizer.decode(ids)
+    finally:
+        model.train(was_training)
+    return hyps
+
+
+def evaluate(model, feature_set, indices: Sequence[int] | None = None, max_batch_seconds: float = 120.0,
+             device: torch.device | str = "cpu", precision: str = "auto") -> dict:
+    """WER/CER (percent) plus the raw error and word counts (to reduce across shards)."""
+    idx = list(range(len(feature_set))) if indices is None else list(indices)
+    hyps = transcribe(model, feature_set, idx, max_batch_seconds, device, precision)
+    refs = [feature_set.texts[i] for i in idx]
+    errors, words = error_counts(refs, hyps)
+    return {"wer": 100.0 * errors / max(words, 1), "cer": char_error_rate(refs, hyps),
+            "errors": errors, "words": words, "hypotheses": hyps}

@@ -1,0 +1,120 @@
+"""The built-in Conformer-CTC, checkpoints, the registry, tokenizers, decoding and WER."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from raysearch_adapters.config import ModelConfig, load_config
+from raysearch_adapters.errors import UserError
+from raysearch_adapters.metrics import char_error_rate, error_counts, word_error_rate
+from raysearch_adapters.models.base import greedy_ctc_decode
+from raysearch_adapters.models.checkpoint import CheckpointError, load_state_strict, save_checkpoint
+from raysearch_adapters.models.registry import load_base_model, load_checkpoint_model
+from raysearch_adapters.models.tokenizer import SentencePieceTokenizer, TokenizerError, tokenizer_from_dict
+from raysearch_adapters.testing import tiny_conformer
+
+
+def test_forward_shapes_and_lengths():
+    model = tiny_conformer()
+    x = torch.randn(3, 101, 16)
+    lengths = torch.tensor([101, 57, 8])
+    log_probs, out_lengths = model(x, lengths)
+    # 4x subsampling with two (kernel 3, stride 2, padding 1) convolutions: ceil(ceil(n/2)/2)
+    assert out_lengths.tolist() == [26, 15, 2]
+    assert log_probs.shape == (3, 26, model.tokenizer.vocab_size + 1)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, 26), atol=1e-4)
+
+
+def test_padding_does_not_change_outputs():
+    model = tiny_conformer()
+    x = torch.randn(1, 60, 16)
+    alone, n = model(x, torch.tensor([60]))
+    padded, _ = model(torch.cat([x, torch.randn(1, 40, 16)], dim=1), torch.tensor([60]))
+    assert torch.allclose(alone, padded[:, : n.item()], atol=1e-5)
+
+
+def test_prefix_split_equals_full_forward():
+    model = tiny_conformer(num_layers=3)
+    x, lengths = torch.randn(2, 80, 16), torch.tensor([80, 50])
+    full, _ = model(x, lengths)
+    for k in range(4):
+        hidden, hl = model.encode_prefix(x, lengths, k)
+        split, _ = model.forward_from(hidden, hl, k)
+        assert torch.equal(full, split)
+
+
+def test_greedy_decode_and_wer_known_case():
+    # frames: blank a a blank a b b blank -> "a a b" (repeats merge, a blank separates two a's)
+    ids = torch.tensor([[0, 1, 1, 0, 1, 2, 2, 0]])
+    log_probs = torch.nn.functional.one_hot(ids, 4).float().log()
+    assert greedy_ctc_decode(log_probs, torch.tensor([8])) == [[0, 0, 1]]
+    assert greedy_ctc_decode(log_probs, torch.tensor([4])) == [[0]]
+    refs, hyps = ["the cat sat", "on the mat"], ["the cat sat down", "on mat"]
+    assert error_counts(refs, hyps) == (2, 6)
+    assert word_error_rate(refs, hyps) == pytest.approx(100 * 2 / 6)
+    assert char_error_rate(["abc"], ["abd"]) == pytest.approx(100 / 3)
+
+
+def test_checkpoint_round_trip_identical_outputs(tmp_path):
+    model = tiny_conformer(seed=1)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, {"note": "x"})
+    loaded = load_checkpoint_model(path)
+    x, lengths = torch.randn(2, 40, 16), torch.tensor([40, 33])
+    assert torch.equal(model(x, lengths)[0], loaded(x, lengths)[0])
+    assert loaded.meta == {"note": "x"}
+    assert loaded.tokenizer.to_dict() == model.tokenizer.to_dict()
+    via_registry = load_base_model(ModelConfig(checkpoint=str(path)))
+    assert torch.equal(model(x, lengths)[0], via_registry(x, lengths)[0])
+
+
+def test_fp16_checkpoint_is_half_size_and_close(tmp_path):
+    model = tiny_conformer(seed=2, d_model=32)
+    save_checkpoint(tmp_path / "full.pt", model)
+    save_checkpoint(tmp_path / "half.pt", model, half=True)
+    assert (tmp_path / "half.pt").stat().st_size < 0.7 * (tmp_path / "full.pt").stat().st_size
+    x, lengths = torch.randn(1, 40, 16), torch.tensor([40])
+    assert torch.allclose(model(x, lengths)[0], load_checkpoint_model(tmp_path / "half.pt")(x, lengths)[0],
+                          atol=5e-2)
+
+
+def test_mismatched_checkpoint_names_keys_and_shapes(tmp_path):
+    small, wide = tiny_conformer(d_model=16), tiny_conformer(d_model=24)
+    with pytest.raises(CheckpointError, match=r"shape mismatch: encoder\.subsampling\.out\.weight"):
+        load_state_strict(small, wide.state_dict(), "w.pt")
+    state = dict(small.state_dict())
+    state.pop("head.bias")
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"w\.pt: .*missing: head\.bias; unexpected: extra\.weight"):
+        load_state_strict(small, state, "w.pt")
+
+
+def test_bad_checkpoint_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint_model(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: not a loadable checkpoint"):
+        load_checkpoint_model(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: format None"):
+        load_checkpoint_model(tmp_path / "other.pt")
+
+
+def test_unknown_model_name_lists_available():
+    with pytest.raises(UserError, match="model.name: got 'whisper'; allowed: conformer_ctc, wav2vec2"):
+        load_config(overrides=["model.name=whisper"])
+    with pytest.raises(UserError, match="available: conformer_ctc, wav2vec2"):
+        load_base_model(dataclasses.replace(ModelConfig(), name="whisper"))
+
+
+def test_sentencepiece_round_trip_and_unencodable_chars():
+    texts = ["the cat sat on the mat", "a dog ran in the park", "the sun is hot for a fox"] * 20
+    tok = SentencePieceTokenizer.train(texts, vocab_size=40)
+    again = tokenizer_from_dict(tok.to_dict())
+    assert again.decode(again.encode("the cat ran")) == "the cat ran"
+    assert tok.encode("the dog") == again.encode("the dog")
+    with pytest.raises(TokenizerError, match=r"m\.json: .*'!' on lines 2; 'é' on lines 1, 3"):
+        tok.check_texts(["the café", "hot!", "é"], "m.json")
