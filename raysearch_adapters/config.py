@@ -131,7 +131,8 @@ class ConformerConfig:
     num_heads: int = 4  # attention heads; must divide d_model
     ffn_dim: int = 320  # feed-forward hidden width
     conv_kernel: int = 15  # depthwise convolution kernel (odd)
-    subsampling_channels: int = 64  # channels of the 4x convolutional subsampling
+    subsampling_channels: int = 64  # channels of the convolutional subsampling
+    subsampling_factor: int = 4  # 4 or 8: frames are 40 or 80 ms after subsampling
     dropout: float = 0.1
     vocab_size: int = 128  # SentencePiece BPE vocabulary (without the CTC blank)
 
@@ -142,6 +143,7 @@ class ConformerConfig:
             _fail(f"{key}.num_heads", self.num_heads, f"must divide d_model ({self.d_model})")
         if self.conv_kernel % 2 == 0 or self.conv_kernel < 1:
             _fail(f"{key}.conv_kernel", self.conv_kernel, "must be a positive odd number")
+        _check_choice(f"{key}.subsampling_factor", self.subsampling_factor, (4, 8))
         _check_range(f"{key}.dropout", self.dropout, 0, 1, high_open=True)
         _check_range(f"{key}.vocab_size", self.vocab_size, 8, 32000)
 

@@ -1,4 +1,4 @@
-"""The built-in Conformer-CTC: 4x convolutional subsampling, Conformer blocks, CTC head.
+"""The built-in Conformer-CTC: 4x or 8x convolutional subsampling, Conformer blocks, CTC head.
 
 Small enough to pretrain on a laptop CPU. Every block exposes the three points adapters
 can go (``post``: the block's output, ``mha``: the self-attention branch, ``ffn``: the
@@ -27,25 +27,31 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class ConvSubsampling(nn.Module):
-    """Two stride-2 3x3 convolutions over (time, mel): 4x fewer frames, then a projection to d_model."""
+    """Stride-2 3x3 convolutions over (time, mel) (2 for 4x, 3 for 8x fewer frames), then a
+    projection to d_model. After the first, the convolutions are depthwise-separable (as in
+    NeMo's FastConformer), which keeps subsampling cheap next to the blocks."""
 
-    def __init__(self, n_mels: int, channels: int, d_model: int):
+    def __init__(self, n_mels: int, channels: int, d_model: int, factor: int = 4):
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU())
-        freq = ((n_mels - 1) // 2 + 1 - 1) // 2 + 1
+        self.num_convs = {4: 2, 8: 3}[factor]
+        layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.ReLU()]
+        for _ in range(self.num_convs - 1):
+            layers += [nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels),
+                       nn.Conv2d(channels, channels, 1), nn.ReLU()]
+        self.conv = nn.Sequential(*layers)
+        freq = n_mels
+        for _ in range(self.num_convs):
+            freq = (freq - 1) // 2 + 1
         self.out = nn.Linear(channels * freq, d_model)
 
-    @staticmethod
-    def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
-        """Frames after the two stride-2 convolutions (kernel 3, padding 1)."""
-        for _ in range(2):
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames after the stride-2 convolutions (kernel 3, padding 1)."""
+        for _ in range(self.num_convs):
             lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
         return lengths
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv(x.unsqueeze(1))  # [B, C, T/4, F/4]
+        x = self.conv(x.unsqueeze(1))  # [B, C, T/f, F/f]
         b, c, t, f = x.shape
         return self.out(x.transpose(1, 2).reshape(b, t, c * f)), self.output_lengths(lengths)
 
@@ -122,7 +128,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ConformerConfig, n_mels: int):
         super().__init__()
-        self.subsampling = ConvSubsampling(n_mels, cfg.subsampling_channels, cfg.d_model)
+        self.subsampling = ConvSubsampling(n_mels, cfg.subsampling_channels, cfg.d_model, cfg.subsampling_factor)
         self.layers = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.num_layers))
 
 
