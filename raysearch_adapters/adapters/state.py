@@ -1,0 +1,106 @@
+"""Adapter files: adapter-only weights beside their config and the fingerprint of their base model.
+
+An adapter only means something on the base model it was trained on, so the file records
+that base's fingerprint and loading refuses any other base. Files hold plain tensors,
+str, numbers, lists and dicts, and load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+import torch
+
+from raysearch_adapters.adapters.inject import AdapterHandle, AdapterWrapper, inject_adapters
+from raysearch_adapters.config import AdapterConfig
+from raysearch_adapters.errors import UserError
+from raysearch_adapters.models.base import Backbone
+from raysearch_adapters.models.checkpoint import atomic_torch_save
+
+FORMAT = "raysearch-adapters/adapter/v1"
+
+
+class AdapterFileError(UserError):
+    """An adapter file that cannot be loaded onto the given base model."""
+
+
+def base_fingerprint(model: Backbone) -> str:
+    """sha256 of the base model's config, parameter/buffer names and shapes and value sums.
+
+    Adapters already injected are ignored (their weights skipped, ``.base_layer`` dropped
+    from names), so the fingerprint is the same with or without them. The values enter as
+    sums of ``|x|`` and ``x^2`` rounded to 6 significant digits: cheap on a large model, and
+    the same on CPU and GPU whatever the reduction order.
+    """
+    skip = {id(t) for m in model.modules() if isinstance(m, AdapterWrapper)
+            for t in [*m.adapter.parameters(), *m.adapter.buffers()]}
+    h = hashlib.sha256(json.dumps(model.config_dict(), sort_keys=True, default=str).encode())
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if id(t) in skip:
+            continue
+        v = t.detach().double()
+        h.update(f"{name.replace('.base_layer', '')}:{tuple(t.shape)}:"
+                 f"{v.abs().sum().item():.6e}:{v.square().sum().item():.6e};".encode())
+    return h.hexdigest()
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse values that ``torch.load(weights_only=True)`` could not read back."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif not (obj is None or isinstance(obj, (str, bytes, int, float, bool, torch.Tensor))):
+        raise TypeError(f"{where}: {type(obj).__name__} cannot go into an adapter file "
+                        "(allowed: dict, list, str, bytes, numbers, bool, None, tensors)")
+
+
+def save_adapter(path: str | Path, handle: AdapterHandle, cfg: AdapterConfig, base_fingerprint: str,
+                 extra: Optional[dict] = None) -> None:
+    """Write the adapter weights, ``cfg``, the base fingerprint and the targeted modules (atomically)."""
+    extra = dict(extra or {})
+    _check_plain(extra, "extra")
+    atomic_torch_save({"format": FORMAT, "adapter": dataclasses.asdict(cfg), "base_model": handle.model.name,
+                       "base_fingerprint": base_fingerprint, "targeted": list(handle.targeted),
+                       "state_dict": handle.state_dict(), "extra": extra}, Path(path))
+
+
+def load_adapter(path: str | Path, model: Backbone) -> Tuple[AdapterHandle, AdapterConfig, dict]:
+    """Inject the adapters saved at ``path`` into ``model`` and load their weights.
+
+    Fails, leaving ``model`` untouched, when the file was made for another base model or
+    its weights do not fit the placement its config describes."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterFileError(f"{path}: adapter file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors: not a file we can read safely
+        raise AdapterFileError(f"{path}: not a loadable adapter file ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise AdapterFileError(f"{path}: format {found!r}; expected a raysearch-adapters adapter ({FORMAT})")
+    try:
+        cfg = AdapterConfig(**payload["adapter"])
+    except TypeError as e:
+        raise AdapterFileError(f"{path}: adapter config does not match this version: {e}") from None
+    fingerprint = base_fingerprint(model)
+    if payload["base_fingerprint"] != fingerprint:
+        raise AdapterFileError(
+            f"{path}: trained on another base model ({payload.get('base_model')} with fingerprint "
+            f"{payload['base_fingerprint'][:12]}); this {model.name} has fingerprint {fingerprint[:12]}; "
+            "load it onto the base model it was trained on")
+    try:
+        # The weights are keyed by targeted module, so a placement that resolves differently
+        # in this model fails here, before the model is touched.
+        handle = inject_adapters(model, cfg, state_dict=payload["state_dict"])
+    except UserError as e:
+        raise AdapterFileError(f"{path}: {e}") from None
+    return handle, cfg, dict(payload.get("extra", {}))
