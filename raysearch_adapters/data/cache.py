@@ -1,0 +1,196 @@
+"""The feature cache: featurizer outputs of a whole manifest, computed once per search.
+
+One Arrow IPC file per (manifest content, audio files, featurizer key), memory-mapped on
+read, so trials on many processes (Ray workers) share the page cache instead of each
+holding a copy. File names inside ``cache_dir`` are relative and derived from content,
+so the folder can live on shared storage (NFS) and be used from several machines.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import torch
+from tqdm import tqdm
+
+from raysearch_adapters.data.audio import load_audio
+from raysearch_adapters.data.manifest import Utterance, atomic_write, read_manifest
+from raysearch_adapters.data.text import normalize_text
+
+log = logging.getLogger(__name__)
+
+# Bump when what is stored changes (layout, text normalisation), so old caches are not reused.
+CACHE_VERSION = 1
+# Utterances per Arrow record batch: bounds the memory a build holds before writing.
+_ROWS_PER_BATCH = 64
+
+Featurizer = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("text", pa.string()),  # normalize_text of the manifest text
+    ("duration", pa.float64()),  # seconds, from the manifest
+    ("num_frames", pa.int64()),
+    ("features", pa.list_(pa.float32())),  # num_frames x feature_dim, row-major
+])
+
+
+class FeatureSet:
+    """A memory-mapped feature cache file: per-utterance features [T, F] plus id, text and duration."""
+
+    def __init__(self, path: os.PathLike | str):
+        self.path = Path(path)
+        reader = ipc.open_file(pa.memory_map(str(self.path), "r"))
+        table = reader.read_all()  # zero-copy views into the memory map
+        meta = table.schema.metadata or {}
+        self.feature_dim = int(meta[b"feature_dim"])
+        self.key = meta[b"key"].decode()
+        self.ids: List[str] = table.column("id").to_pylist()
+        self.texts: List[str] = table.column("text").to_pylist()
+        self.durations: List[float] = table.column("duration").to_pylist()
+        self.num_frames: List[int] = table.column("num_frames").to_pylist()
+        # Per record batch: the flat float32 values (a view of the map) and the list offsets.
+        self._chunks = [(c.values.to_numpy(zero_copy_only=True), c.offsets.to_numpy())
+                        for c in table.column("features").chunks]
+        self._starts = np.cumsum([0] + [len(c) for c in table.column("features").chunks]).tolist()
+
+    def __reduce__(self):
+        # Ray and multiprocessing send the path, and each process maps the file itself.
+        return (FeatureSet, (str(self.path),))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def features(self, i: int) -> torch.Tensor:
+        """Features of utterance ``i`` as a float32 tensor [T, F] (copies only this utterance)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"utterance index {i} out of range for {len(self)} utterances")
+        chunk = bisect.bisect_right(self._starts, i) - 1
+        values, offsets = self._chunks[chunk]
+        row = i - self._starts[chunk]
+        flat = values[offsets[row]:offsets[row + 1]]
+        return torch.from_numpy(flat.reshape(-1, self.feature_dim).copy())
+
+    def collate(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+        """Padded batch: (features [B, T, F] float32, lengths [B] int64, texts)."""
+        lengths = torch.tensor([self.num_frames[i] for i in indices], dtype=torch.int64)
+        batch = torch.zeros(len(indices), int(lengths.max()) if len(indices) else 0, self.feature_dim)
+        for b, i in enumerate(indices):
+            batch[b, : lengths[b]] = self.features(i)
+        return batch, lengths, [self.texts[i] for i in indices]
+
+
+def cache_key(manifest_path: Path, utterances: Sequence[Utterance], featurizer_key: Dict,
+              sample_rate: int) -> str:
+    """sha256 of the manifest bytes, the kept utterances, their audio files' size and mtime, the featurizer key
+    and the sample rate."""
+    h = hashlib.sha256()
+    h.update(manifest_path.read_bytes())
+    # on_error=skip keeps a subset that depends on the audio and the tolerance, not only on the bytes.
+    h.update("\0".join(u.id for u in utterances).encode() + b"\n")
+    for path in sorted({u.audio_filepath for u in utterances}):
+        st = os.stat(path)
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps({"featurizer": featurizer_key, "sample_rate": sample_rate, "version": CACHE_VERSION},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _feature_rows(utterances: Sequence[Utterance], featurizer: Featurizer, sample_rate: int,
+                  progress: bool, desc: str) -> Iterator[Tuple[Utterance, np.ndarray]]:
+    # One utterance at a time: padding would change the edge frames (centred STFT) and any
+    # featurizer with normalisation over time, so cached features would depend on batching.
+    with torch.no_grad():
+        for utt in tqdm(utterances, desc=desc, unit="utt", disable=not progress):
+            wave = load_audio(utt.audio_filepath, sample_rate, utt.offset, utt.duration)
+            feats, lengths = featurizer(wave[None], torch.tensor([wave.numel()]))
+            yield utt, feats[0, : int(lengths[0])].float().cpu().numpy()
+
+
+def _record_batch(rows: List[Tuple[Utterance, np.ndarray]], schema: pa.Schema) -> pa.RecordBatch:
+    flat = [np.ascontiguousarray(f, dtype=np.float32).reshape(-1) for _, f in rows]
+    offsets = pa.array(np.cumsum([0] + [len(f) for f in flat]).astype(np.int32))
+    return pa.record_batch([
+        pa.array([u.id for u, _ in rows]),
+        pa.array([normalize_text(u.text) for u, _ in rows]),
+        pa.array([u.duration for u, _ in rows], pa.float64()),
+        pa.array([len(f) for _, f in rows], pa.int64()),
+        pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(flat), pa.float32())),
+    ], schema=schema)
+
+
+def _write(path: Path, rows: Iterator[Tuple[Utterance, np.ndarray]], key: str) -> None:
+    """Write (utterance, features [T, F]) rows as an Arrow IPC file whose metadata holds the key."""
+    pending: List[Tuple[Utterance, np.ndarray]] = [next(rows)]
+    feature_dim = pending[0][1].shape[1]
+    schema = _SCHEMA.with_metadata({"feature_dim": str(feature_dim), "key": key})
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+        for utt, feats in rows:
+            if feats.shape[1] != feature_dim:
+                raise ValueError(f"featurizer returned {feats.shape[1]} features for {utt.id}; "
+                                 f"expected {feature_dim} like the first utterance")
+            if len(pending) == _ROWS_PER_BATCH:
+                writer.write_batch(_record_batch(pending, schema))
+                pending.clear()
+            pending.append((utt, feats))
+        writer.write_batch(_record_batch(pending, schema))
+
+
+def _open(path: Path) -> FeatureSet | None:
+    if not path.exists():
+        return None
+    try:
+        return FeatureSet(path)
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        log.warning("feature cache %s is unreadable (%s); rebuilding it", path, exc)
+        return None
+
+
+def load_features(manifest_path: os.PathLike | str, featurizer: Featurizer, featurizer_key: Dict,
+                  cache_dir: os.PathLike | str, sample_rate: int, on_error: str = "fail",
+                  duration_tolerance: float = 0.25, progress: bool = True) -> FeatureSet:
+    """Features of every utterance of a manifest, from the cache or computed once (process-safe).
+
+    ``featurizer`` maps (waveform [1, S], lengths [1]) -> (features [1, T, F], lengths [1]);
+    ``featurizer_key`` identifies it. A module runs in eval mode and gets its mode back after."""
+    manifest_path = Path(manifest_path)
+    utterances = read_manifest(manifest_path, on_error=on_error, duration_tolerance=duration_tolerance)
+    key = cache_key(manifest_path, utterances, featurizer_key, sample_rate)
+    cache_dir = Path(cache_dir).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{manifest_path.parent.name}-{manifest_path.stem}-{key[:20]}.arrow"
+    found = _open(path)
+    if found is not None:
+        return found
+    with open(cache_dir / f".{path.name}.lock", "w") as lock:
+        # Another process may be building the same file: wait for it, then reuse its result.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = _open(path)
+        if found is not None:
+            return found
+        start = time.monotonic()
+        rows = _feature_rows(utterances, featurizer, sample_rate, progress, f"features {manifest_path.name}")
+        # Cached features must not depend on dropout or other training-mode randomness.
+        training = getattr(featurizer, "training", False)
+        if training:
+            featurizer.eval()
+        try:
+            atomic_write(path, lambda tmp: _write(tmp, rows, key))
+        finally:
+            if training:
+                featurizer.train()
+    seconds = sum(u.duration for u in utterances)
+    log.info("feature cache %s: %d utterances, %.0f s of audio in %.1f s", path, len(utterances), seconds,
+             time.monotonic() - start)
+    return FeatureSet(path)

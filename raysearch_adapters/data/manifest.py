@@ -1,0 +1,303 @@
+"""Manifests: NeMo JSON-lines (``.json``/``.jsonl``) and Parquet, read, validated and written.
+
+A manifest line (or Parquet row) describes one utterance::
+
+    {"audio_filepath": "audio/a.wav", "duration": 2.31, "text": "hello world"}
+
+with optional ``offset`` (seconds into the file; the line is then a segment), ``speaker``
+and ``id``/``utt_id``; other keys are kept in ``Utterance.extra``. Relative audio paths
+are relative to the manifest's folder. Validation reports *every* bad line as
+``file:line: what was found; what is expected`` (Parquet: ``file:row N``, N from 0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+from raysearch_adapters.data.text import normalize_text
+from raysearch_adapters.errors import UserError
+
+log = logging.getLogger(__name__)
+
+JSON_EXTENSIONS = (".json", ".jsonl")
+PARQUET_EXTENSIONS = (".parquet",)
+_KNOWN_KEYS = ("id", "utt_id", "audio_filepath", "duration", "text", "offset", "speaker")
+_REQUIRED = "audio_filepath (string), duration (seconds) and text (string)"
+# How many problems the error message lists; all of them are in ManifestError.problems.
+_MAX_LISTED = 20
+
+
+class ManifestError(UserError):
+    """A bad manifest; ``problems`` holds one ``file:line: found; expected`` string per problem."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest line: an audio file (or a segment of it) and its transcript."""
+
+    id: str  # the line's id/utt_id, else audio_filepath (+ "#offset" for a segment)
+    audio_filepath: str  # absolute path
+    duration: float  # seconds
+    text: str  # transcript as written in the manifest (normalize_text is applied by consumers)
+    offset: float = 0.0  # seconds into the audio file where the utterance starts
+    speaker: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict, hash=False)  # other keys, kept as they are
+
+    def to_dict(self, relative_to: Optional[Path] = None) -> Dict[str, Any]:
+        """NeMo manifest dict; the audio path is relative when it lies inside ``relative_to``."""
+        audio = self.audio_filepath
+        if relative_to is not None:
+            folder = Path(os.path.abspath(relative_to))
+            if Path(audio).is_relative_to(folder):
+                audio = Path(audio).relative_to(folder).as_posix()
+        d: Dict[str, Any] = {}
+        if self.id != default_id(self.audio_filepath, self.offset):
+            d["id"] = self.id
+        d.update(audio_filepath=audio, duration=self.duration, text=self.text)
+        if self.offset > 0:
+            d["offset"] = self.offset
+        if self.speaker is not None:
+            d["speaker"] = self.speaker
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], base_dir: Path) -> "Utterance":
+        """Build from a manifest dict; relative audio paths are joined to ``base_dir``.
+
+        Raises ManifestError naming the first bad field."""
+        problems = field_problems(d)
+        if problems:
+            raise ManifestError(problems[0], problems)
+        audio = os.path.abspath(os.path.join(base_dir, d["audio_filepath"]))
+        offset = float(d.get("offset") or 0.0)
+        uid = d.get("id", d.get("utt_id"))
+        speaker = d.get("speaker")
+        return cls(
+            id=str(uid) if uid is not None else default_id(audio, offset),
+            audio_filepath=audio,
+            duration=float(d["duration"]),
+            text=d["text"],
+            offset=offset,
+            speaker=None if speaker is None else str(speaker),
+            extra={k: v for k, v in d.items() if k not in _KNOWN_KEYS},
+        )
+
+
+def default_id(audio_filepath: str, offset: float = 0.0) -> str:
+    """The id of a line without ``id``/``utt_id``: its audio path, plus ``#offset`` for a segment."""
+    return f"{audio_filepath}#{offset!r}" if offset > 0 else audio_filepath
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def field_problems(d: Any) -> List[str]:
+    """Key and type problems of one manifest dict, each as ``what was found; what is expected``."""
+    if not isinstance(d, dict):
+        return [f"found a JSON {type(d).__name__}; expected one JSON object with {_REQUIRED}"]
+    problems = []
+    for key in ("audio_filepath", "duration", "text"):
+        if d.get(key) is None:
+            problems.append(f"missing key '{key}'; expected {_REQUIRED} on each line")
+    audio, duration, text = d.get("audio_filepath"), d.get("duration"), d.get("text")
+    if audio is not None and (not isinstance(audio, str) or not audio):
+        problems.append(f"audio_filepath is {audio!r}; expected a non-empty path string")
+    if duration is not None and (not _is_number(duration) or duration <= 0):
+        problems.append(f"duration is {duration!r}; expected a number of seconds > 0")
+    if text is not None:
+        if not isinstance(text, str):
+            problems.append(f"text is {text!r}; expected a string")
+        elif not normalize_text(text):
+            problems.append(f"text {text!r} is empty after normalisation; expected words (letters or numbers)")
+    offset = d.get("offset")
+    if offset is not None and (not _is_number(offset) or offset < 0):
+        problems.append(f"offset is {offset!r}; expected a number of seconds >= 0")
+    speaker = d.get("speaker")
+    if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, (str, int))):
+        problems.append(f"speaker is {speaker!r}; expected a string")
+    for key in ("id", "utt_id"):
+        uid = d.get(key)
+        if uid is not None and (isinstance(uid, bool) or not isinstance(uid, (str, int)) or uid == ""):
+            problems.append(f"{key} is {uid!r}; expected a non-empty string")
+    return problems
+
+
+def _audio_problem(record: Dict[str, Any], base_dir: Path, tolerance: float,
+                   seen: Dict[str, Tuple[Optional[float], str]]) -> Optional[str]:
+    """Why a line's audio is missing, unreadable or of another duration; None if fine or not checkable."""
+    audio = record.get("audio_filepath")
+    if not isinstance(audio, str) or not audio:
+        return None
+    path = os.path.abspath(os.path.join(base_dir, audio))
+    if path not in seen:
+        if not os.path.isfile(path):
+            seen[path] = (None, f"audio file {path} not found; expected an existing wav/flac file "
+                                "(relative paths are relative to the manifest's folder)")
+        else:
+            try:
+                seen[path] = (sf.info(path).duration, "")
+            except (RuntimeError, sf.LibsndfileError) as exc:
+                seen[path] = (None, f"audio file {path} is unreadable ({exc}); expected a wav/flac file")
+    real, reason = seen[path]
+    if real is None:
+        return reason
+    duration, offset = record.get("duration"), record.get("offset") or 0.0
+    if not _is_number(duration) or not _is_number(offset):
+        return None  # already reported as a field problem
+    has_offset = record.get("offset") is not None
+    end = offset + duration
+    if end > real + tolerance:
+        what = f"offset + duration = {end:.3f}s" if has_offset else f"duration {duration:.3f}s"
+        return f"{what} but the audio is {real:.3f}s long; expected at most {real:.3f}s (tolerance {tolerance}s)"
+    if not has_offset and duration < real - tolerance:
+        return (f"duration {duration:.3f}s but the audio is {real:.3f}s long; expected {real:.3f}s "
+                f"+/- {tolerance}s (add 'offset' to mark a segment)")
+    return None
+
+
+def _json_records(path: Path) -> Iterator[Tuple[int, Any, Optional[str]]]:
+    """(line number, parsed object or None, parse problem) for each non-blank line."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield number, None, f"bad JSON ({exc.msg} at column {exc.colno}); expected one JSON object per line"
+
+
+def _parquet_records(path: Path) -> Iterator[Tuple[int, Any, Optional[str]]]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"{path}: cannot read Parquet ({exc}); expected a Parquet manifest file") from exc
+    for row, d in enumerate(table.to_pylist()):
+        # Parquet columns are shared by all rows: a null means the row does not have the key.
+        yield row, {k: v for k, v in d.items() if v is not None}, None
+
+
+def _is_parquet(path: Path) -> bool:
+    """Whether the manifest is Parquet (else JSON-lines); any other extension is a ManifestError."""
+    suffix = path.suffix.lower()
+    if suffix not in JSON_EXTENSIONS + PARQUET_EXTENSIONS:
+        raise ManifestError(f"{path}: unknown manifest extension {path.suffix!r}; expected "
+                            f".json or .jsonl (NeMo JSON-lines) or .parquet")
+    return suffix in PARQUET_EXTENSIONS
+
+
+def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: bool = True,
+                  duration_tolerance: float = 0.25, report_path: os.PathLike | str | None = None) -> List[Utterance]:
+    """Read and validate a manifest; ``on_error`` is ``fail`` (raise listing every problem) or ``skip``."""
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error: got {on_error!r}; allowed: fail, skip")
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; expected a .json/.jsonl or .parquet file")
+    parquet = _is_parquet(path)
+    records = _parquet_records(path) if parquet else _json_records(path)
+    where, unit = ("row", "rows") if parquet else ("line", "lines")
+    base_dir = path.parent
+    utterances: List[Utterance] = []
+    problems: List[Tuple[int, Optional[str], str]] = []  # (line, id, reason)
+    first_line_of: Dict[str, int] = {}
+    audio_seen: Dict[str, Tuple[Optional[float], str]] = {}
+    total = 0
+    for number, record, parse_problem in records:
+        total += 1
+        if parse_problem:
+            problems.append((number, None, parse_problem))
+            continue
+        found = field_problems(record)
+        if check_audio and isinstance(record, dict):
+            reason = _audio_problem(record, base_dir, duration_tolerance, audio_seen)
+            found += [reason] if reason else []
+        if found:
+            # The report names the line by its id, else by its audio path.
+            d = record if isinstance(record, dict) else {}
+            uid = d.get("id", d.get("utt_id", d.get("audio_filepath")))
+            problems.extend((number, None if uid is None else str(uid), p) for p in found)
+            continue
+        utt = Utterance.from_dict(record, base_dir)
+        if utt.id in first_line_of:
+            problems.append((number, utt.id, f"duplicate id {utt.id!r} (first at {where} {first_line_of[utt.id]}); "
+                                             f"expected unique ids"))
+            continue
+        first_line_of[utt.id] = number
+        utterances.append(utt)
+    if total == 0:
+        raise ManifestError(f"{path}: the manifest is empty; expected at least one utterance")
+    if not problems:
+        return utterances
+    bad_lines = len({line for line, _, _ in problems})
+    # JSON-lines problems read "file:7: ...", Parquet ones "file:row 7: ...".
+    messages = [f"{path}:{'row ' if parquet else ''}{line}: {reason}" for line, _, reason in problems]
+    if on_error == "fail":
+        listed = messages[:_MAX_LISTED]
+        more = len(messages) - len(listed)
+        count = f" ({len(messages)} problems)" if len(messages) != bad_lines else ""
+        summary = (f"{path}: {bad_lines} of {total} {unit} are bad{count}; fix them, "
+                   f"or set data.on_error=skip to drop them and get a report")
+        tail = [f"  ... and {more} more problems"] if more else []
+        raise ManifestError("\n".join([summary] + [f"  {m}" for m in listed] + tail), messages)
+    report = Path(report_path) if report_path is not None else path.with_name(path.name + ".skipped.jsonl")
+    text = "".join(json.dumps({"line": line, "id": uid, "reason": reason}) + "\n" for line, uid, reason in problems)
+    try:
+        atomic_write(report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        report_note = f"; report: {report}"
+    except OSError as exc:
+        report_note = f"; could not write the report {report} ({exc})"
+    log.warning("%s: skipped %d of %d %s with problems (on_error=skip)%s", path, bad_lines, total, unit, report_note)
+    if not utterances:
+        raise ManifestError(f"{path}: all {total} {unit} are bad{report_note}; "
+                            f"expected at least one usable utterance", messages)
+    return utterances
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it into place in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_manifest(path: os.PathLike | str, utterances: Iterable[Utterance]) -> Path:
+    """Write a manifest atomically (format from the extension); audio paths inside its folder become relative."""
+    path = Path(path)
+    parquet = _is_parquet(path)
+    rows = [u.to_dict(relative_to=path.parent) for u in utterances]
+    if not parquet:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        return path
+    columns = dict.fromkeys(key for r in rows for key in r)  # every key of any row, in first-seen order
+    try:
+        table = pa.Table.from_pydict({k: [r.get(k) for r in rows] for k in columns})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ManifestError(f"{path}: cannot store the manifest as Parquet ({exc}); "
+                            f"expected each extra key to hold values of one type") from exc
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return path

@@ -1,0 +1,80 @@
+"""Text normalisation shared by manifests, tokenizer training and WER.
+
+One function, so that the text a tokenizer is trained on, the text a model is trained to
+emit and the references WER is scored against are spelled the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = ((10 ** 12, "trillion"), (10 ** 9, "billion"), (10 ** 6, "million"), (1000, "thousand"))
+_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth",
+                  "eight": "eighth", "nine": "ninth", "twelve": "twelfth"}
+
+_SYMBOLS = {"&": " and ", "%": " percent ", "+": " plus ", "@": " at ", "=": " equals ",
+            "$": " dollars ", "€": " euros ", "£": " pounds ", "#": " number ", "°": " degrees "}
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+
+# "1,000" -> "1000" (thousands separators), but only in a well-formed grouping.
+_THOUSANDS = re.compile(r"\b(\d{1,3})((?:,\d{3})+)\b")
+# Ordinals first ("21st"), then decimals ("3.5"), then plain integers.
+_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
+_DECIMAL = re.compile(r"(\d+)\.(\d+)")
+_INTEGER = re.compile(r"\d+")
+_NOT_ALLOWED = re.compile(r"[^a-z' ]+")
+# Apostrophes that are quotes rather than part of a word ("'hello'", "' ").
+_STRAY_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
+
+
+def number_to_words(n: int) -> str:
+    """Spell a non-negative integer in English words ("42" -> "forty two"); huge numbers digit by digit."""
+    if n < 0:
+        raise ValueError(f"number_to_words: got {n}; expected a non-negative integer")
+    if n >= 10 ** 15:
+        return " ".join(_ONES[int(d)] for d in str(n))
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens] + (f" {_ONES[ones]}" if ones else "")
+    if n < 1000:
+        hundreds, rest = divmod(n, 100)
+        return f"{_ONES[hundreds]} hundred" + (f" {number_to_words(rest)}" if rest else "")
+    for value, name in _SCALES:
+        if n >= value:
+            head, rest = divmod(n, value)
+            return f"{number_to_words(head)} {name}" + (f" {number_to_words(rest)}" if rest else "")
+    raise AssertionError("unreachable: every n >= 1000 has a scale")
+
+
+def _ordinal(n: int) -> str:
+    words = number_to_words(n).split()
+    last = words[-1]
+    if last in _ORDINAL_WORDS:
+        words[-1] = _ORDINAL_WORDS[last]
+    elif last.endswith("y"):
+        words[-1] = last[:-1] + "ieth"
+    else:
+        words[-1] = last + "th"
+    return " ".join(words)
+
+
+def normalize_text(s: str) -> str:
+    """Lower-case, spell numbers and common symbols as words, keep only a-z, apostrophe and single spaces."""
+    s = unicodedata.normalize("NFKD", s.translate(_APOSTROPHES))
+    s = "".join(c for c in s if not unicodedata.combining(c)).lower()
+    s = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
+    s = _ORDINAL.sub(lambda m: f" {_ordinal(int(m.group(1)))} ", s)
+    s = _DECIMAL.sub(lambda m: f" {number_to_words(int(m.group(1)))} point "
+                               f"{' '.join(_ONES[int(d)] for d in m.group(2))} ", s)
+    s = _INTEGER.sub(lambda m: f" {number_to_words(int(m.group(0)))} ", s)
+    for symbol, word in _SYMBOLS.items():
+        s = s.replace(symbol, word)
+    s = _NOT_ALLOWED.sub(" ", s)
+    s = _STRAY_APOSTROPHE.sub(" ", s)
+    return " ".join(s.split())
