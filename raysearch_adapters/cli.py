@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (the corpus is deterministic per seed)")
     p.add_argument("--jobs", type=int, default=0, help="parallel synthesis processes (0 = all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even if the corpus exists")
-    p.set_defaults(func=_not_built("demo-data"))
+    p.set_defaults(func=_lazy("raysearch_adapters.data.demo", "cli_main"))
 
     p = sub.add_parser("pretrain", help="train a base Conformer-CTC on the original domain")
     _config_args(p)
@@ -80,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, help="an adapter file saved by a search")
     p.add_argument("--hypotheses", default=None, help="write per-utterance hypotheses (JSON-lines) here")
     _config_args(p)
-    p.set_defaults(func=_not_built("evaluate"))
+    p.set_defaults(func=_lazy("raysearch_adapters.train.evaluate", "cli_main"))
 
     p = sub.add_parser("search", help="run an adapter search (no arguments: the embedded demo)")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
-    p.set_defaults(func=_not_built("search"))
+    p.set_defaults(func=_lazy("raysearch_adapters.search.run", "cmd_search"))
 
     p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job")
     p.add_argument("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265")

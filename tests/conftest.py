@@ -24,3 +24,11 @@ def ray_session():
                  log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """The small demo corpus (real TTS audio), built once per test session."""
+    from raysearch_adapters.data.demo import build_demo_corpus
+
+    return build_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", small=True, seed=0)
