@@ -237,13 +237,13 @@ class PretrainConfig:
     out_dir: str = "pretrain"  # checkpoints, tokenizer and logs
     epochs: int = 40
     lr: float = 2e-3  # peak learning rate (AdamW)
-    warmup_steps: int = 400  # linear warm-up, then cosine decay to 1% at the last epoch
+    warmup_steps: int = 400  # linear warm-up, then cosine decay to 1% at the last epoch (or max_minutes)
     weight_decay: float = 1e-3
     grad_clip: float = 5.0
     max_batch_seconds: float = 150.0
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 0
-    max_minutes: float = 0.0  # stop after this much wall time (0 = no limit)
+    max_minutes: float = 0.0  # wall-time budget: LR decays over it, training stops at it (0 = none)
 
     def validate(self, key: str) -> None:
         _check_range(f"{key}.epochs", self.epochs, 1, None)

@@ -50,3 +50,50 @@ def evaluate(model, feature_set, indices: Sequence[int] | None = None, max_batch
     errors, words = error_counts(refs, hyps)
     return {"wer": 100.0 * errors / max(words, 1), "cer": char_error_rate(refs, hyps),
             "errors": errors, "words": words, "hypotheses": hyps}
+
+
+def load_model_arg(model: str, cfg) -> "object":
+    """``--model``: 'demo', a checkpoint path, or a torchaudio wav2vec2 bundle name."""
+    import dataclasses
+
+    from raysearch_adapters.models.registry import load_base_model
+
+    if model.upper().startswith(("WAV2VEC2_", "HUBERT_")):
+        return load_base_model(dataclasses.replace(cfg.model, name="wav2vec2", bundle=model))
+    return load_base_model(dataclasses.replace(cfg.model, name="conformer_ctc", checkpoint=model))
+
+
+def cli_main(args) -> int:
+    """Entry point of ``raysearch-adapters evaluate``."""
+    import json
+    import logging
+    from pathlib import Path
+
+    from raysearch_adapters.cli import load_from_args
+    from raysearch_adapters.data.cache import load_features
+    from raysearch_adapters.data.manifest import atomic_write
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_from_args(args.config)
+    model = load_model_arg(args.model, cfg)
+    if args.adapter:
+        from raysearch_adapters.adapters.state import load_adapter
+
+        handle, adapter_cfg, _ = load_adapter(args.adapter, model)
+        print(f"adapter: {args.adapter} ({len(handle.targeted)} modules, {handle.num_params:,} params)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    print(f"{'manifest':<60} {'utts':>6} {'hours':>6} {'WER %':>7} {'CER %':>7}")
+    lines = []
+    for manifest in args.manifest:
+        fs = load_features(manifest, model.featurizer(), model.featurizer_key(), cfg.data.cache_dir,
+                           model.sample_rate, on_error=cfg.data.on_error,
+                           duration_tolerance=cfg.data.duration_tolerance)
+        r = evaluate(model, fs, max_batch_seconds=cfg.data.max_batch_seconds, device=device)
+        print(f"{manifest:<60} {len(fs):>6} {sum(fs.durations) / 3600:>6.2f} {r['wer']:>7.2f} {r['cer']:>7.2f}")
+        lines += [json.dumps({"manifest": str(manifest), "id": i, "reference": ref, "hypothesis": hyp})
+                  for i, ref, hyp in zip(fs.ids, fs.texts, r["hypotheses"])]
+    if args.hypotheses:
+        atomic_write(Path(args.hypotheses), lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+        print(f"hypotheses: {args.hypotheses}")
+    return 0

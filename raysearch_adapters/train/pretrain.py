@@ -38,12 +38,12 @@ SPLITS = {"original_dev": ("original", "dev"), "original_test": ("original", "te
           "new_dev": ("new", "dev"), "new_test": ("new", "test")}
 
 
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.01) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine decay to ``floor`` at ``total``."""
+def warmup_cosine(step: int, warmup: int, progress: float, floor: float = 0.01) -> float:
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``floor``
+    as ``progress`` (fraction of the budget spent, 0..1) reaches 1."""
     if step < warmup:
         return (step + 1) / max(warmup, 1)
-    progress = min(1.0, (step - warmup) / max(total - warmup, 1))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def ctc_targets(tokenizer, texts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,18 +115,23 @@ def pretrain(cfg: Config, resume: bool = False, command: str = "") -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, betas=(0.9, 0.98), weight_decay=pc.weight_decay)
     steps_per_epoch = len(duration_batches(train.durations, pc.max_batch_seconds, shuffle=True, seed=pc.seed))
     total = steps_per_epoch * pc.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, pc.warmup_steps, total))
     specaug = SpecAugment(cfg.data.specaugment)
-    history, start_epoch, best_wer, elapsed = [], 0, float("inf"), 0.0
+    history, start_epoch, best_wer, elapsed, step = [], 0, float("inf"), 0.0, 0
     if state is not None:
         load_state_strict(model, state["model"], str(last))
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, start_epoch, best_wer, elapsed = (state["history"], state["epoch"], state["best_wer"],
-                                                   state["elapsed"])
+        history, start_epoch, best_wer, elapsed, step = (state["history"], state["epoch"], state["best_wer"],
+                                                         state["elapsed"], state["step"])
         log.info("pretrain: resumed after epoch %d (best original dev WER %.2f)", start_epoch, best_wer)
 
     t0 = time.time() - elapsed
+
+    def progress() -> float:
+        # With a wall-time budget the cosine decays over the budget, so a run cut by
+        # max_minutes still ends at a low learning rate instead of mid-schedule.
+        by_steps = step / max(total, 1)
+        return max(by_steps, (time.time() - t0) / (pc.max_minutes * 60)) if pc.max_minutes else by_steps
+
     out_of_time = False
     for epoch in range(start_epoch, pc.epochs):
         model.train()
@@ -136,6 +141,9 @@ def pretrain(cfg: Config, resume: bool = False, command: str = "") -> Path:
         for batch in bar:
             x, lengths, texts = train.collate(batch)
             x, lengths = specaug(x.to(device)), lengths.to(device)
+            lr = pc.lr * warmup_cosine(step, pc.warmup_steps, progress())
+            for group in opt.param_groups:
+                group["lr"] = lr
             with autocast_context(device, pc.precision):
                 log_probs, out_lengths = model(x, lengths)
             loss = ctc_loss(log_probs, out_lengths, tokenizer, texts)
@@ -144,9 +152,9 @@ def pretrain(cfg: Config, resume: bool = False, command: str = "") -> Path:
             if pc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), pc.grad_clip)
             opt.step()
-            sched.step()
+            step += 1
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
             if pc.max_minutes and time.time() - t0 > pc.max_minutes * 60:
                 out_of_time = True
                 break
@@ -160,9 +168,8 @@ def pretrain(cfg: Config, resume: bool = False, command: str = "") -> Path:
             best_wer = wers["original_dev"]
             save_checkpoint(out / "best.pt", model, {"epoch": epoch + 1, "original_dev_wer": best_wer})
         atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "tokenizer": tokenizer.to_dict(),
-                           "history": history, "epoch": epoch + 1, "best_wer": best_wer,
-                           "elapsed": time.time() - t0}, last)
+                           "tokenizer": tokenizer.to_dict(), "history": history, "epoch": epoch + 1,
+                           "step": step, "best_wer": best_wer, "elapsed": time.time() - t0}, last)
         if out_of_time:
             log.info("pretrain: stopping after %.1f minutes (pretrain.max_minutes)", pc.max_minutes)
             break
