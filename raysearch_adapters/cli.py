@@ -38,12 +38,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise CLIError(f"'{name}' is not built yet in this version of raysearch-adapters")
-    return run
-
-
 # name -> (help, how to add its arguments, handler); handlers of later modules are
 # resolved lazily so `--help` never imports torch or ray.
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -87,20 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
     p.set_defaults(func=_lazy("raysearch_adapters.search.run", "cmd_search"))
 
-    p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job")
-    p.add_argument("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265")
+    p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job; --status/--logs/--stop JOB_ID")
+    p.add_argument("--address", default=None,
+                   help="Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS or http://127.0.0.1:8265)")
     _config_args(p)
-    p.set_defaults(func=_not_built("submit"))
+    p.add_argument("--token-file", default=None,
+                   help="the cluster's Ray auth token file (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or "
+                        "~/.ray/auth_token for a head on this machine)")
+    p.add_argument("--python", default="python",
+                   help="the cluster's interpreter that has the project's dependencies (default: python; e.g. "
+                        "/home/ray/anaconda3/bin/python in rayproject images)")
+    p.add_argument("--runtime-env", default=None, help="a runtime_env YAML to start from (pip, env_vars, ...)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an env var for the job (repeatable)")
+    p.add_argument("--working-dir", default=None, help="folder uploaded as the job's working_dir (default: project root)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search of the same name")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 if it failed")
+    job = p.add_mutually_exclusive_group()
+    job.add_argument("--status", metavar="JOB_ID", default=None, help="print a submitted job's status")
+    job.add_argument("--logs", metavar="JOB_ID", default=None, help="print a job's logs (with --follow: stream them)")
+    job.add_argument("--stop", metavar="JOB_ID", default=None, help="stop a job")
+    p.set_defaults(func=_lazy("raysearch_adapters.search.submit", "cmd_submit"))
 
     p = sub.add_parser("dashboard", help="serve the live results dashboard of a search")
     p.add_argument("results_dir", help="a search's results folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
-    p.set_defaults(func=_not_built("dashboard"))
+    p.set_defaults(func=_lazy("raysearch_adapters.dashboard.server", "cli_main"))
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a search")
     p.add_argument("results_dir", help="a search's results folder")
-    p.set_defaults(func=_not_built("report"))
+    p.set_defaults(func=_lazy("raysearch_adapters.dashboard.report", "cli_main"))
 
     p = sub.add_parser("config", help="show the resolved config")
     csub = p.add_subparsers(dest="action", metavar="ACTION")

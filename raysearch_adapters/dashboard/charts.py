@@ -1,0 +1,210 @@
+"""The dashboard's charts as Plotly figure dicts (``{"data": [...], "layout": {...}}``), built from a snapshot.
+
+The browser draws them with Plotly.js, the report's PNGs are drawn from the same dicts
+(:mod:`raysearch_adapters.dashboard.png`), so each chart is defined once. A chart without
+data is ``{"message": "..."}``, shown in its place.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from raysearch_adapters.dashboard.data import Snapshot
+from raysearch_adapters.dashboard.importance import Importances
+from raysearch_adapters.results.placement import PlacementError, parse_blocks
+from raysearch_adapters.results.select import measured, pareto_front
+
+FEASIBLE, INFEASIBLE, RUNNING = "#2a9d8f", "#e76f51", "#8d99ae"
+FRONT, WINNER, BASE, KAPPA = "#264653", "#e9c46a", "#6c757d", "#d62828"
+POSITION_COLORS = {"post": "#1f77b4", "mha": "#ff7f0e", "ffn": "#9467bd"}
+BEST_TRIALS_SHOWN = 10  # rows of the placement view
+
+# The order and titles of the views' charts (the page lays them out by these keys).
+TITLES = {
+    "tradeoff": "New-domain dev WER vs degradation (feasible: left of the κ line)",
+    "placement": "Placement of the best trials: adapted blocks and position",
+    "dim": "Adapter dim vs new-domain dev WER",
+    "lr": "Learning rate vs new-domain dev WER",
+    "curves_new": "Learning curves: new-domain dev WER per trial",
+    "curves_degradation": "Learning curves: degradation per trial",
+    "importances": "Parameter importances (PED-ANOVA on the Optuna study)",
+}
+
+
+def _layout(key: str, x: str, y: str, **extra) -> dict:
+    return {"title": {"text": TITLES[key]}, "xaxis": {"title": {"text": x}, "automargin": True},
+            "yaxis": {"title": {"text": y}, "automargin": True},
+            "margin": {"t": 50, "r": 20, "b": 55, "l": 65}, "hovermode": "closest", **extra}
+
+
+def _hover(r: dict) -> str:
+    hp = (f"dim {r.get('dim')}, blocks {r.get('blocks')}, position {r.get('position')}, "
+          f"lr {r['lr']:.2g}" if r.get("lr") is not None else f"dim {r.get('dim')}, blocks {r.get('blocks')}")
+    return f"trial {r['trial_id']} ({r['status']})<br>{hp}"
+
+
+def _points(rows: List[dict], x: str, name: str, color: str, symbol: str = "circle") -> dict:
+    return {"type": "scatter", "mode": "markers", "name": name, "x": [r[x] for r in rows],
+            "y": [r["dev_wer_new"] for r in rows], "text": [_hover(r) for r in rows],
+            "hovertemplate": "%{text}<br>%{x:.3g}, WER %{y:.2f}<extra></extra>",
+            "marker": {"color": color, "size": 10, "symbol": symbol, "line": {"width": 1, "color": "#333"}}}
+
+
+def _kappa_line(limit: Optional[float], axis: str = "x") -> List[dict]:
+    if limit is None:
+        return []
+    if axis == "x":
+        return [{"type": "line", "xref": "x", "yref": "paper", "x0": limit, "x1": limit, "y0": 0, "y1": 1,
+                 "line": {"color": KAPPA, "dash": "dash", "width": 2}}]
+    return [{"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": limit, "y1": limit,
+             "line": {"color": KAPPA, "dash": "dash", "width": 2}}]
+
+
+def _by_feasibility(rows: List[dict], x: str) -> List[dict]:
+    """Finished trials split feasible / infeasible, running trials (their latest evaluation) apart."""
+    done = measured(rows)
+    running = [r for r in rows if r["status"] == "RUNNING" and r.get("dev_wer_new") is not None
+               and r.get(x) is not None]
+    traces = [_points([r for r in done if r.get("feasible") and r.get(x) is not None], x, "feasible", FEASIBLE),
+              _points([r for r in done if not r.get("feasible") and r.get(x) is not None], x, "infeasible",
+                      INFEASIBLE),
+              _points(running, x, "running (latest evaluation)", RUNNING, "circle-open")]
+    return [t for t in traces if t["x"]]
+
+
+def tradeoff(snap: Snapshot) -> dict:
+    """New-domain dev WER against degradation, the κ line, the Pareto front, winner and base model."""
+    if not measured(snap.trials) and not any(r.get("degradation") is not None for r in snap.trials):
+        return {"message": "no trial has been evaluated yet"}
+    traces = _by_feasibility(snap.trials, "degradation")
+    front = pareto_front(snap.trials)
+    if front:
+        traces.append({"type": "scatter", "mode": "lines", "name": "Pareto front", "line": {"color": FRONT,
+                       "shape": "hv", "width": 2}, "x": [r["degradation"] for r in front],
+                       "y": [r["dev_wer_new"] for r in front], "hoverinfo": "skip"})
+    w = (snap.summary or {}).get("winner")
+    if w and w.get("degradation") is not None:
+        traces.append({"type": "scatter", "mode": "markers", "name": f"winner (trial {w['trial_id']})",
+                       "x": [w["degradation"]], "y": [w["dev"]["new"]],
+                       "marker": {"color": WINNER, "size": 18, "symbol": "star", "line": {"width": 1, "color": "#333"}}})
+    base = ((snap.summary or {}).get("baseline") or {}).get("dev") or {}
+    if base.get("new") is not None:
+        traces.append({"type": "scatter", "mode": "markers", "name": "base model (no adapter)", "x": [0.0],
+                       "y": [base["new"]], "marker": {"color": BASE, "size": 13, "symbol": "diamond"}})
+    limit = snap.degradation_limit()
+    units = (snap.summary or {}).get("degradation_units", "WER points")
+    layout = _layout("tradeoff", f"degradation of the original domain ({units})", "new-domain dev WER (%)",
+                     shapes=_kappa_line(limit))
+    if limit is not None:
+        layout["annotations"] = [{"x": limit, "y": 1, "xref": "x", "yref": "paper", "text": f"κ = {limit:g}",
+                                  "showarrow": False, "xanchor": "left", "yanchor": "top",
+                                  "font": {"color": KAPPA}}]
+    return {"data": traces, "layout": layout}
+
+
+def _ranked(rows: List[dict]) -> List[dict]:
+    """Best trials first: feasible before infeasible, then by new-domain dev WER."""
+    return sorted(measured(rows), key=lambda r: (not r.get("feasible"), r["dev_wer_new"], r["trial_id"]))
+
+
+def placement(snap: Snapshot) -> dict:
+    """For the best trials (feasible first), which blocks carry adapters and at which position."""
+    best = _ranked(snap.trials)[:BEST_TRIALS_SHOWN]
+    if not best:
+        return {"message": "no trial has finished yet"}
+    n = snap.num_blocks()
+    if n is None:
+        return {"message": "the number of blocks of the base model is not in summary.json nor in the "
+                           "trials.parquet metadata (num_blocks), so block specs such as top:K cannot be drawn"}
+    by_position: Dict[str, dict] = {}
+    labels, skipped = [], []
+    for rank, r in enumerate(best, 1):
+        try:
+            blocks = parse_blocks(r["blocks"], n)
+        except PlacementError:
+            skipped.append(r["trial_id"])
+            continue
+        label = f"#{rank} {r['trial_id']} ({r['dev_wer_new']:.1f}%{'' if r.get('feasible') else ', infeasible'})"
+        labels.append(label)
+        pos = str(r.get("position"))
+        t = by_position.setdefault(pos, {
+            "type": "scatter", "mode": "markers", "name": f"position {pos}", "x": [], "y": [], "text": [],
+            "hovertemplate": "%{text}<extra></extra>",
+            "marker": {"symbol": "square", "size": 16, "color": POSITION_COLORS.get(pos, BASE)}})
+        for b in blocks:
+            t["x"].append(b)
+            t["y"].append(label)
+            t["text"].append(f"trial {r['trial_id']}: block {b}, position {pos}, blocks spec {r['blocks']}, "
+                             f"dim {r.get('dim')}")
+    if not by_position:
+        return {"message": f"no readable block spec among the best trials ({', '.join(skipped)})"}
+    layout = _layout("placement", f"encoder block (0 = lowest; the base model has {n})",
+                     "trial (rank, new-domain dev WER)")
+    layout["xaxis"].update(range=[-0.5, n - 0.5], dtick=1, zeroline=False)
+    layout["yaxis"].update(autorange="reversed", type="category", categoryorder="array", categoryarray=labels)
+    out = {"data": list(by_position.values()), "layout": layout}
+    if skipped:
+        out["note"] = f"not drawn (block spec unreadable for a {n}-block model): trials {', '.join(skipped)}"
+    return out
+
+
+def hparam(snap: Snapshot, name: str) -> dict:
+    """One hyperparameter (``dim`` or ``lr``) against new-domain dev WER, log x axis."""
+    traces = _by_feasibility(snap.trials, name)
+    if not traces:
+        return {"message": "no trial has been evaluated yet"}
+    axis = {"dim": "adapter dim (bottleneck width h)", "lr": "learning rate"}[name]
+    layout = _layout(name, axis, "new-domain dev WER (%)")
+    layout["xaxis"]["type"] = "log"
+    if name == "dim":  # the tried widths as ticks (a log axis would label 2, 3, ... 9 in between)
+        layout["xaxis"]["tickvals"] = sorted({x for t in traces for x in t["x"]})
+    else:
+        layout["xaxis"].update(dtick=1, exponentformat="power")
+    return {"data": traces, "layout": layout}
+
+
+def curves(snap: Snapshot, metric: str) -> dict:
+    """Per-trial learning curves from epochs.parquet: ``dev_wer_new`` or ``degradation`` against step."""
+    by_trial: Dict[str, List[dict]] = {}
+    for e in snap.epochs:
+        if e.get(metric) is not None:
+            by_trial.setdefault(e["trial_id"], []).append(e)
+    if not by_trial:
+        return {"message": "no evaluation in epochs.parquet yet"}
+    status = {r["trial_id"]: r["status"] for r in snap.trials}
+    traces = []
+    for tid, evals in sorted(by_trial.items()):
+        evals.sort(key=lambda e: e["eval_index"])
+        traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{tid} ({status.get(tid, '?')})",
+                       "x": [e["step"] for e in evals], "y": [e[metric] for e in evals],
+                       "line": {"dash": "dot" if status.get(tid) == "PRUNED" else "solid"},
+                       "hovertemplate": f"trial {tid}<br>step %{{x}}: %{{y:.2f}}<extra></extra>"})
+    if metric == "dev_wer_new":
+        layout = _layout("curves_new", "optimiser step", "new-domain dev WER (%)")
+    else:
+        layout = _layout("curves_degradation", "optimiser step", "degradation (κ: dashed)",
+                         shapes=_kappa_line(snap.degradation_limit(), axis="y"))
+    layout["showlegend"] = len(traces) <= 20
+    return {"data": traces, "layout": layout}
+
+
+def importances(imp: Importances) -> dict:
+    """Horizontal bars, the most important parameter on top."""
+    if not imp.values:
+        return {"message": imp.message or "no importances"}
+    items = sorted(imp.values.items(), key=lambda kv: kv[1])
+    title = f"importance for the best new-domain WERs ({imp.complete_trials} complete trials)"
+    out = {"data": [{"type": "bar", "orientation": "h", "name": "importance", "x": [v for _, v in items],
+                     "y": [k for k, _ in items], "marker": {"color": FRONT},
+                     "hovertemplate": "%{y}: %{x:.3f}<extra></extra>"}],
+           "layout": _layout("importances", title, "hyperparameter", height=160 + 45 * len(items))}
+    if imp.message:
+        out["note"] = imp.message
+    return out
+
+
+def all_charts(snap: Snapshot, imp: Importances) -> Dict[str, dict]:
+    """Every chart of the dashboard, keyed as :data:`TITLES`."""
+    return {"tradeoff": tradeoff(snap), "placement": placement(snap), "dim": hparam(snap, "dim"),
+            "lr": hparam(snap, "lr"), "curves_new": curves(snap, "dev_wer_new"),
+            "curves_degradation": curves(snap, "degradation"), "importances": importances(imp)}

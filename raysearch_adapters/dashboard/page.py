@@ -1,0 +1,77 @@
+"""The dashboard page and its data: one JSON view of a results folder, one HTML page for the live
+server (assets linked, polls the view) and for the report (assets and view inlined)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+from pathlib import Path
+from typing import Optional
+
+from raysearch_adapters.dashboard.charts import all_charts
+from raysearch_adapters.dashboard.data import (DOWNLOADS, OPTUNA_DB, fingerprint, read_snapshot, summary_view,
+                                               trials_view)
+from raysearch_adapters.dashboard.importance import Importances, param_importances
+
+STATIC_DIR = Path(__file__).parent / "static"
+# The page's own assets, by the name the page asks for: nothing else is ever served from disk.
+STATIC_TYPES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "plotly.min.js": "text/javascript"}
+POLL_SECONDS = 3
+
+
+def plotly_js() -> Path:
+    """The plotly.min.js bundled in the installed ``plotly`` Python package (no CDN: works offline)."""
+    spec = importlib.util.find_spec("plotly")  # locates the package without importing it
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from the installed plotly package; reinstall plotly")
+    return path
+
+
+def static_path(name: str) -> Optional[Path]:
+    """The file of a page asset, or None for any name that is not one of :data:`STATIC_TYPES`."""
+    if name not in STATIC_TYPES:
+        return None
+    return plotly_js() if name == "plotly.min.js" else STATIC_DIR / name
+
+
+def build_view(results_dir: Path) -> dict:
+    """Everything the page shows, as JSON-able data (the API's answer, the report's embedded data)."""
+    results_dir = Path(results_dir)
+    stamp = fingerprint(results_dir)
+    snap = read_snapshot(results_dir)
+    imp = (param_importances(results_dir / OPTUNA_DB, snap.search_id) if snap.state in ("running", "finished")
+           else Importances(message="no trials yet"))
+    return {
+        "fingerprint": stamp,
+        "generated_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "results_dir": str(results_dir), "state": snap.state, "search_id": snap.search_id,
+        "errors": snap.errors, "notes": snap.notes, "summary": summary_view(snap), "trials": trials_view(snap),
+        "charts": all_charts(snap, imp),
+        "files": [name for name in DOWNLOADS if (results_dir / name).is_file()],
+    }
+
+
+def _inline_json(view: dict) -> str:
+    # "</script" or "<!--" inside a <script> block would end or derail it: write every "<" as \u003c.
+    return json.dumps(view, allow_nan=False).replace("<", "\\u003c")
+
+
+def render_page(view: Optional[dict] = None) -> str:
+    """The HTML page: live (``view`` None: assets from /static, data polled from /api/view) or
+    self-contained (``view`` given: CSS, Plotly.js, the script and the data inlined)."""
+    html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    if view is None:
+        head = '<link rel="stylesheet" href="static/dashboard.css">'
+        scripts = ('<script src="static/plotly.min.js"></script>\n'
+                   f'<script src="static/dashboard.js" data-poll-seconds="{POLL_SECONDS}"></script>')
+        title = "raysearch-adapters dashboard"
+    else:
+        head = f"<style>\n{(STATIC_DIR / 'dashboard.css').read_text(encoding='utf-8')}\n</style>"
+        scripts = (f"<script>\n{plotly_js().read_text(encoding='utf-8')}\n</script>\n"
+                   f'<script type="application/json" id="rsa-view">{_inline_json(view)}</script>\n'
+                   f"<script>\n{(STATIC_DIR / 'dashboard.js').read_text(encoding='utf-8')}\n</script>")
+        title = f"raysearch-adapters report: {view.get('search_id') or view['results_dir']}"
+    return (html.replace("<!--TITLE-->", title.replace("&", "&amp;").replace("<", "&lt;"))
+            .replace("<!--HEAD-->", head).replace("<!--SCRIPTS-->", scripts))

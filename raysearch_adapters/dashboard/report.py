@@ -1,0 +1,62 @@
+"""``raysearch-adapters report``: one self-contained HTML file (Plotly.js and the data inlined, opens
+offline, shareable by mail) and a PNG per chart, written into the results folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+from raysearch_adapters.dashboard.page import build_view, render_page
+from raysearch_adapters.dashboard.png import write_png
+from raysearch_adapters.errors import UserError
+
+REPORT_FILE = "report.html"
+PLOTS_DIR = "plots"
+
+
+@dataclass
+class Report:
+    """Where the report went; the unreadable files and the missing parts it mentions."""
+
+    html: Path
+    pngs: List[Path]
+    errors: List[str]
+    notes: List[str]
+
+
+def write_report(results_dir: Path) -> Report:
+    """Write ``report.html`` and ``plots/<chart>.png`` into ``results_dir``."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise UserError(f"RESULTS_DIR {results_dir}: not a folder; pass a search's results folder "
+                        "(results/<search name>/)")
+    view = build_view(results_dir)
+    if view["state"] in ("empty", "error"):
+        raise UserError(f"RESULTS_DIR {results_dir}: nothing to report: " + " | ".join(view["errors"] + view["notes"]))
+    html = results_dir / REPORT_FILE
+    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=f".{REPORT_FILE}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(render_page(view))
+    os.replace(tmp, html)
+    pngs = []
+    for key, fig in view["charts"].items():
+        if "data" in fig:
+            pngs.append(results_dir / PLOTS_DIR / f"{key}.png")
+            write_png(fig, pngs[-1])
+    return Report(html=html, pngs=pngs, errors=view["errors"], notes=view["notes"])
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """``raysearch-adapters report RESULTS_DIR``."""
+    report = write_report(Path(args.results_dir))
+    for m in report.errors:
+        print(f"warning: {m}")
+    for m in report.notes:
+        print(f"note: {m}")
+    print(f"report: {report.html.absolute()} (self-contained, opens offline)")
+    print(f"plots:  {len(report.pngs)} PNG files in {(report.html.parent / PLOTS_DIR).absolute()}")
+    return 0

@@ -1,0 +1,142 @@
+"""The results tables of a search: one explicit pyarrow schema each, atomic writes, checked reads.
+
+``trials.parquet`` has one row per trial, ``epochs.parquet`` one row per dev evaluation of a
+trial. The dashboard and the report read these files only, so their columns are a contract:
+a file whose schema differs fails to load with the file name and the differing columns.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, List, Mapping, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysearch_adapters.errors import UserError
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+
+# RUNNING only appears while a search runs (the dashboard shows it live); a finished search
+# has every trial COMPLETE (trained to the end), PRUNED (stopped early by ASHA) or FAIL.
+TRIAL_STATUSES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL")
+
+_DEGRADATION_DOC = ("orig_wer_adapted - orig_wer_base on original-domain dev: absolute WER points, or, "
+                    "when summary.json kappa_mode is 'relative', that difference as a percentage of the "
+                    "base WER")
+
+
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={b"doc": doc.encode()})
+
+
+# The searched hyperparameters, in the order of the space (conf/demo.yaml, search.space).
+HPARAM_FIELDS = [
+    _f("dim", pa.int64(), "adapter bottleneck width h"),
+    _f("blocks", pa.string(), "block-set spec of the adapted blocks (all, top:K, ...)"),
+    _f("position", pa.string(), "where inside each block the adapter sits (post, mha, ffn)"),
+    _f("lr", pa.float64(), "peak learning rate (AdamW)"),
+    _f("dropout", pa.float64(), "dropout on the adapter output"),
+    _f("stochastic_depth", pa.float64(), "probability of skipping the adapter branch in training"),
+    _f("l2_lambda", pa.float64(), "L2 penalty on the adapter output"),
+    _f("weight_decay", pa.float64(), "AdamW weight decay"),
+    _f("steps", pa.int64(), "optimiser steps of the full trial"),
+    _f("specaugment", pa.bool_(), "SpecAugment on training batches"),
+]
+HPARAM_NAMES = tuple(f.name for f in HPARAM_FIELDS)
+
+TRIALS_SCHEMA = pa.schema([
+    _f("search_id", pa.string(), "search.name", nullable=False),
+    _f("trial_id", pa.string(), "Ray Tune trial id", nullable=False),
+    *HPARAM_FIELDS,
+    _f("adapter_params", pa.int64(), "trainable adapter parameters"),
+    _f("adapter_percent", pa.float64(), "adapter parameters as % of the base model's"),
+    _f("status", pa.string(), "RUNNING | COMPLETE | PRUNED | FAIL", nullable=False),
+    _f("evals", pa.int64(), "dev evaluations done"),
+    _f("step", pa.int64(), "optimiser step of the last evaluation"),
+    _f("dev_wer_new", pa.float64(), "new-domain dev WER (%) at the last evaluation"),
+    _f("dev_wer_original", pa.float64(), "original-domain dev WER (%) with adapters, last evaluation"),
+    _f("degradation", pa.float64(), _DEGRADATION_DOC),
+    _f("feasible", pa.bool_(), "degradation <= kappa"),
+    _f("wall_time_s", pa.float64(), "seconds from the trial's start to its last result"),
+    _f("device", pa.string(), "device of rank 0 (cpu, cuda:0 NVIDIA H100 ...)"),
+    _f("node_id", pa.string(), "Ray node id of rank 0"),
+    _f("checkpoint_path", pa.string(), "adapter checkpoint of the last evaluation (Ray Train storage)"),
+    _f("error", pa.string(), "first line of the error of a FAIL trial"),
+])
+
+EPOCHS_SCHEMA = pa.schema([
+    _f("search_id", pa.string(), "search.name", nullable=False),
+    _f("trial_id", pa.string(), "Ray Tune trial id", nullable=False),
+    _f("step", pa.int64(), "optimiser step", nullable=False),
+    _f("eval_index", pa.int64(), "1-based evaluation number (the ASHA time attribute)", nullable=False),
+    _f("train_loss", pa.float64(), "mean training loss since the previous evaluation"),
+    _f("dev_wer_new", pa.float64(), "new-domain dev WER (%)"),
+    _f("dev_wer_original", pa.float64(), "original-domain dev WER (%) with adapters"),
+    _f("degradation", pa.float64(), _DEGRADATION_DOC),
+    _f("lr", pa.float64(), "learning rate at this step"),
+    _f("time_s", pa.float64(), "seconds since the trial's training started"),
+])
+
+
+class ResultsSchemaError(UserError):
+    """A results file whose columns differ from the schema this version reads."""
+
+
+def to_table(rows: Iterable[Mapping], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts keyed by column) as a table of ``schema``; an unknown key is an error, a missing one null."""
+    rows = list(rows)
+    names = set(schema.names)
+    for i, row in enumerate(rows):
+        unknown = sorted(set(row) - names)
+        if unknown:
+            raise ValueError(f"row {i}: unknown columns {unknown}; the schema has {schema.names}")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_table(path: os.PathLike | str, rows: Iterable[Mapping], schema: pa.Schema,
+                metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write ``rows`` as Parquet at ``path`` atomically (temp file + rename: readers never see half a file)."""
+    table = to_table(rows, schema)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: os.PathLike | str, schema: pa.Schema) -> pa.Table:
+    """The table at ``path``, checked against ``schema`` (names and types of every column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsSchemaError(f"{path}: results file not found")
+    try:
+        found = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ResultsSchemaError(f"{path}: not a readable Parquet file ({e})") from None
+    expected = {f.name: f.type for f in schema}
+    got = {f.name: f.type for f in found}
+    missing = [n for n in expected if n not in got]
+    extra = [n for n in got if n not in expected]
+    wrong = [f"{n} ({got[n]}, expected {expected[n]})" for n in expected if n in got and got[n] != expected[n]]
+    if missing or extra or wrong:
+        parts = [f"{label}: {', '.join(items)}" for label, items in
+                 (("missing", missing), ("unexpected", extra), ("wrong type", wrong)) if items]
+        raise ResultsSchemaError(f"{path}: columns differ from this version's schema; {'; '.join(parts)}")
+    return pq.read_table(path, schema=found).select(schema.names)
+
+
+def read_rows(path: os.PathLike | str, schema: pa.Schema) -> List[dict]:
+    """The rows of :func:`read_table` as dicts."""
+    return read_table(path, schema).to_pylist()

@@ -1,0 +1,142 @@
+"""A results folder as a search writes it: tables via write_table, summary.json via build_summary, a
+real Optuna SQLite study; and the dashboard app served on 127.0.0.1 in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+SEARCH = "fixture"
+NUM_BLOCKS = 4
+LIMIT = 1.0
+BASELINE = {"dev": {"new": 45.0, "original": 10.0}, "test": {"new": 47.0, "original": 10.4}}
+WINNER_TEST = {"new": 19.5, "original": 10.9}
+METADATA = {"kappa": "1.0", "kappa_mode": "absolute", "degradation_limit": "1.0", "num_blocks": str(NUM_BLOCKS)}
+
+# trial id, dim, blocks, position, lr, status, dev WER new, degradation (None: never evaluated)
+TRIALS = [
+    ("t1", 8, "top:2", "post", 1e-3, "COMPLETE", 20.0, 0.5),
+    ("t2", 32, "all", "post", 3e-3, "COMPLETE", 15.0, 2.0),
+    ("t3", 16, "bottom:2", "mha", 5e-4, "COMPLETE", 24.0, 0.2),
+    ("t4", 64, "every:2", "ffn", 2e-3, "PRUNED", 30.0, 0.0),
+    ("t5", 4, "1,3", "post", 1e-4, "PRUNED", 35.0, 0.1),
+    ("t6", 16, "window:1-3", "ffn", 1e-3, "COMPLETE", 18.0, 0.9),
+    ("t7", 32, "top:1", "mha", 5e-3, "FAIL", None, None),
+    ("t8", 8, "all", "post", 2e-3, "RUNNING", 40.0, 0.3),
+]
+WINNER = "t6"  # feasible (degradation <= 1.0) with the lowest dev WER new
+PARETO = ["t2", "t6", "t1", "t3", "t4"]  # t5 is dominated by t4
+
+
+def trial_rows() -> list:
+    """trials.parquet rows of :data:`TRIALS`."""
+    rows = []
+    for tid, dim, blocks, position, lr, status, wer, deg in TRIALS:
+        measured = wer is not None
+        rows.append({
+            "search_id": SEARCH, "trial_id": tid, "dim": dim, "blocks": blocks, "position": position, "lr": lr,
+            "dropout": 0.1, "stochastic_depth": 0.0, "l2_lambda": 0.0, "weight_decay": 0.0, "steps": 30,
+            "specaugment": True, "adapter_params": dim * 2 * 144 * 2, "adapter_percent": dim * 0.05,
+            "status": status, "evals": 3 if status == "COMPLETE" else 1 if measured else 0,
+            "step": 30 if measured else None, "dev_wer_new": wer,
+            "dev_wer_original": BASELINE["dev"]["original"] + deg if measured else None, "degradation": deg,
+            "feasible": deg <= LIMIT if measured else None, "wall_time_s": 12.5 if measured else 1.0,
+            "device": "cpu", "node_id": "n0", "checkpoint_path": f"/tmp/ckpt/{tid}" if measured else None,
+            "error": "RuntimeError: out of memory" if status == "FAIL" else None})
+    return rows
+
+
+def epoch_rows() -> list:
+    """epochs.parquet rows: evaluations converging on each trial's last values."""
+    rows = []
+    for tid, _, _, _, lr, status, wer, deg in TRIALS:
+        if wer is None:
+            continue
+        n = 3 if status == "COMPLETE" else 1
+        for i in range(1, n + 1):
+            back = n - i  # evaluations before the last: worse WER, less degradation
+            rows.append({"search_id": SEARCH, "trial_id": tid, "step": 10 * i, "eval_index": i,
+                         "train_loss": 2.0 / i, "dev_wer_new": wer + 5.0 * back,
+                         "dev_wer_original": BASELINE["dev"]["original"] + deg - 0.1 * back,
+                         "degradation": deg - 0.1 * back, "lr": lr, "time_s": 4.0 * i})
+    return rows
+
+
+def write_study(path: Path) -> None:
+    """A real Optuna study of the measured trials (objective: dev WER new; ASHA's stops PRUNED)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=SEARCH, storage=f"sqlite:///{path}", direction="minimize")
+    dists = {"dim": optuna.distributions.IntDistribution(4, 64, log=True),
+             "blocks": optuna.distributions.CategoricalDistribution(sorted({t[2] for t in TRIALS})),
+             "position": optuna.distributions.CategoricalDistribution(["post", "mha", "ffn"]),
+             "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    states = {"COMPLETE": optuna.trial.TrialState.COMPLETE, "PRUNED": optuna.trial.TrialState.PRUNED,
+              "FAIL": optuna.trial.TrialState.FAIL}
+    for tid, dim, blocks, position, lr, status, wer, _ in TRIALS:
+        if status in states:
+            study.add_trial(optuna.trial.create_trial(
+                params={"dim": dim, "blocks": blocks, "position": position, "lr": lr}, distributions=dists,
+                value=wer if status == "COMPLETE" else None, state=states[status],
+                user_attrs={"tune_trial_id": tid}))
+
+
+def write_results(d: Path, summary: bool = True) -> Path:
+    """A results folder: tables, study and (with ``summary``) summary.json as the search writes them."""
+    from raysearch_adapters.config import load_config
+    from raysearch_adapters.results import EPOCHS_SCHEMA, TRIALS_SCHEMA, write_table
+    from raysearch_adapters.results.select import pareto_front, select_winner
+    from raysearch_adapters.search.summary import build_summary, write_summary
+
+    d.mkdir(parents=True, exist_ok=True)
+    rows = trial_rows()
+    write_table(d / "trials.parquet", rows, TRIALS_SCHEMA, METADATA)
+    write_table(d / "epochs.parquet", epoch_rows(), EPOCHS_SCHEMA, METADATA)
+    write_study(d / "optuna.db")
+    if summary:
+        cfg = load_config([], [f"search.name={SEARCH}", f"search.kappa={LIMIT}"])
+        done = [r for r in rows if r["status"] != "RUNNING"]
+        paths = {"results_dir": str(d), "config": str(d / "config.yaml"), "trials": str(d / "trials.parquet"),
+                 "epochs": str(d / "epochs.parquet"), "study_storage": f"sqlite:///{d / 'optuna.db'}",
+                 "study_name": SEARCH, "tune_storage": str(d), "best_adapter": str(d / "best_adapter.pt"),
+                 "summary": str(d / "summary.json")}
+        (d / "best_adapter.pt").write_bytes(b"adapter weights")
+        write_summary(d / "summary.json", build_summary(cfg, done, LIMIT, BASELINE, select_winner(done, LIMIT),
+                                                        WINNER_TEST, None, pareto_front(done), paths,
+                                                        num_blocks=NUM_BLOCKS))
+    return d
+
+
+class Served:
+    """The real dashboard app on 127.0.0.1 (a free port), set up and run in a background thread with its
+    own event loop (the test's thread may run one already: Playwright's sync API does)."""
+
+    def __init__(self, results_dir: Path):
+        from aiohttp import web
+
+        from raysearch_adapters.dashboard.server import make_app
+
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(make_app(results_dir))
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.runner.setup())
+            self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", 0).start())
+            ready.set()
+            self.loop.run_forever()
+            self.loop.run_until_complete(self.runner.cleanup())
+            self.loop.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(60), "the dashboard did not start"
+        self.host, self.port = self.runner.addresses[0][:2]
+        self.url = f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
