@@ -57,3 +57,12 @@ def random_inputs(model, batch: int = 2, frames: int = 24, seed: int = 0):
     lengths = torch.full((batch,), frames, dtype=torch.long)
     lengths[-1] = max(1, frames - frames // 3)
     return torch.randn(batch, frames, dim, generator=g), lengths
+
+
+def tiny_search_overrides(corpus, checkpoint, cache, results_dir, name: str, *extra: str) -> list[str]:
+    """Config overrides for a search of a few tiny trials (seconds each) on the small demo corpus."""
+    return [f"search.name={name}", f"results.dir={results_dir}", f"data.demo_dir={corpus}", f"data.cache_dir={cache}",
+            f"model.checkpoint={checkpoint}", "search.sampler=random", "search.num_trials=4",
+            "search.space.dim.choices=[2,4]", "search.space.blocks.choices=[all,top:1]",
+            "search.space.position.choices=[post,ffn]", "train.steps=4", "train.eval_every=2",
+            "train.max_batch_seconds=12", "data.max_batch_seconds=60", "resources.max_concurrent_trials=2", *extra]

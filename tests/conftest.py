@@ -32,3 +32,16 @@ def small_demo(tmp_path_factory):
     from raysearch_adapters.data.demo import build_demo_corpus
 
     return build_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", small=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def search_data(small_demo, tmp_path_factory):
+    """(demo corpus folder, tiny checkpoint path, feature cache folder), built once per session."""
+    from raysearch_adapters.models.checkpoint import save_checkpoint
+    from raysearch_adapters.testing import tiny_conformer
+
+    root = tmp_path_factory.mktemp("search_data")
+    checkpoint = root / "tiny.pt"
+    save_checkpoint(checkpoint, tiny_conformer(seed=0, num_layers=2))
+    return small_demo, checkpoint, root / "features"
+

@@ -1,0 +1,130 @@
+"""Ray Tune + Optuna + ASHA over Ray Train trials: the searcher, the scheduler, resources and resume.
+
+A trial is a Tune *function trainable* (the trial driver, 0.01 CPU) that runs one
+``TorchTrainer`` whose workers hold the real resources (Train V2 inside Tune: metrics reach
+Tune through ``TuneReportCallback``). Tune does not count the workers' resources, so
+``max_concurrent_trials`` is derived so that every running trial's workers fit.
+"""
+
+from __future__ import annotations
+
+import optuna
+import ray
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from raysearch_adapters.config import Config, from_dict, to_dict
+from raysearch_adapters.errors import UserError
+from raysearch_adapters.results.tables import HPARAM_NAMES
+from raysearch_adapters.search.record import TablesRecorder
+from raysearch_adapters.search.searcher import ConstrainedOptunaSearch
+from raysearch_adapters.search.space import grid_size, make_sampler, space_function
+from raysearch_adapters.train.hparams import default_hparams
+from raysearch_adapters.train.loop import num_evals
+from raysearch_adapters.train.objective import degradation_limit
+from raysearch_adapters.train.worker import train_loop_per_worker, trial_loop_config
+
+TUNE_RUN_NAME = "tune"  # the Tune experiment folder under the storage path
+TRAIN_RUNS = "train"  # folder of the Train runs (one per trial, named after the trial id)
+OBJECTIVES = ("dev_wer_new", "degradation")  # NSGA-II minimises both
+
+
+def run_trial(config: dict, context: dict) -> None:
+    """Tune function trainable: train one trial's adapters with a ``TorchTrainer`` (Train V2 inside Tune)."""
+    cfg = from_dict(context["cfg"])
+    r = cfg.resources
+    trial_id = tune.get_context().get_trial_id()
+    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=trial_loop_config(cfg, {k: config[k] for k in HPARAM_NAMES}, context["base_original_wer"]),
+        scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                               resources_per_worker=per_worker),
+        # A stable name per trial: a trial restarted by --resume continues from its last checkpoint.
+        run_config=ray.train.RunConfig(name=trial_id, storage_path=f"{context['storage_path']}/{TRAIN_RUNS}",
+                                       callbacks=[TuneReportCallback()],
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                                       failure_config=ray.train.FailureConfig(max_failures=0)))
+    if not trainer.fit().metrics:
+        # Without this a result lacking the metric would stop the whole Tune run, not just this trial.
+        raise RuntimeError(f"trial {trial_id}: the training run ended without reporting an evaluation")
+
+
+def max_concurrent_trials(cfg: Config, cluster: dict) -> int:
+    """``resources.max_concurrent_trials``, or as many trials as the cluster's GPUs/CPUs hold (at most the budget)."""
+    r = cfg.resources
+    if r.use_gpu and cluster.get("GPU", 0) < r.gpus_per_worker * r.num_workers:
+        raise UserError(f"resources.use_gpu=true: the Ray cluster has {cluster.get('GPU', 0):g} GPUs; a trial "
+                        f"needs {r.gpus_per_worker * r.num_workers:g} (num_workers x gpus_per_worker); set "
+                        "resources.use_gpu=false to run on CPU")
+    if r.max_concurrent_trials:
+        n = r.max_concurrent_trials
+    elif r.use_gpu:
+        n = int(cluster["GPU"] // (r.gpus_per_worker * r.num_workers) + 1e-9)
+    elif r.cpus_per_worker > 0:
+        n = int(cluster.get("CPU", 1) // (r.cpus_per_worker * r.num_workers) + 1e-9)
+    else:
+        n = int(cluster.get("CPU", 1))
+    return max(1, min(n, num_trials(cfg)))
+
+
+def num_trials(cfg: Config) -> int:
+    """The trial budget: ``search.num_trials``, and at most the grid's size for the grid baseline."""
+    if cfg.search.sampler == "grid":
+        return min(cfg.search.num_trials, grid_size(cfg.search.grid))
+    return cfg.search.num_trials
+
+
+def max_evals(cfg: Config) -> int:
+    """Evaluations of the longest possible trial (ASHA's ``max_t``)."""
+    spec = cfg.search.space.steps
+    kind = spec.kind()
+    if cfg.search.sampler == "grid" or kind in ("value", "unset"):
+        longest = spec.value if kind == "value" else default_hparams(cfg)["steps"]
+    else:
+        longest = spec.high if kind == "range" else max(spec.choices)
+    return num_evals(int(longest), cfg.train.eval_every)
+
+
+def make_searcher(cfg: Config, storage: optuna.storages.BaseStorage) -> ConstrainedOptunaSearch:
+    """The constrained Optuna searcher over ``cfg.search.space`` (or the grid), its study in ``storage``."""
+    multi = cfg.search.sampler == "nsga2"
+    return ConstrainedOptunaSearch(space=space_function(cfg), metric=list(OBJECTIVES) if multi else OBJECTIVES[0],
+                                   mode=["min", "min"] if multi else "min", sampler=make_sampler(cfg.search),
+                                   study_name=cfg.search.name, storage=storage,
+                                   limit=degradation_limit(cfg.search.kappa, cfg.search.kappa_mode))
+
+
+def make_scheduler(cfg: Config):
+    """ASHA on dev new-domain WER, one rung per evaluation (FIFO when ``search.asha.enabled=false``)."""
+    a = cfg.search.asha
+    if not a.enabled:
+        return FIFOScheduler()
+    top = max_evals(cfg)
+    return ASHAScheduler(time_attr="eval_index", metric=OBJECTIVES[0], mode="min", max_t=top,
+                         grace_period=min(a.grace_period, top), reduction_factor=a.reduction_factor)
+
+
+def trainable(cfg: Config, base_original_wer: float, storage_path: str):
+    """The trial driver with its fixed context and a token CPU (its workers hold the real resources)."""
+    context = {"cfg": to_dict(cfg), "base_original_wer": base_original_wer, "storage_path": storage_path}
+    return tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0.01})
+
+
+def make_tuner(cfg: Config, base_original_wer: float, storage_path: str, study_storage: optuna.storages.BaseStorage,
+               recorder: TablesRecorder, resume: bool) -> tune.Tuner:
+    """A new Tuner, or (``resume``) the interrupted one restored with its unfinished and errored trials."""
+    fn = trainable(cfg, base_original_wer, storage_path)
+    if resume:
+        return tune.Tuner.restore(f"{storage_path}/{TUNE_RUN_NAME}", trainable=fn, resume_unfinished=True,
+                                  resume_errored=True)
+    concurrent = max_concurrent_trials(cfg, ray.cluster_resources())
+    return tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, study_storage), scheduler=make_scheduler(cfg),
+                                    num_samples=num_trials(cfg), max_concurrent_trials=concurrent, reuse_actors=False),
+        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=storage_path, callbacks=[recorder],
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)))
