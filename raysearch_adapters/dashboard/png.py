@@ -9,11 +9,11 @@ scatter traces (markers and/or lines), horizontal bars, axis titles, log axes an
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from raysearch_adapters.fileio import atomic_write
 from matplotlib.figure import Figure
 
 _MARKERS = {"circle": "o", "circle-open": "o", "star": "*", "diamond": "D", "square": "s"}
@@ -88,12 +88,4 @@ def draw(fig: dict) -> Figure:
 
 def write_png(fig: dict, path: Path) -> None:
     """Draw ``fig`` into ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        FigureCanvasAgg(draw(fig)).print_png(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: FigureCanvasAgg(draw(fig)).print_png(str(tmp)))

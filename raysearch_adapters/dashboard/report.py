@@ -4,12 +4,11 @@ offline, shareable by mail) and a PNG per chart, written into the results folder
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
+from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.dashboard.page import build_view, render_page
 from raysearch_adapters.dashboard.png import write_png
 from raysearch_adapters.errors import UserError
@@ -38,10 +37,7 @@ def write_report(results_dir: Path) -> Report:
     if view["state"] in ("empty", "error"):
         raise UserError(f"RESULTS_DIR {results_dir}: nothing to report: " + " | ".join(view["errors"] + view["notes"]))
     html = results_dir / REPORT_FILE
-    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=f".{REPORT_FILE}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render_page(view))
-    os.replace(tmp, html)
+    atomic_write_text(html, render_page(view))
     pngs = []
     for key, fig in view["charts"].items():
         if "data" in fig:

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from raysearch_adapters.data.audio import load_audio
-from raysearch_adapters.data.manifest import Utterance, atomic_write, read_manifest
+from raysearch_adapters.data.manifest import Utterance, read_manifest
+from raysearch_adapters.fileio import atomic_write
 from raysearch_adapters.data.text import normalize_text
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,9 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,6 +26,7 @@ import soundfile as sf
 
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +269,6 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
         raise ManifestError(f"{path}: all {total} {unit} are bad{report_note}; "
                             f"expected at least one usable utterance", messages)
     return utterances
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it into place in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_manifest(path: os.PathLike | str, utterances: Iterable[Utterance]) -> Path:

@@ -6,7 +6,6 @@ loading checks every key and shape and names the ones that do not match.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.fileio import atomic_write
 
 FORMAT = "raysearch-adapters/model/v1"
 
@@ -24,11 +24,7 @@ class CheckpointError(UserError):
 
 def atomic_torch_save(obj, path: Path) -> None:
     """``torch.save`` to a temp file beside ``path``, then rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: Optional[dict] = None, half: bool = False) -> None:

@@ -18,8 +18,9 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     """'demo' -> the shipped model; anything else is a path."""
     if checkpoint == "demo":
         if not DEMO_MODEL.is_file():
-            raise UserError(f"model.checkpoint=demo: the shipped demo model {DEMO_MODEL} is missing from this "
-                            "installation; train one with `raysearch-adapters pretrain` and pass its path")
+            raise UserError(f"model.checkpoint=demo: this version ships no demo base model ({DEMO_MODEL} is "
+                            "missing); train one with `raysearch-adapters pretrain` (minutes on a GPU, hours on a "
+                            "CPU) and pass model.checkpoint=PATH/model.pt")
         return DEMO_MODEL
     return Path(checkpoint).expanduser()
 

@@ -8,7 +8,6 @@ a file whose schema differs fails to load with the file name and the differing c
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional
 
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.fileio import atomic_write
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -104,16 +104,7 @@ def write_table(path: os.PathLike | str, rows: Iterable[Mapping], schema: pa.Sch
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                **{k.encode(): v.encode() for k, v in metadata.items()}})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_table(path: os.PathLike | str, schema: pa.Schema) -> pa.Table:

@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import optuna
@@ -24,6 +23,7 @@ from ray import tune
 from raysearch_adapters.adapters.state import load_adapter
 from raysearch_adapters.config import Config, load_config, to_yaml
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results.tables import EPOCHS_FILE, TRIALS_FILE, TRIALS_SCHEMA, read_rows
 from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
@@ -96,18 +96,13 @@ def _prepare_dir(cfg: Config, resume: bool) -> Config:
     results_dir.mkdir(parents=True, exist_ok=True)
     # Stored with an absolute results.dir: a resume from another directory finds the same folder.
     cfg = dataclasses.replace(cfg, results=dataclasses.replace(cfg.results, dir=str(results_dir.parent)))
-    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=f".{CONFIG_FILE}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(to_yaml(cfg))
-    os.replace(tmp, config_file)
+    atomic_write_text(config_file, to_yaml(cfg))
     return cfg
 
 
 def _copy_adapter(checkpoint_path: str, dest: Path) -> None:
     with ray.train.Checkpoint(checkpoint_path).as_directory() as d:
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(Path(d) / ADAPTER_FILE, tmp)
-        os.replace(tmp, dest)
+        atomic_write(dest, lambda tmp: shutil.copyfile(Path(d) / ADAPTER_FILE, tmp))
 
 
 def run_search(cfg: Config, resume: bool = False) -> dict:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import raysearch_adapters
+from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.config import Config
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
@@ -76,11 +75,7 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
 
 def write_summary(path: Path, summary: dict) -> None:
     """Write ``summary.json`` atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def _fmt(x: Optional[float]) -> str:

@@ -67,11 +67,10 @@ def cli_main(args) -> int:
     """Entry point of ``raysearch-adapters evaluate``."""
     import json
     import logging
-    from pathlib import Path
 
     from raysearch_adapters.cli import load_from_args
     from raysearch_adapters.data.cache import load_features
-    from raysearch_adapters.data.manifest import atomic_write
+    from raysearch_adapters.fileio import atomic_write_text
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_from_args(args.config)
@@ -94,6 +93,6 @@ def cli_main(args) -> int:
         lines += [json.dumps({"manifest": str(manifest), "id": i, "reference": ref, "hypothesis": hyp})
                   for i, ref, hyp in zip(fs.ids, fs.texts, r["hypotheses"])]
     if args.hypotheses:
-        atomic_write(Path(args.hypotheses), lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+        atomic_write_text(args.hypotheses, "\n".join(lines) + "\n")
         print(f"hypotheses: {args.hypotheses}")
     return 0

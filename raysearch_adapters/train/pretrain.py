@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import shlex
 import time
@@ -27,6 +26,7 @@ from raysearch_adapters.config import Config
 from raysearch_adapters.data.batching import duration_batches
 from raysearch_adapters.data.features import SpecAugment
 from raysearch_adapters.data.text import normalize_text
+from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.models.checkpoint import atomic_torch_save, load_state_strict, save_checkpoint
 from raysearch_adapters.models.conformer import ConformerCTC
 from raysearch_adapters.models.tokenizer import SentencePieceTokenizer, tokenizer_from_dict
@@ -196,9 +196,7 @@ def export(cfg: Config, out: Path, history: list, seconds: float, device: torch.
     }
     target = out / "model.pt"
     save_checkpoint(target, model, {"card": json.dumps(card)}, half=True)
-    tmp = out / ".MODEL_CARD.md.tmp"
-    tmp.write_text(model_card_markdown(card))
-    os.replace(tmp, out / "MODEL_CARD.md")
+    atomic_write_text(out / "MODEL_CARD.md", model_card_markdown(card))
     log.info("pretrain: wrote %s (%.2f MiB) and %s", target, target.stat().st_size / 2**20, out / "MODEL_CARD.md")
     return target
 
