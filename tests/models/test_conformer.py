@@ -118,3 +118,11 @@ def test_sentencepiece_round_trip_and_unencodable_chars():
     assert tok.encode("the dog") == again.encode("the dog")
     with pytest.raises(TokenizerError, match=r"m\.json: .*'!' on lines 2; 'é' on lines 1, 3"):
         tok.check_texts(["the café", "hot!", "é"], "m.json")
+
+
+def test_missing_demo_model_says_how_to_make_one(monkeypatch, tmp_path):
+    from raysearch_adapters.models import registry
+
+    monkeypatch.setattr(registry, "DEMO_MODEL", tmp_path / "demo_model.pt")
+    with pytest.raises(UserError, match=r"model.checkpoint=demo: .*raysearch-adapters pretrain.*model.checkpoint=PATH"):
+        load_base_model(ModelConfig(checkpoint="demo"))
