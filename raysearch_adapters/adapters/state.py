@@ -19,7 +19,7 @@ from raysearch_adapters.adapters.inject import AdapterHandle, AdapterWrapper, in
 from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import Backbone
-from raysearch_adapters.models.checkpoint import atomic_torch_save
+from raysearch_adapters.models.checkpoint import atomic_torch_save, read_format_file
 
 FORMAT = "raysearch-adapters/adapter/v1"
 
@@ -78,15 +78,7 @@ def load_adapter(path: str | Path, model: Backbone) -> Tuple[AdapterHandle, Adap
     Fails, leaving ``model`` untouched, when the file was made for another base model or
     its weights do not fit the placement its config describes."""
     path = Path(path)
-    if not path.is_file():
-        raise AdapterFileError(f"{path}: adapter file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors: not a file we can read safely
-        raise AdapterFileError(f"{path}: not a loadable adapter file ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise AdapterFileError(f"{path}: format {found!r}; expected a raysearch-adapters adapter ({FORMAT})")
+    payload = read_format_file(path, FORMAT, "adapter file", AdapterFileError)
     try:
         cfg = AdapterConfig(**payload["adapter"])
     except TypeError as e:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import threading
@@ -19,6 +18,7 @@ from typing import Optional
 
 from aiohttp import web
 
+from raysearch_adapters.hosts import is_loopback
 from raysearch_adapters.dashboard.data import DOWNLOADS, fingerprint
 from raysearch_adapters.dashboard.page import STATIC_TYPES, build_view, render_page, static_path
 from raysearch_adapters.errors import UserError
@@ -92,15 +92,6 @@ def make_app(results_dir: Path) -> web.Application:
     return app
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def _serve_forever(results_dir: Path, host: str, port: int) -> None:
     runner = web.AppRunner(make_app(results_dir), access_log=None)
     await runner.setup()
@@ -125,7 +116,7 @@ def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
     if not results_dir.is_dir():
         raise UserError(f"RESULTS_DIR {results_dir}: not a folder; pass a search's results folder "
                         "(results/<search name>/)")
-    if not _is_loopback(host):
+    if not is_loopback(host):
         print(f"warning: --host {host} makes the dashboard reachable from other machines; it has no "
               "authentication (read-only)", flush=True)
     try:

@@ -36,19 +36,25 @@ def save_checkpoint(path: Path, model: nn.Module, meta: Optional[dict] = None, h
                        "meta": dict(meta or {})}, path)
 
 
-def read_checkpoint(path: Path) -> dict:
-    """The raw checkpoint dict, validated."""
+def read_format_file(path: Path, fmt: str, what: str, error: type[UserError]) -> dict:
+    """A dict saved by this project with ``"format": fmt``, loaded with ``weights_only=True``;
+    a missing, unreadable or other file raises ``error`` naming the path and what was found."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise error(f"{path}: {what} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors: not a checkpoint we can read safely
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: format {found!r}; expected a raysearch-adapters model ({FORMAT})")
-    return ckpt
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors: not a file we can read safely
+        raise error(f"{path}: not a loadable {what} ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise error(f"{path}: format {found!r}; expected a raysearch-adapters {what} ({fmt})")
+    return payload
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The raw checkpoint dict, validated."""
+    return read_format_file(path, FORMAT, "checkpoint", CheckpointError)
 
 
 def load_state_strict(model: nn.Module, state: dict, where: str) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import secrets
 import shlex
@@ -27,6 +26,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from raysearch_adapters.hosts import is_loopback
 from raysearch_adapters.config import Config
 from raysearch_adapters.errors import UserError
 
@@ -61,15 +61,6 @@ def normalize_address(address: str | None) -> str:
     return address.rstrip("/")
 
 
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _read_token(path: Path, what: str) -> str:
     try:
         token = path.expanduser().read_text().strip()
@@ -90,7 +81,7 @@ def find_token(address: str, token_file: str | None = None) -> str | None:
         return _read_token(Path(os.environ["RAY_AUTH_TOKEN_PATH"]), "RAY_AUTH_TOKEN_PATH")
     default = Path.home() / ".ray" / "auth_token"
     token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
-    if default.is_file() and (token_mode or _is_local(urlparse(address).hostname or "")):
+    if default.is_file() and (token_mode or is_loopback(urlparse(address).hostname or "")):
         return _read_token(default, "token file")
     return None
 
