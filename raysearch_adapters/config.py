@@ -503,9 +503,29 @@ def _merge(base: Any, other: Any, where: str) -> Any:
         raise _omegaconf_error(e, where) from None
 
 
+def _writable_schema() -> Any:
+    """The defaults as an OmegaConf schema that files and overrides may fill.
+
+    OmegaConf 2.3 marks every node of a frozen dataclass read-only; the frozen dataclass built at
+    the end of loading is what keeps a loaded config immutable, so the flags are cleared here."""
+    cfg = OmegaConf.structured(Config)
+
+    def clear(node: Any) -> None:
+        OmegaConf.set_readonly(node, None)
+        if node._is_none() or node._is_missing():
+            return
+        for key in (range(len(node)) if OmegaConf.is_list(node) else list(node.keys())):
+            child = node._get_node(key)
+            if OmegaConf.is_config(child):
+                clear(child)
+
+    clear(cfg)
+    return cfg
+
+
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
     """Defaults ← each YAML in ``paths`` ← ``key=value`` ``overrides``; validated, interpolations resolved."""
-    cfg = OmegaConf.structured(Config)
+    cfg = _writable_schema()
     for p in paths:
         path = Path(p)
         if not path.is_file():
@@ -553,7 +573,7 @@ def to_dict(cfg: Any) -> dict:
 
 def from_dict(d: dict) -> Config:
     """Inverse of :func:`to_dict` (validated)."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d))
+    cfg = OmegaConf.merge(_writable_schema(), OmegaConf.create(d))
     obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     obj.validate()
     return obj
