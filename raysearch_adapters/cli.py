@@ -10,10 +10,6 @@ from raysearch_adapters.config import load_config, to_yaml
 from raysearch_adapters.errors import UserError
 
 
-class CLIError(UserError):
-    """A command-line usage error."""
-
-
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="*", metavar="CONFIG|key=value",
                    help="YAML config files (merged in order) and key=value overrides, e.g. "
