@@ -109,13 +109,16 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     """Run (or resume) the search of ``cfg``; returns the summary (also written to ``summary.json``)."""
     _init_ray()
     check_shared_storage(cfg)  # before anything is written: a multi-node cluster needs shared folders
+    # A bad or missing base model fails before anything is written or the demo corpus is built.
+    model = None if resume else load_base_model(cfg.model)
     cfg = _prepare_dir(cfg, resume)
     results_dir = results_dir_of(cfg)
     storage_path = cfg.results.storage_path or str(results_dir)
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
     _ensure_demo_data(cfg)
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    model = load_base_model(cfg.model)
+    if model is None:
+        model = load_base_model(cfg.model)
     num_blocks = len(model.adaptable_blocks())
     check_space(cfg.search.space, num_blocks)
     model.to(device)

@@ -119,3 +119,13 @@ def test_a_killed_search_resumes_with_every_trial_exactly_once(ray_session, sear
     handle, _, _ = load_adapter(out / "best_adapter.pt",
                                 load_base_model(ModelConfig(checkpoint=str(search_data[1]))))
     assert handle.num_params == summary["winner"]["adapter_params"]
+
+
+def test_a_missing_base_model_fails_before_anything_is_written(ray_session, search_data, tmp_path):
+    from raysearch_adapters.errors import UserError
+
+    missing = tmp_path / "nope.pt"
+    overrides = tiny_search_overrides(*search_data, tmp_path, "nomodel", f"model.checkpoint={missing}")
+    with pytest.raises(UserError, match=r"nope\.pt: checkpoint not found"):
+        run.run_search(load_config([], overrides))
+    assert not (tmp_path / "nomodel").exists()
