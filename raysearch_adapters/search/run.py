@@ -34,9 +34,9 @@ from raysearch_adapters.search.storage import check_shared_storage
 from raysearch_adapters.search.summary import (BEST_ADAPTER_FILE, SUMMARY_FILE, build_summary, format_summary,
                                                write_summary)
 from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner
-from raysearch_adapters.train.evaluate import evaluate
+from raysearch_adapters.train.evaluate import evaluate, load_feature_set
 from raysearch_adapters.train.objective import degradation_limit
-from raysearch_adapters.train.worker import ADAPTER_FILE, load_feature_set
+from raysearch_adapters.train.worker import ADAPTER_FILE
 
 CONFIG_FILE = "config.yaml"
 OPTUNA_DB = "optuna.db"

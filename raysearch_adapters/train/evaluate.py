@@ -8,8 +8,15 @@ from typing import List, Sequence
 import torch
 
 from raysearch_adapters.data.batching import duration_batches
+from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.metrics import char_error_rate, error_counts
 from raysearch_adapters.models.base import greedy_ctc_decode
+
+
+def load_feature_set(data, model, manifest: str, progress: bool = True):
+    """The cached features of ``manifest`` for ``model``'s featurizer (computed on the first call only)."""
+    return load_features(manifest, model.featurizer().eval(), model.featurizer_key(), data.cache_dir,
+                         model.sample_rate, data.on_error, data.duration_tolerance, progress=progress)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -69,7 +76,6 @@ def cli_main(args) -> int:
     import logging
 
     from raysearch_adapters.cli import load_from_args
-    from raysearch_adapters.data.cache import load_features
     from raysearch_adapters.fileio import atomic_write_text
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -85,9 +91,7 @@ def cli_main(args) -> int:
     print(f"{'manifest':<60} {'utts':>6} {'hours':>6} {'WER %':>7} {'CER %':>7}")
     lines = []
     for manifest in args.manifest:
-        fs = load_features(manifest, model.featurizer(), model.featurizer_key(), cfg.data.cache_dir,
-                           model.sample_rate, on_error=cfg.data.on_error,
-                           duration_tolerance=cfg.data.duration_tolerance)
+        fs = load_feature_set(cfg.data, model, manifest)
         r = evaluate(model, fs, max_batch_seconds=cfg.data.max_batch_seconds, device=device)
         print(f"{manifest:<60} {len(fs):>6} {sum(fs.durations) / 3600:>6.2f} {r['wer']:>7.2f} {r['cer']:>7.2f}")
         lines += [json.dumps({"manifest": str(manifest), "id": i, "reference": ref, "hypothesis": hyp})

@@ -30,7 +30,7 @@ from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.models.checkpoint import atomic_torch_save, load_state_strict, save_checkpoint
 from raysearch_adapters.models.conformer import ConformerCTC
 from raysearch_adapters.models.tokenizer import SentencePieceTokenizer, tokenizer_from_dict
-from raysearch_adapters.train.evaluate import autocast_context, evaluate
+from raysearch_adapters.train.evaluate import autocast_context, evaluate, load_feature_set
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,13 @@ def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, tokenizer, text
 
 
 def _feature_sets(cfg: Config, model, names) -> Dict[str, object]:
-    from raysearch_adapters.data.cache import load_features
-
     sets = {}
     for name in names:
         manifest = getattr(cfg.data, name)
         if not Path(manifest).is_file():
             log.warning("pretrain: %s (%s) not found; skipped", name, manifest)
             continue
-        sets[name] = load_features(manifest, model.featurizer(), model.featurizer_key(), cfg.data.cache_dir,
-                                   model.sample_rate, on_error=cfg.data.on_error,
-                                   duration_tolerance=cfg.data.duration_tolerance)
+        sets[name] = load_feature_set(cfg.data, model, manifest)
     return sets
 
 

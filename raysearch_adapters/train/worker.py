@@ -21,22 +21,15 @@ import torch
 
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.adapters.state import base_fingerprint, load_adapter, save_adapter
-from raysearch_adapters.config import Config, DataConfig, from_dict, to_dict
-from raysearch_adapters.data.cache import FeatureSet, load_features
-from raysearch_adapters.models.base import Backbone
+from raysearch_adapters.config import Config, from_dict, to_dict
 from raysearch_adapters.models.registry import load_base_model
+from raysearch_adapters.train.evaluate import load_feature_set
 from raysearch_adapters.train.hparams import trial_adapter_config
 from raysearch_adapters.train.loop import train_adapters
 from raysearch_adapters.train.objective import degradation_limit, is_feasible
 
 ADAPTER_FILE = "adapter.pt"  # adapter weights + config (adapters.state format) in every checkpoint
 STATE_FILE = "train_state.pt"  # optimizer state, step and evaluation index, to resume the trial
-
-
-def load_feature_set(data: DataConfig, model: Backbone, manifest: str, progress: bool = False) -> FeatureSet:
-    """The cached features of ``manifest`` for ``model``'s featurizer (computed on the first call only)."""
-    return load_features(manifest, model.featurizer().eval(), model.featurizer_key(), data.cache_dir,
-                         model.sample_rate, data.on_error, data.duration_tolerance, progress=progress)
 
 
 def trial_loop_config(cfg: Config, hp: dict, base_original_wer: float) -> dict:
@@ -66,9 +59,9 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.train.seed)
     model = load_base_model(cfg.model)
     fingerprint = base_fingerprint(model)
-    train_set = load_feature_set(cfg.data, model, cfg.data.new_train)
-    dev_sets = {"new": load_feature_set(cfg.data, model, cfg.data.new_dev),
-                "original": load_feature_set(cfg.data, model, cfg.data.original_dev)}
+    train_set = load_feature_set(cfg.data, model, cfg.data.new_train, progress=False)
+    dev_sets = {"new": load_feature_set(cfg.data, model, cfg.data.new_dev, progress=False),
+                "original": load_feature_set(cfg.data, model, cfg.data.original_dev, progress=False)}
     adapter_cfg = trial_adapter_config(hp, cfg.adapter)
     resume = None
     checkpoint = ray.train.get_checkpoint()
