@@ -236,11 +236,14 @@ class PretrainConfig:
 
     out_dir: str = "pretrain"  # checkpoints, tokenizer and logs
     epochs: int = 40
-    lr: float = 2e-3  # peak learning rate (AdamW)
-    warmup_steps: int = 400  # linear warm-up, then cosine decay to 1% at the last epoch (or max_minutes)
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    warmup_steps: int = 300  # linear warm-up, then cosine decay to 1% at the last epoch (or max_minutes)
     weight_decay: float = 1e-3
     grad_clip: float = 5.0
-    max_batch_seconds: float = 150.0
+    max_batch_seconds: float = 30.0  # audio per batch: small batches leave the CTC blank plateau sooner
+    # SpecAugment starts at this step: with it from step 0 a small CTC model sits on the
+    # all-blank plateau for thousands of steps (measured: unregularised it leaves it at ~250).
+    specaugment_from_step: int = 1500
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 0
     max_minutes: float = 0.0  # wall-time budget: LR decays over it, training stops at it (0 = none)
@@ -249,6 +252,7 @@ class PretrainConfig:
         _check_range(f"{key}.epochs", self.epochs, 1, None)
         _check_range(f"{key}.lr", self.lr, 0, None, low_open=True)
         _check_range(f"{key}.warmup_steps", self.warmup_steps, 0, None)
+        _check_range(f"{key}.specaugment_from_step", self.specaugment_from_step, 0, None)
         _check_range(f"{key}.weight_decay", self.weight_decay, 0, None)
         _check_range(f"{key}.grad_clip", self.grad_clip, 0, None)
         _check_range(f"{key}.max_batch_seconds", self.max_batch_seconds, 0, None, low_open=True)
@@ -416,8 +420,17 @@ class ResourcesConfig:
     cpus_per_worker: float = 1.0
     max_concurrent_trials: int = 0  # 0 = derived from the cluster's resources
     gpu_memory_fraction: float = 0.0  # per-process CUDA memory cap (0 = gpus_per_worker)
+    # auto: a one-worker trial trains inside its Tune trial actor, which Tune reuses for the
+    # next trial (no new processes, model or data loading per trial); ray_train: every trial
+    # starts a Ray Train TorchTrainer (always the case when num_workers > 1).
+    trial_runner: str = "auto"
+
+    def uses_ray_train(self) -> bool:
+        """Whether trials run through a Ray Train ``TorchTrainer`` (else inside the reused Tune trial actor)."""
+        return self.trial_runner == "ray_train" or self.num_workers > 1
 
     def validate(self, key: str) -> None:
+        _check_choice(f"{key}.trial_runner", self.trial_runner, ("auto", "ray_train"))
         _check_range(f"{key}.num_workers", self.num_workers, 1, None)
         _check_range(f"{key}.gpus_per_worker", self.gpus_per_worker, 0, None, low_open=True)
         if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):

@@ -1,7 +1,7 @@
 """``raysearch-adapters pretrain``: train a base Conformer-CTC on the original domain.
 
 Plain PyTorch: SentencePiece BPE trained on the train texts, cached log-mel features,
-SpecAugment, AdamW with linear warm-up and cosine decay, CTC loss, bf16 autocast on GPU.
+SpecAugment (from ``pretrain.specaugment_from_step`` on), AdamW with linear warm-up and cosine decay, CTC loss, bf16 autocast on GPU.
 After every epoch: dev WER, ``last.pt`` (resumable) and ``best.pt`` (best original dev WER).
 At the end the best model is evaluated on dev and test of both domains and written as
 ``model.pt`` (fp16, shippable) with ``MODEL_CARD.md``.
@@ -136,7 +136,9 @@ def pretrain(cfg: Config, resume: bool = False, command: str = "") -> Path:
         losses = []
         for batch in bar:
             x, lengths, texts = train.collate(batch)
-            x, lengths = specaug(x.to(device)), lengths.to(device)
+            x, lengths = x.to(device), lengths.to(device)
+            if step >= pc.specaugment_from_step:
+                x = specaug(x)
             lr = pc.lr * warmup_cosine(step, pc.warmup_steps, progress())
             for group in opt.param_groups:
                 group["lr"] = lr
