@@ -17,7 +17,7 @@ from raysearch_adapters.results.tables import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARA
                                                TRIALS_SCHEMA, read_rows, write_table)
 
 _METRIC_COLUMNS = ("adapter_params", "adapter_percent", "step", "dev_wer_new", "dev_wer_original", "degradation",
-                   "feasible", "device", "node_id", "checkpoint_path")
+                   "feasible", "device", "node_id")
 _EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Interrupt)\b.*")
 
 
@@ -66,6 +66,8 @@ class TablesRecorder(Callback):
         row = self._row(trial)
         row.update({k: result.get(k) for k in _METRIC_COLUMNS}, evals=result["eval_index"],
                    wall_time_s=result.get("time_total_s"))
+        if result.get("checkpoint_path"):  # a Ray Train trial's checkpoint (TuneReportCallback adds it)
+            row["checkpoint_path"] = result["checkpoint_path"]
         self.epochs[(trial.trial_id, result["eval_index"])] = {
             "search_id": self.search_id, "trial_id": trial.trial_id,
             **{k: result.get(k) for k in ("step", "eval_index", "train_loss", "dev_wer_new", "dev_wer_original",
@@ -73,6 +75,12 @@ class TablesRecorder(Callback):
         # Evaluations after this one belong to an earlier attempt of a restarted trial.
         for key in [k for k in self.epochs if k[0] == trial.trial_id and k[1] > result["eval_index"]]:
             del self.epochs[key]
+        self._save()
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        """The adapter checkpoint of a trial that trains in its Tune actor (saved after its result)."""
+        row = self._row(trial)
+        row["checkpoint_path"] = checkpoint.path
         self._save()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

@@ -1,9 +1,13 @@
 """Ray Tune + Optuna + ASHA over Ray Train trials: the searcher, the scheduler, resources and resume.
 
-A trial is a Tune *function trainable* (the trial driver, 0.01 CPU) that runs one
-``TorchTrainer`` whose workers hold the real resources (Train V2 inside Tune: metrics reach
-Tune through ``TuneReportCallback``). Tune does not count the workers' resources, so
-``max_concurrent_trials`` is derived so that every running trial's workers fit.
+A trial is a Tune *function trainable*. A one-worker trial (``resources.trial_runner=auto``)
+trains inside it: the trial actor holds the trial's CPU/GPU and Tune reuses it for the next
+trial, so process start-up and model/data loading are paid once per actor, not per trial.
+A multi-worker trial (or any with ``trial_runner=ray_train``) makes its function trainable a
+0.01-CPU trial driver that runs one ``TorchTrainer`` whose workers hold the real resources
+(Train V2 inside Tune: metrics reach Tune through ``TuneReportCallback``). Tune does not
+count those workers' resources, so ``max_concurrent_trials`` is derived so that every
+running trial's workers fit.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from raysearch_adapters.search.space import grid_size, make_sampler, space_funct
 from raysearch_adapters.train.hparams import default_hparams
 from raysearch_adapters.train.loop import num_evals
 from raysearch_adapters.train.objective import degradation_limit
-from raysearch_adapters.train.worker import train_loop_per_worker, trial_loop_config
+from raysearch_adapters.train.worker import train_in_trial_actor, train_loop_per_worker, trial_loop_config
 
 TUNE_RUN_NAME = "tune"  # the Tune experiment folder under the storage path
 TRAIN_RUNS = "train"  # folder of the Train runs (one per trial, named after the trial id)
@@ -33,14 +37,18 @@ OBJECTIVES = ("dev_wer_new", "degradation")  # NSGA-II minimises both
 
 
 def run_trial(config: dict, context: dict) -> None:
-    """Tune function trainable: train one trial's adapters with a ``TorchTrainer`` (Train V2 inside Tune)."""
+    """Tune function trainable: train one trial's adapters here, or with a ``TorchTrainer`` (Train V2 inside Tune)."""
     cfg = from_dict(context["cfg"])
     r = cfg.resources
+    loop_config = trial_loop_config(cfg, {k: config[k] for k in HPARAM_NAMES}, context["base_original_wer"])
+    if not r.uses_ray_train():
+        train_in_trial_actor(loop_config)
+        return
     trial_id = tune.get_context().get_trial_id()
     per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=trial_loop_config(cfg, {k: config[k] for k in HPARAM_NAMES}, context["base_original_wer"]),
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
         # A stable name per trial: a trial restarted by --resume continues from its last checkpoint.
@@ -108,10 +116,19 @@ def make_scheduler(cfg: Config):
                          grace_period=min(a.grace_period, top), reduction_factor=a.reduction_factor)
 
 
+def trial_resources(cfg: Config) -> dict:
+    """What one trial actor holds: a worker's CPUs/GPU when it trains itself, else a token CPU (its
+    Train workers hold the real resources)."""
+    r = cfg.resources
+    if r.uses_ray_train():
+        return {"cpu": 0.01}
+    return {"cpu": r.cpus_per_worker, **({"gpu": r.gpus_per_worker} if r.use_gpu else {})}
+
+
 def trainable(cfg: Config, base_original_wer: float, storage_path: str):
-    """The trial driver with its fixed context and a token CPU (its workers hold the real resources)."""
+    """The trial function with its fixed context and resources."""
     context = {"cfg": to_dict(cfg), "base_original_wer": base_original_wer, "storage_path": storage_path}
-    return tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0.01})
+    return tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(cfg))
 
 
 def make_tuner(cfg: Config, base_original_wer: float, storage_path: str, study_storage: optuna.storages.BaseStorage,
@@ -125,6 +142,9 @@ def make_tuner(cfg: Config, base_original_wer: float, storage_path: str, study_s
     return tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, study_storage), scheduler=make_scheduler(cfg),
-                                    num_samples=num_trials(cfg), max_concurrent_trials=concurrent, reuse_actors=False),
+                                    num_samples=num_trials(cfg), max_concurrent_trials=concurrent,
+                                    # Trials training in their own actor run one after another in it.
+                                    reuse_actors=not cfg.resources.uses_ray_train()),
         run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=storage_path, callbacks=[recorder],
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)))
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))

@@ -83,6 +83,40 @@ def test_winner_is_feasible_and_no_feasible_trial_beats_it(e2e):
     assert set(winner["test"]) == {"new", "original"}
 
 
+def _tune_results(out) -> dict:
+    """Tune's result.json lines of every trial of a search, by trial folder."""
+    return {d.name: [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
+            for d in (out / "tune").iterdir() if (d / "result.json").is_file()}
+
+
+def test_one_worker_trials_train_in_reused_tune_actors(e2e):
+    cfg, summary, _, out = e2e
+    results = _tune_results(out)
+    assert len(results) == 4
+    pids = {line["pid"] for lines in results.values() for line in lines}
+    # two trials at a time, so at most two actors: the other trials ran in a reused one
+    assert len(pids) <= cfg.resources.max_concurrent_trials < len(results)
+    rows = read_rows(out / "trials.parquet", TRIALS_SCHEMA)
+    assert not (out / "train").exists()  # no TorchTrainer run
+    for r in rows:  # the adapter checkpoint of each trial's last evaluation, kept by Tune
+        assert r["checkpoint_path"].startswith(str(out / "tune")) and os.path.isdir(r["checkpoint_path"])
+
+
+def test_multi_worker_trials_run_ray_train_ddp(ray_session, search_data, tmp_path):
+    overrides = tiny_search_overrides(*search_data, tmp_path, "ddp", "search.kappa=1000", "search.num_trials=2",
+                                      "resources.num_workers=2", "resources.cpus_per_worker=0.5",
+                                      "resources.max_concurrent_trials=1", "search.asha.enabled=false")
+    summary = run.run_search(load_config([], overrides))
+    out = tmp_path / "ddp"
+    rows = read_rows(out / "trials.parquet", TRIALS_SCHEMA)
+    assert [r["status"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    for r in rows:  # checkpoints written by the Train run's rank 0
+        assert r["checkpoint_path"].startswith(str(out / "train"))
+    assert summary["winner"] is not None
+    handle, _, _ = load_adapter(out / "best_adapter.pt", load_base_model(ModelConfig(checkpoint=str(search_data[1]))))
+    assert handle.num_params == summary["winner"]["adapter_params"]
+
+
 def _finished(out) -> int:
     try:
         return sum(r["status"] in FINAL for r in read_rows(out / "trials.parquet", TRIALS_SCHEMA))
