@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import shutil
+import time
 from pathlib import Path
 
 import optuna
@@ -107,6 +108,7 @@ def _copy_adapter(checkpoint_path: str, dest: Path) -> None:
 
 def run_search(cfg: Config, resume: bool = False) -> dict:
     """Run (or resume) the search of ``cfg``; returns the summary (also written to ``summary.json``)."""
+    started = time.monotonic()
     _init_ray()
     check_shared_storage(cfg)  # before anything is written: a multi-node cluster needs shared folders
     # A bad or missing base model fails before anything is written or the demo corpus is built.
@@ -147,7 +149,9 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     # A driver killed before Tune first saved its state leaves nothing to restore: start the trials
     # afresh (the study continues; the trials it had asked are failed as abandoned at the end).
     restore = resume and tune.Tuner.can_restore(f"{storage_path}/{TUNE_RUN_NAME}")
+    trials_started = time.monotonic()
     make_tuner(cfg, baseline["dev"]["original"], storage_path, study_storage, recorder, restore).fit()
+    trials_ended = time.monotonic()
 
     # Trials Tune knows are the search; rows of attempts a killed driver never saved go.
     trials = tune.ExperimentAnalysis(f"{storage_path}/{TUNE_RUN_NAME}").trials
@@ -172,9 +176,12 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
              "study_storage": study_url, "study_name": cfg.search.name, "tune_storage": storage_path,
              "best_adapter": str(best_adapter) if winner is not None else None,
              "summary": str(results_dir / SUMMARY_FILE)}
+    ended = time.monotonic()
+    timings = {"setup": trials_started - started, "trials": trials_ended - trials_started,
+               "test": ended - trials_ended, "total": ended - started}
     summary = build_summary(cfg, rows, limit, baseline, winner, winner_test,
                             closest_infeasible(rows, limit) if winner is None else None, pareto_front(rows), paths,
-                            num_blocks=num_blocks)
+                            num_blocks=num_blocks, timings=timings)
     write_summary(results_dir / SUMMARY_FILE, summary)
     print("\n" + format_summary(summary), flush=True)
     return summary

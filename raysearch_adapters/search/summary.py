@@ -45,7 +45,7 @@ def _trial_brief(row: dict) -> dict:
 
 def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner: Optional[dict],
                   winner_test: Optional[dict], infeasible: Optional[dict], front: list, paths: dict,
-                  num_blocks: Optional[int] = None) -> dict:
+                  num_blocks: Optional[int] = None, timings: Optional[dict] = None) -> dict:
     """Everything a reader of the search needs, as JSON-able data."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
     out = {
@@ -64,6 +64,8 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
                    "resources": dataclasses.asdict(cfg.resources), "model": dataclasses.asdict(cfg.model)},
         "versions": versions(),
         "paths": paths,
+        # wall seconds: setup (model, features, base WERs), trials (the Tune run), final test evaluation
+        "timings_s": timings,
     }
     if winner is not None:
         out["winner"] = {**_trial_brief(winner), "test": winner_test, "adapter_file": paths["best_adapter"],
@@ -114,4 +116,8 @@ def format_summary(summary: dict) -> str:
     if w is not None:
         lines += [f"best adapter: {w['adapter_file']}", f"load it:      {w['load']}"]
     lines.append(f"summary:      {p['summary']}")
+    t = summary.get("timings_s")
+    if t:
+        lines.append(f"wall time:    {t['total'] / 60:.1f} min (setup {t['setup']:.0f} s, trials {t['trials']:.0f} s, "
+                     f"test evaluation {t['test']:.0f} s)")
     return "\n".join(lines)

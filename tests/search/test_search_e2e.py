@@ -57,6 +57,8 @@ def test_results_files_match_their_schemas(e2e):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["kappa"] == 0.0 and on_disk["versions"]["ray"] and on_disk["versions"]["optuna"]
     assert set(on_disk["baseline"]) == {"dev", "test"} and on_disk["trials"]["total"] == 4
+    t = on_disk["timings_s"]
+    assert t["trials"] > 0 and t["total"] == pytest.approx(t["setup"] + t["trials"] + t["test"])
 
 
 def test_test_sets_are_touched_once_and_only_after_the_search(e2e):
