@@ -11,26 +11,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import cpu_model  # noqa: E402
+
 from raysearch_adapters.config import FrontendConfig, load_config
 from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.data.features import LogMelFrontend
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -46,7 +40,7 @@ def main() -> None:
 
     config = FrontendConfig(n_mels=args.n_mels)
     frontend = LogMelFrontend(config).eval()
-    print(f"machine: {os.cpu_count()} cores, {_cpu_model()}, torch threads {torch.get_num_threads()}")
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory(prefix="feature-cache-bench-") as tmp:
         cache_dir = args.cache_dir or tmp
         start = time.perf_counter()
