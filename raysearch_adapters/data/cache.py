@@ -9,6 +9,7 @@ so the folder can live on shared storage (NFS) and be used from several machines
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -16,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,16 @@ CACHE_VERSION = 1
 _ROWS_PER_BATCH = 64
 
 Featurizer = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+class Row(NamedTuple):
+    """One stored utterance."""
+
+    id: str
+    text: str  # normalize_text of the manifest text
+    duration: float  # seconds, from the manifest
+    features: np.ndarray  # [T, F]
+
 
 _SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -109,42 +120,43 @@ def cache_key(manifest_path: Path, utterances: Sequence[Utterance], featurizer_k
 
 
 def _feature_rows(utterances: Sequence[Utterance], featurizer: Featurizer, sample_rate: int,
-                  progress: bool, desc: str) -> Iterator[Tuple[Utterance, np.ndarray]]:
+                  progress: bool, desc: str) -> Iterator[Row]:
     # One utterance at a time: padding would change the edge frames (centred STFT) and any
     # featurizer with normalisation over time, so cached features would depend on batching.
     with torch.no_grad():
         for utt in tqdm(utterances, desc=desc, unit="utt", disable=not progress):
             wave = load_audio(utt.audio_filepath, sample_rate, utt.offset, utt.duration)
             feats, lengths = featurizer(wave[None], torch.tensor([wave.numel()]))
-            yield utt, feats[0, : int(lengths[0])].float().cpu().numpy()
+            yield Row(utt.id, normalize_text(utt.text), utt.duration, feats[0, : int(lengths[0])].float().cpu().numpy())
 
 
-def _record_batch(rows: List[Tuple[Utterance, np.ndarray]], schema: pa.Schema) -> pa.RecordBatch:
-    flat = [np.ascontiguousarray(f, dtype=np.float32).reshape(-1) for _, f in rows]
+def _record_batch(rows: List[Row], schema: pa.Schema) -> pa.RecordBatch:
+    flat = [np.ascontiguousarray(r.features, dtype=np.float32).reshape(-1) for r in rows]
     offsets = pa.array(np.cumsum([0] + [len(f) for f in flat]).astype(np.int32))
     return pa.record_batch([
-        pa.array([u.id for u, _ in rows]),
-        pa.array([normalize_text(u.text) for u, _ in rows]),
-        pa.array([u.duration for u, _ in rows], pa.float64()),
-        pa.array([len(f) for _, f in rows], pa.int64()),
+        pa.array([r.id for r in rows]),
+        pa.array([r.text for r in rows]),
+        pa.array([r.duration for r in rows], pa.float64()),
+        pa.array([len(r.features) for r in rows], pa.int64()),
         pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(flat), pa.float32())),
     ], schema=schema)
 
 
-def _write(path: Path, rows: Iterator[Tuple[Utterance, np.ndarray]], key: str) -> None:
-    """Write (utterance, features [T, F]) rows as an Arrow IPC file whose metadata holds the key."""
-    pending: List[Tuple[Utterance, np.ndarray]] = [next(rows)]
-    feature_dim = pending[0][1].shape[1]
+def _write(path: Path, rows: Iterable[Row], key: str) -> None:
+    """Write rows as an Arrow IPC file whose metadata holds the key."""
+    rows = iter(rows)
+    pending: List[Row] = [next(rows)]
+    feature_dim = pending[0].features.shape[1]
     schema = _SCHEMA.with_metadata({"feature_dim": str(feature_dim), "key": key})
     with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
-        for utt, feats in rows:
-            if feats.shape[1] != feature_dim:
-                raise ValueError(f"featurizer returned {feats.shape[1]} features for {utt.id}; "
+        for row in rows:
+            if row.features.shape[1] != feature_dim:
+                raise ValueError(f"{row.features.shape[1]} features for {row.id}; "
                                  f"expected {feature_dim} like the first utterance")
             if len(pending) == _ROWS_PER_BATCH:
                 writer.write_batch(_record_batch(pending, schema))
                 pending.clear()
-            pending.append((utt, feats))
+            pending.append(row)
         writer.write_batch(_record_batch(pending, schema))
 
 
@@ -158,6 +170,45 @@ def _open(path: Path) -> FeatureSet | None:
         return None
 
 
+def open_or_build(path: Path, key: str, rows: Iterable[Row]) -> FeatureSet:
+    """The cache file at ``path``, or ``rows`` (lazy: consumed only on a miss) written there once (process-safe).
+
+    The file appears atomically, and a lock beside it makes a process that finds another
+    building the same file wait for it and reuse its result instead of building it twice."""
+    found = _open(path)
+    if found is not None:
+        return found
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = _open(path)
+        if found is not None:
+            return found
+        start = time.monotonic()
+        atomic_write(path, lambda tmp: _write(tmp, rows, key))
+    built = FeatureSet(path)
+    log.info("cache %s: %d utterances, %.0f s of audio in %.1f s", path, len(built), sum(built.durations),
+             time.monotonic() - start)
+    return built
+
+
+@contextlib.contextmanager
+def eval_mode(fn: object) -> Iterator[None]:
+    """Run a module (anything else passes through) in eval mode, then give each submodule its own mode back.
+
+    Cached outputs must not depend on dropout or other training-mode randomness; restoring
+    per submodule keeps a mixed state (adapters training, frozen base in eval) intact."""
+    modules = list(fn.modules()) if isinstance(fn, torch.nn.Module) else []
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
 def load_features(manifest_path: os.PathLike | str, featurizer: Featurizer, featurizer_key: Dict,
                   cache_dir: os.PathLike | str, sample_rate: int, on_error: str = "fail",
                   duration_tolerance: float = 0.25, progress: bool = True) -> FeatureSet:
@@ -168,30 +219,7 @@ def load_features(manifest_path: os.PathLike | str, featurizer: Featurizer, feat
     manifest_path = Path(manifest_path)
     utterances = read_manifest(manifest_path, on_error=on_error, duration_tolerance=duration_tolerance)
     key = cache_key(manifest_path, utterances, featurizer_key, sample_rate)
-    cache_dir = Path(cache_dir).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{manifest_path.parent.name}-{manifest_path.stem}-{key[:20]}.arrow"
-    found = _open(path)
-    if found is not None:
-        return found
-    with open(cache_dir / f".{path.name}.lock", "w") as lock:
-        # Another process may be building the same file: wait for it, then reuse its result.
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _open(path)
-        if found is not None:
-            return found
-        start = time.monotonic()
-        rows = _feature_rows(utterances, featurizer, sample_rate, progress, f"features {manifest_path.name}")
-        # Cached features must not depend on dropout or other training-mode randomness.
-        training = getattr(featurizer, "training", False)
-        if training:
-            featurizer.eval()
-        try:
-            atomic_write(path, lambda tmp: _write(tmp, rows, key))
-        finally:
-            if training:
-                featurizer.train()
-    seconds = sum(u.duration for u in utterances)
-    log.info("feature cache %s: %d utterances, %.0f s of audio in %.1f s", path, len(utterances), seconds,
-             time.monotonic() - start)
-    return FeatureSet(path)
+    path = Path(cache_dir).expanduser() / f"{manifest_path.parent.name}-{manifest_path.stem}-{key[:20]}.arrow"
+    rows = _feature_rows(utterances, featurizer, sample_rate, progress, f"features {manifest_path.name}")
+    with eval_mode(featurizer):
+        return open_or_build(path, key, rows)

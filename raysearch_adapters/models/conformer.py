@@ -44,16 +44,25 @@ class ConvSubsampling(nn.Module):
             freq = (freq - 1) // 2 + 1
         self.out = nn.Linear(channels * freq, d_model)
 
-    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Frames after the stride-2 convolutions (kernel 3, padding 1)."""
-        for _ in range(self.num_convs):
-            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
-        return lengths
+    @staticmethod
+    def _halve(lengths: torch.Tensor) -> torch.Tensor:
+        """Frames after one stride-2 convolution (kernel 3, padding 1)."""
+        return torch.div(lengths - 1, 2, rounding_mode="floor") + 1
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv(x.unsqueeze(1))  # [B, C, T/f, F/f]
-        b, c, t, f = x.shape
-        return self.out(x.transpose(1, 2).reshape(b, t, c * f)), self.output_lengths(lengths)
+        # Padded frames are zeroed before the first convolution and after every stride-2 stage
+        # (each ends with a ReLU): the next kernel then sees zeros past an utterance's end, as
+        # its own zero padding would show it alone, so an utterance's frames do not depend on
+        # its batch-mates (which the frozen-prefix cache relies on). Unpadded: a no-op.
+        x = x.masked_fill(padding_mask(lengths, x.shape[1])[:, :, None], 0.0).unsqueeze(1)
+        out_lengths = lengths
+        for layer in self.conv:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                out_lengths = self._halve(out_lengths)
+                x = x.masked_fill(padding_mask(out_lengths, x.shape[2])[:, None, :, None], 0.0)
+        b, c, t, f = x.shape  # [B, C, T/f, F/f]
+        return self.out(x.transpose(1, 2).reshape(b, t, c * f)), out_lengths
 
 
 class FeedForward(nn.Module):

@@ -36,6 +36,22 @@ def test_padding_does_not_change_outputs():
     assert torch.allclose(alone, padded[:, : n.item()], atol=1e-5)
 
 
+@pytest.mark.parametrize("factor", [4, 8])
+@torch.no_grad()
+def test_padded_batch_matches_each_utterance_alone(factor):
+    # Odd lengths: the last valid frame of a stride-2 stage then sees the frame past the end,
+    # which must look like the zero padding an utterance alone gets (not ReLU(bias) or noise).
+    model = tiny_conformer(num_layers=2)
+    model.encoder.subsampling = type(model.encoder.subsampling)(16, 4, 16, factor)
+    lengths = torch.tensor([101, 57, 23, 8])
+    x = torch.randn(4, 101, 16)  # random padding, not zeros
+    batch, out_lengths = model(x, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        alone, alone_len = model(x[i:i + 1, :n], lengths[i:i + 1])
+        assert int(alone_len) == int(out_lengths[i])
+        torch.testing.assert_close(batch[i, : int(alone_len)], alone[0], atol=1e-5, rtol=0)
+
+
 def test_prefix_split_equals_full_forward():
     model = tiny_conformer(num_layers=3)
     x, lengths = torch.randn(2, 80, 16), torch.tensor([80, 50])

@@ -42,10 +42,14 @@ def model():
 
 
 @pytest.fixture
-def feature_sets(tmp_path, model):
-    """``train``, ``new`` and ``original`` feature sets of a few tones each."""
-    out = {}
-    for name, n, seed in (("train", 8, 0), ("new", 4, 1), ("original", 4, 2)):
-        out[name] = load_features(_manifest(tmp_path, name, n, seed), model.featurizer().eval(),
-                                  model.featurizer_key(), tmp_path / "cache", 16000, progress=False)
-    return out
+def manifests(tmp_path):
+    """``train``, ``new`` and ``original`` manifests of a few tones each."""
+    return {name: _manifest(tmp_path, name, n, seed) for name, n, seed in
+            (("train", 8, 0), ("new", 4, 1), ("original", 4, 2))}
+
+
+@pytest.fixture
+def feature_sets(tmp_path, model, manifests):
+    """The feature sets of ``manifests`` for ``model``."""
+    return {name: load_features(path, model.featurizer().eval(), model.featurizer_key(), tmp_path / "cache", 16000,
+                                progress=False) for name, path in manifests.items()}
