@@ -38,7 +38,7 @@ from raysearch_adapters.adapters.inject import AdapterHandle, inject_adapters  #
 from raysearch_adapters.config import AdapterConfig, load_config  # noqa: E402
 from raysearch_adapters.data.cache import load_features  # noqa: E402
 from raysearch_adapters.models.conformer import padding_mask  # noqa: E402
-from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, lowest_adapted_block  # noqa: E402
+from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set  # noqa: E402
 
 
 def adapted_blocks_step(model, handle: AdapterHandle, optimizer: torch.optim.Optimizer, batch,
@@ -58,7 +58,7 @@ def adapted_blocks_step(model, handle: AdapterHandle, optimizer: torch.optim.Opt
 def measure_placement(name: str, model, train_set, batches, cache_dir: Path, dim: int, device: torch.device) -> dict:
     """Seconds per step of the full model, the top from the prefix cache and the adapted blocks alone."""
     handle = inject_adapters(model, AdapterConfig(dim=dim, blocks=PLACEMENTS[name](len(model.adaptable_blocks()))))
-    k = lowest_adapted_block(model, handle)
+    k = handle.lowest_block
     prefix = load_prefix_set(train_set, model, k, cache_dir)
     top = TopOfModel(model, k)
     handle.train()

@@ -45,7 +45,7 @@ from raysearch_adapters.data.cache import FeatureSet, load_features  # noqa: E40
 from raysearch_adapters.data.manifest import read_manifest  # noqa: E402
 from raysearch_adapters.data.text import normalize_text  # noqa: E402
 from raysearch_adapters.train.evaluate import evaluate  # noqa: E402
-from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, lowest_adapted_block  # noqa: E402
+from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set  # noqa: E402
 
 
 def naive_collate(model, manifest: Path):
@@ -78,7 +78,7 @@ def measure_placement(name: str, model, sets: dict, naive, batches, cache_dir: P
     """Seconds per step of the three ways, and dev decoding with and without the prefix cache, for one placement."""
     n = len(model.adaptable_blocks())
     handle = inject_adapters(model, AdapterConfig(dim=args.dim, blocks=PLACEMENTS[name](n)))
-    k = lowest_adapted_block(model, handle)
+    k = handle.lowest_block
     start = time.perf_counter()
     prefix = {d: load_prefix_set(sets[d], model, k, cache_dir) for d in ("train", "dev")}
     row = {"placement": name, "blocks": handle.blocks, "k": k, "prefix_build_s": time.perf_counter() - start}

@@ -215,7 +215,11 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     max_batch_seconds: float = 60.0  # audio per training batch
     eval_every: int = 50  # steps between dev evaluations (each is one ASHA rung)
-    specaugment: bool = True  # SpecAugment on new-domain training batches
+    specaugment: bool = False  # SpecAugment on new-domain training batches (turns the prefix cache off)
+    # Frozen-prefix cache: the frozen blocks below a trial's lowest adapter run once per
+    # utterance (cached on disk, shared by trials), and trials train and evaluate the top only.
+    # Exact (same outputs); used by trials without SpecAugment, which changes the prefix's input.
+    prefix_cache: bool = True
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     seed: int = 0
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from raysearch_adapters.adapters.inject import AdapterHandle, AdapterWrapper
+from raysearch_adapters.adapters.inject import AdapterWrapper
 from raysearch_adapters.adapters.state import base_fingerprint
 from raysearch_adapters.data.cache import CACHE_VERSION, FeatureSet, Row, eval_mode, open_or_build
 from raysearch_adapters.errors import UserError
@@ -39,14 +39,6 @@ def _blocks_of(model: Backbone, paths: Sequence[str]) -> Dict[str, int]:
         raise UserError(f"adapters at {', '.join(unknown)}: not a position of any adaptable block of {model.name}; "
                         f"allowed: the module paths adaptable_blocks() lists (e.g. {next(iter(block_of))})")
     return {p: block_of[p] for p in paths}
-
-
-def lowest_adapted_block(model: Backbone, handle: AdapterHandle) -> int:
-    """The lowest block any of ``handle``'s adapters sits in: the largest k whose prefix cache serves the trial."""
-    blocks = _blocks_of(model, handle.targeted)
-    if not blocks:
-        raise UserError("lowest adapted block: found no adapters in the handle; allowed: a handle with adapters")
-    return min(blocks.values())
 
 
 def _check_k(model: Backbone, k: int) -> None:

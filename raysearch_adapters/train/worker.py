@@ -39,6 +39,7 @@ from raysearch_adapters.train.evaluate import load_feature_set
 from raysearch_adapters.train.hparams import trial_adapter_config
 from raysearch_adapters.train.loop import train_adapters
 from raysearch_adapters.train.objective import degradation_limit, is_feasible
+from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set
 
 ADAPTER_FILE = "adapter.pt"  # adapter weights + config (adapters.state format) in every checkpoint
 STATE_FILE = "train_state.pt"  # optimizer state, step and evaluation index, to resume the trial
@@ -124,6 +125,14 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
     else:
         handle = inject_adapters(model, adapter_cfg)
     model.to(device)
+    network = model
+    if cfg.train.prefix_cache and not hp["specaugment"]:
+        # The frozen blocks below the lowest adapter run once per utterance (cached, shared by
+        # every trial with the same k); this trial trains and evaluates blocks k.. only.
+        k = handle.lowest_block
+        train_set = load_prefix_set(train_set, model, k, cfg.data.cache_dir)
+        dev_sets = {domain: load_prefix_set(s, model, k, cfg.data.cache_dir) for domain, s in dev_sets.items()}
+        network = TopOfModel(model, k)
     static = {"adapter_params": handle.num_params, "adapter_percent": handle.percent_of_base,
               "device": _device_name(device), "node_id": ray.get_runtime_context().get_node_id()}
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
@@ -139,7 +148,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
             torch.save(state, os.path.join(d, STATE_FILE))
             send_report(metrics, d)
 
-    train_adapters(model, handle, train_set, dev_sets, hp, cfg.train, config["base_original_wer"], report,
+    train_adapters(network, handle, train_set, dev_sets, hp, cfg.train, config["base_original_wer"], report,
                    kappa_mode=cfg.search.kappa_mode, eval_batch_seconds=cfg.data.max_batch_seconds,
                    specaugment_cfg=cfg.data.specaugment, resume=resume, rank=rank, world_size=world_size,
                    all_reduce=all_reduce)

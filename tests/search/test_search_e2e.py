@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -100,6 +101,9 @@ def test_one_worker_trials_train_in_reused_tune_actors(e2e):
     assert len(pids) <= cfg.resources.max_concurrent_trials < len(results)
     rows = read_rows(out / "trials.parquet", TRIALS_SCHEMA)
     assert not (out / "train").exists()  # no TorchTrainer run
+    # blocks all -> k=0, top:1 -> the last block: trials trained on cached prefix outputs
+    prefixes = {p.name.split("-prefix")[1].split("-")[0] for p in Path(cfg.data.cache_dir).glob("*-prefix*.arrow")}
+    assert prefixes and prefixes <= {"0", "1"}
     for r in rows:  # the adapter checkpoint of each trial's last evaluation, kept by Tune
         assert r["checkpoint_path"].startswith(str(out / "tune")) and os.path.isdir(r["checkpoint_path"])
 

@@ -12,7 +12,7 @@ from raysearch_adapters.errors import UserError
 from raysearch_adapters.testing import tiny_conformer, tiny_wav2vec2
 from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.loop import train_adapters
-from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, lowest_adapted_block
+from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set
 
 BACKENDS = {"conformer": tiny_conformer, "wav2vec2": tiny_wav2vec2}
 # A module every encode_prefix call runs exactly once (to count prefix computations).
@@ -56,7 +56,7 @@ def test_top_on_the_cached_prefix_is_bit_exact_per_utterance(backend, manifests,
     model = _base(backend)
     fs = _sets(model, manifests, tmp_path / "cache")["new"]
     handle = _adapted(model, "2,3")
-    assert lowest_adapted_block(model, handle) == K
+    assert handle.lowest_block == K
     prefix = load_prefix_set(fs, model, K, tmp_path / "cache")
     top = TopOfModel(model, K)
     assert len(prefix) == len(fs) and prefix.texts == fs.texts and prefix.durations == fs.durations
@@ -176,7 +176,7 @@ def test_prefix_is_the_base_models_whatever_the_adapters_and_modes(backend, mani
 def test_adapters_below_k_are_refused(backend):
     model = _base(backend)
     handle = inject_adapters(model, AdapterConfig(dim=4, blocks="1,3", positions=["mha"]))
-    assert lowest_adapted_block(model, handle) == 1
+    assert handle.lowest_block == 1
     name = handle.targeted[0]
     with pytest.raises(UserError, match=rf"k=2: found adapters below block 2 \({name}\); allowed: adapters in "
                                         r"blocks >= 2 only \(use k <= 1\)"):
