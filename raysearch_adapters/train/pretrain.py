@@ -178,7 +178,12 @@ def export(cfg: Config, out: Path, history: list, seconds: float, device: torch.
     """Evaluate ``best.pt`` on dev and test of both domains; write fp16 ``model.pt`` + model card."""
     from raysearch_adapters.models.registry import load_checkpoint_model
 
-    model = load_checkpoint_model(out / "best.pt").to(device)
+    model = load_checkpoint_model(out / "best.pt")
+    with torch.no_grad():  # the card must describe the shipped file: round the weights as fp16 stores them
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half().float())
+    model.to(device)
     sets = _feature_sets(cfg, model, list(SPLITS))
     results = {name: evaluate(model, fs, device=device) for name, fs in sets.items()}
     card = {

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from raysearch_adapters.cli import main
+from raysearch_adapters.config import load_config
+from raysearch_adapters.train.evaluate import evaluate, load_feature_set
 from raysearch_adapters.models.registry import load_checkpoint_model
 from raysearch_adapters.train.pretrain import warmup_cosine
 
@@ -34,6 +36,11 @@ def test_pretrain_exports_model_and_card_then_resumes(small_demo, tmp_path, caps
     assert "raysearch-adapters pretrain" in card["command"]
     text = (out / "MODEL_CARD.md").read_text()
     assert "| original test |" in text and "| new test |" in text
+    # the card describes the shipped (fp16-rounded) file itself
+    cfg = load_config([], [f"data.demo_dir={small_demo}", f"data.cache_dir={tmp_path / 'cache'}"])
+    for split in ("original_dev", "new_dev"):
+        fs = load_feature_set(cfg.data, model, getattr(cfg.data, split), progress=False)
+        assert evaluate(model, fs)["cer"] == pytest.approx(card["cer"][split], abs=0.005)
 
     # --resume continues from last.pt: one more epoch, history kept
     assert main([*_args(small_demo, tmp_path, "pretrain.epochs=2"), "--resume"]) == 0
