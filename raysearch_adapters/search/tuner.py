@@ -29,7 +29,8 @@ from raysearch_adapters.search.space import grid_size, make_sampler, space_funct
 from raysearch_adapters.train.hparams import default_hparams
 from raysearch_adapters.train.loop import num_evals
 from raysearch_adapters.train.objective import degradation_limit
-from raysearch_adapters.train.worker import train_in_trial_actor, train_loop_per_worker, trial_loop_config
+from raysearch_adapters.train.worker import (ASHA_METRIC, train_in_trial_actor, train_loop_per_worker,
+                                             trial_loop_config)
 
 TUNE_RUN_NAME = "tune"  # the Tune experiment folder under the storage path
 TRAIN_RUNS = "train"  # folder of the Train runs (one per trial, named after the trial id)
@@ -107,12 +108,13 @@ def make_searcher(cfg: Config, storage: optuna.storages.BaseStorage) -> Constrai
 
 
 def make_scheduler(cfg: Config):
-    """ASHA on dev new-domain WER, one rung per evaluation (FIFO when ``search.asha.enabled=false``)."""
+    """ASHA on dev new-domain WER with infeasible trials ranked last, one rung per evaluation (FIFO when
+    ``search.asha.enabled=false``)."""
     a = cfg.search.asha
     if not a.enabled:
         return FIFOScheduler()
     top = max_evals(cfg)
-    return ASHAScheduler(time_attr="eval_index", metric=OBJECTIVES[0], mode="min", max_t=top,
+    return ASHAScheduler(time_attr="eval_index", metric=ASHA_METRIC, mode="min", max_t=top,
                          grace_period=min(a.grace_period, top), reduction_factor=a.reduction_factor)
 
 
@@ -146,5 +148,4 @@ def make_tuner(cfg: Config, base_original_wer: float, storage_path: str, study_s
                                     # Trials training in their own actor run one after another in it.
                                     reuse_actors=not cfg.resources.uses_ray_train()),
         run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=storage_path, callbacks=[recorder],
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)))

@@ -30,3 +30,14 @@ def degradation_limit(kappa: float, kappa_mode: str) -> float:
 def is_feasible(degradation_value: float, limit: float) -> bool:
     """A trial is feasible when its degradation is at most the limit."""
     return degradation_value <= limit
+
+
+# Added to an infeasible trial's dev new-domain WER for early stopping, so that ASHA ranks it
+# behind every feasible trial of its rung. On new-domain WER alone ASHA keeps the trials that
+# learn fastest, which are the ones wrecking the original domain, and stops the careful ones.
+INFEASIBLE_OFFSET = 1000.0
+
+
+def asha_score(dev_wer_new: float, degradation_value: float, limit: float) -> float:
+    """What ASHA minimises: dev new-domain WER, plus :data:`INFEASIBLE_OFFSET` when over the limit."""
+    return dev_wer_new + (0.0 if is_feasible(degradation_value, limit) else INFEASIBLE_OFFSET)

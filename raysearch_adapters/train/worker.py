@@ -38,11 +38,12 @@ from raysearch_adapters.models.registry import load_base_model, resolve_checkpoi
 from raysearch_adapters.train.evaluate import load_feature_set
 from raysearch_adapters.train.hparams import trial_adapter_config
 from raysearch_adapters.train.loop import train_adapters
-from raysearch_adapters.train.objective import degradation_limit, is_feasible
+from raysearch_adapters.train.objective import asha_score, degradation_limit, is_feasible
 from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set
 
 ADAPTER_FILE = "adapter.pt"  # adapter weights + config (adapters.state format) in every checkpoint
 STATE_FILE = "train_state.pt"  # optimizer state, step and evaluation index, to resume the trial
+ASHA_METRIC = "asha_score"  # dev new-domain WER, infeasible trials ranked last (objective.asha_score)
 
 
 def trial_loop_config(cfg: Config, hp: dict, base_original_wer: float) -> dict:
@@ -138,7 +139,8 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
 
     def report(metrics: dict, state: dict) -> None:
-        metrics = {**metrics, **static, "feasible": is_feasible(metrics["degradation"], limit)}
+        metrics = {**metrics, **static, "feasible": is_feasible(metrics["degradation"], limit),
+                   ASHA_METRIC: asha_score(metrics["dev_wer_new"], metrics["degradation"], limit)}
         if rank != 0:
             send_report(metrics, None)
             return

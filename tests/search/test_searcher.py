@@ -17,6 +17,8 @@ from raysearch_adapters.results import TRIALS_SCHEMA, read_rows
 from raysearch_adapters.search.record import TablesRecorder
 from raysearch_adapters.search.searcher import TUNE_TRIAL_ID
 from raysearch_adapters.search.tuner import make_scheduler, make_searcher
+from raysearch_adapters.train.objective import asha_score
+from raysearch_adapters.train.worker import ASHA_METRIC
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
@@ -29,9 +31,10 @@ def fake_trial(config):
         raise RuntimeError("deliberate failure for dim 8")
     for i in range(1, EVALS + 1):
         deg = config["dim"] / 4
+        wer = 100.0 - 5.0 * config["dim"] + 5.0 / i
         tune.report({"eval_index": i, "step": i, "final": i == EVALS, "train_loss": 1.0, "lr": config["lr"],
-                     "dev_wer_new": 100.0 - 5.0 * config["dim"] + 5.0 / i, "dev_wer_original": 10.0 + deg,
-                     "degradation": deg, "feasible": deg <= 1.0, "time_s": 0.0})
+                     "dev_wer_new": wer, "dev_wer_original": 10.0 + deg, "degradation": deg, "feasible": deg <= 1.0,
+                     "time_s": 0.0, ASHA_METRIC: asha_score(wer, deg, 1.0)})
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +98,26 @@ def test_the_study_best_trial_is_the_best_feasible_one(searched):
     best_feasible = min((r for r in complete if r["feasible"]), key=lambda r: r["dev_wer_new"])
     assert any(not r["feasible"] and r["dev_wer_new"] < best_feasible["dev_wer_new"] for r in complete)
     assert study.best_trial.user_attrs[TUNE_TRIAL_ID] == best_feasible["trial_id"]
+
+
+def test_asha_ranks_an_infeasible_trial_behind_a_feasible_one_whatever_its_wer():
+    """Two trials at the first rung: the infeasible one learns the new domain faster but is stopped."""
+    from ray.tune.schedulers import TrialScheduler
+
+    cfg = load_config([], [f"train.steps={EVALS}", "train.eval_every=1", "search.asha.grace_period=1",
+                           "search.asha.reduction_factor=2", "search.kappa=1.0"])
+    scheduler = make_scheduler(cfg)
+
+    class FakeTrial:  # what ASHA reads of a trial
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    careful, reckless = FakeTrial("careful"), FakeTrial("reckless")
+    for t in (careful, reckless):
+        scheduler.on_trial_add(None, t)
+
+    def result(wer, deg):
+        return {"eval_index": 1, "dev_wer_new": wer, "degradation": deg, ASHA_METRIC: asha_score(wer, deg, 1.0)}
+
+    assert scheduler.on_trial_result(None, careful, result(90.0, 0.5)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, reckless, result(60.0, 8.0)) == TrialScheduler.STOP
