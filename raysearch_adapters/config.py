@@ -213,7 +213,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then cosine decay
     weight_decay: float = 0.0  # AdamW weight decay on adapter weights
     grad_clip: float = 1.0  # max gradient norm (0 = off)
-    max_batch_seconds: float = 60.0  # audio per training batch
+    max_batch_seconds: float = 20.0  # audio per training batch
     eval_every: int = 50  # steps between dev evaluations (each is one ASHA rung)
     specaugment: bool = False  # SpecAugment on new-domain training batches (turns the prefix cache off)
     # Frozen-prefix cache: the frozen blocks below a trial's lowest adapter run once per
@@ -324,7 +324,7 @@ class SpaceConfig:
     blocks: ParamSpec = field(default_factory=lambda: ParamSpec(
         choices=["all", "top:1", "top:2", "top:3", "bottom:2", "every:2", "window:2-5"]))
     position: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["post", "mha", "ffn"]))
-    lr: ParamSpec = field(default_factory=lambda: ParamSpec(low=1e-4, high=3e-3, log=True))
+    lr: ParamSpec = field(default_factory=lambda: ParamSpec(low=3e-5, high=3e-3, log=True))
     dropout: ParamSpec = _fixed(0.0)
     stochastic_depth: ParamSpec = _fixed(0.0)
     l2_lambda: ParamSpec = _fixed(0.0)
@@ -393,7 +393,7 @@ class SearchConfig:
     """The search: sampler, budget, the degradation limit kappa and the space."""
 
     name: str = "demo"  # search id; results go to results.dir/name
-    num_trials: int = 12  # trial budget (the grid sampler runs its whole grid, capped by this)
+    num_trials: int = 16  # trial budget (the grid sampler runs its whole grid, capped by this)
     sampler: str = "tpe"  # tpe (constrained) | random | grid | nsga2 (multi-objective)
     kappa: float = 1.0  # allowed degradation of original-domain dev WER
     kappa_mode: str = "absolute"  # absolute (WER points) | relative (fraction of base WER)
