@@ -208,7 +208,7 @@ class AdapterConfig:
 class TrainConfig:
     """Adapter training of one trial (plain PyTorch loop)."""
 
-    steps: int = 200  # optimiser steps
+    steps: int = 300  # optimiser steps
     lr: float = 1e-3  # peak learning rate (AdamW)
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then cosine decay
     weight_decay: float = 0.0  # AdamW weight decay on adapter weights
@@ -393,7 +393,7 @@ class SearchConfig:
     """The search: sampler, budget, the degradation limit kappa and the space."""
 
     name: str = "demo"  # search id; results go to results.dir/name
-    num_trials: int = 16  # trial budget (the grid sampler runs its whole grid, capped by this)
+    num_trials: int = 32  # trial budget (the grid sampler runs its whole grid, capped by this)
     sampler: str = "tpe"  # tpe (constrained) | random | grid | nsga2 (multi-objective)
     kappa: float = 1.0  # allowed degradation of original-domain dev WER
     kappa_mode: str = "absolute"  # absolute (WER points) | relative (fraction of base WER)
