@@ -64,6 +64,9 @@ def _init_ray() -> None:
         return
     # Each report waits for the controller's poll of the workers (default every 2 s).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # Tune saves its state after every trial checkpoint (tuner.make_tuner: num_to_keep=1), on
+    # purpose: resumable; its warning that this happens often is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
     else:

@@ -9,6 +9,7 @@ when <= 0; Optuna 5's ``Trial.set_constraint``) and its dev metrics as user attr
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional
 
 import optuna
@@ -18,6 +19,8 @@ from ray.tune.search.optuna import OptunaSearch
 USER_ATTRS = ("dev_wer_new", "dev_wer_original", "degradation", "feasible", "eval_index", "step",
               "adapter_params", "adapter_percent", "checkpoint_path")
 TUNE_TRIAL_ID = "tune_trial_id"  # user attr linking an Optuna trial to its Ray Tune trial
+
+log = logging.getLogger(__name__)
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
@@ -34,8 +37,28 @@ class ConstrainedOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
         return config
 
+    def _already_told(self, trial_id: str) -> None:
+        # A driver killed after telling Optuna a trial's outcome but before Tune saved its own
+        # state: the resumed Tune run trains that trial again. The study keeps what it was told.
+        log.warning("trial %s: its Optuna trial had already finished (told before the driver stopped); "
+                    "the study keeps that outcome", trial_id)
+        self._completed_trials.add(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: Dict) -> None:
+        """An intermediate value for Optuna (pruned trials are ranked by their last one)."""
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._already_told(trial_id)
+
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
         """Tell Optuna: constraint and user attrs first, then COMPLETE, PRUNED (not ``final``) or FAIL."""
+        try:
+            self._tell(trial_id, result, error)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._already_told(trial_id)
+
+    def _tell(self, trial_id: str, result: Optional[Dict], error: bool) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return

@@ -148,4 +148,7 @@ def make_tuner(cfg: Config, base_original_wer: float, storage_path: str, study_s
                                     # Trials training in their own actor run one after another in it.
                                     reuse_actors=not cfg.resources.uses_ray_train()),
         run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=storage_path, callbacks=[recorder],
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)))
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+                                  # Keeping one checkpoint per trial makes Tune save its experiment state
+                                  # after every report, so a killed driver resumes from its last results.
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))

@@ -29,7 +29,7 @@ def test_searched_params_are_suggested_and_the_rest_fixed_or_defaulted():
     for params, fixed in _ask(cfg, 5):
         assert set(params) == {"dim", "blocks", "position", "lr", "steps"}
         assert params["dim"] in (4, 8) and isinstance(params["steps"], int) and 10 <= params["steps"] <= 20
-        assert 1e-4 <= params["lr"] <= 3e-3
+        assert 3e-5 <= params["lr"] <= 3e-3
         # space value, space value (default 0.0), and train/adapter sections for 'unset'
         assert fixed["dropout"] == 0.1 and fixed["l2_lambda"] == 0.0 and fixed["specaugment"] is False
 
