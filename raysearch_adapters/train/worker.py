@@ -63,7 +63,7 @@ def _device_name(device: torch.device) -> str:
 # What a process keeps between the trials it runs (a reused Tune trial actor runs many):
 # the pristine base model, its fingerprint, and the opened feature sets.
 _BASE_MODELS: Dict[str, Tuple[Backbone, str]] = {}
-_FEATURE_SETS: Dict[Tuple[str, str, float, int], object] = {}
+_OPENED_SETS: Dict[tuple, object] = {}
 
 
 def _model_key(cfg: Config) -> str:
@@ -88,13 +88,24 @@ def base_model(cfg: Config) -> Tuple[Backbone, str]:
     return copy.deepcopy(model), fingerprint
 
 
+def _opened(key: tuple, load: Callable[[], object]):
+    """``load()`` once per process for ``key``; cached sets are memory-mapped, so keeping them open is cheap."""
+    if key not in _OPENED_SETS:
+        _OPENED_SETS[key] = load()
+    return _OPENED_SETS[key]
+
+
 def feature_set(cfg: Config, model: Backbone, manifest: str):
-    """The cached features of ``manifest``, opened once per process (they are memory-mapped, so shared)."""
+    """The cached features of ``manifest``, opened once per process."""
     stat = os.stat(manifest)
-    key = (manifest, json.dumps(model.featurizer_key(), sort_keys=True), stat.st_mtime, stat.st_size)
-    if key not in _FEATURE_SETS:
-        _FEATURE_SETS[key] = load_feature_set(cfg.data, model, manifest, progress=False)
-    return _FEATURE_SETS[key]
+    key = ("features", manifest, json.dumps(model.featurizer_key(), sort_keys=True), stat.st_mtime, stat.st_size)
+    return _opened(key, lambda: load_feature_set(cfg.data, model, manifest, progress=False))
+
+
+def prefix_set(cfg: Config, model: Backbone, fingerprint: str, features, k: int):
+    """The frozen-prefix outputs (blocks < ``k``) of a feature set, opened once per process and base model."""
+    key = ("prefix", str(features.path), features.key, fingerprint, k)
+    return _opened(key, lambda: load_prefix_set(features, model, k, cfg.data.cache_dir))
 
 
 # (metrics, folder holding this evaluation's checkpoint files or None) -> hands both to Ray
@@ -131,8 +142,8 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
         # The frozen blocks below the lowest adapter run once per utterance (cached, shared by
         # every trial with the same k); this trial trains and evaluates blocks k.. only.
         k = handle.lowest_block
-        train_set = load_prefix_set(train_set, model, k, cfg.data.cache_dir)
-        dev_sets = {domain: load_prefix_set(s, model, k, cfg.data.cache_dir) for domain, s in dev_sets.items()}
+        train_set = prefix_set(cfg, model, fingerprint, train_set, k)
+        dev_sets = {domain: prefix_set(cfg, model, fingerprint, s, k) for domain, s in dev_sets.items()}
         network = TopOfModel(model, k)
     static = {"adapter_params": handle.num_params, "adapter_percent": handle.percent_of_base,
               "device": _device_name(device), "node_id": ray.get_runtime_context().get_node_id()}
