@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import time
 from pathlib import Path
@@ -21,6 +22,22 @@ from raysearch_adapters.train.pretrain import ctc_loss
 PLACEMENTS = {"bottom": lambda n: "all", "middle": lambda n: f"window:{n // 2}-{n}", "top": lambda n: "top:1"}
 
 Batch = Tuple[torch.Tensor, torch.Tensor, List[str]]
+
+
+def parser_with_common_options(description: str) -> argparse.ArgumentParser:
+    """The options every adapter-training bench takes: model, train manifest, steps, batch, subset, dim, output."""
+    from raysearch_adapters.config import load_config
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--checkpoint", help="base model checkpoint (default: the demo model, else random weights)")
+    parser.add_argument("--manifest", default=load_config().data.new_train,
+                        help="training manifest (default: demo new/train)")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per way and placement")
+    parser.add_argument("--batch-seconds", type=float, default=30.0, help="audio per training batch")
+    parser.add_argument("--utterances", type=int, default=64, help="training utterances used (from the start)")
+    parser.add_argument("--dim", type=int, default=32, help="adapter bottleneck width")
+    parser.add_argument("--out", help="also write the results here as JSON")
+    return parser
 
 
 def subset_manifest(manifest: str, n: int, out: Path) -> Path:

@@ -20,7 +20,6 @@ The caches are built first in a temporary folder (not timed). The base model is
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -30,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adapter_bench import (PLACEMENTS, adapter_step, load_bench_model, seconds_per_step, subset_manifest,  # noqa: E402
-                           train_batches)
+from adapter_bench import (PLACEMENTS, adapter_step, load_bench_model, parser_with_common_options,  # noqa: E402
+                           seconds_per_step, subset_manifest, train_batches)
 from common import machine  # noqa: E402
 
 from raysearch_adapters.adapters.inject import AdapterHandle, inject_adapters  # noqa: E402
-from raysearch_adapters.config import AdapterConfig, load_config  # noqa: E402
+from raysearch_adapters.config import AdapterConfig  # noqa: E402
 from raysearch_adapters.data.cache import load_features  # noqa: E402
 from raysearch_adapters.models.conformer import padding_mask  # noqa: E402
 from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set  # noqa: E402
@@ -85,15 +84,7 @@ def table(rows: list) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="base model checkpoint (default: the demo model, else random weights)")
-    parser.add_argument("--manifest", default=load_config().data.new_train,
-                        help="training manifest (default: demo new/train)")
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per way and placement")
-    parser.add_argument("--batch-seconds", type=float, default=30.0, help="audio per training batch")
-    parser.add_argument("--utterances", type=int, default=64, help="training utterances used (from the start)")
-    parser.add_argument("--dim", type=int, default=32, help="adapter bottleneck width")
-    parser.add_argument("--out", help="also write the results here as JSON")
+    parser = parser_with_common_options(__doc__.splitlines()[0])
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = machine()

@@ -23,7 +23,6 @@ Conformer when there is none (said in the output; timings hold, WERs do not).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -34,8 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adapter_bench import (PLACEMENTS, adapter_step, load_bench_model, seconds_per_step, subset_manifest,  # noqa: E402
-                           timed, train_batches)
+from adapter_bench import (PLACEMENTS, adapter_step, load_bench_model, parser_with_common_options,  # noqa: E402
+                           seconds_per_step, subset_manifest, timed, train_batches)
 from common import machine  # noqa: E402
 
 from raysearch_adapters.adapters.inject import inject_adapters  # noqa: E402
@@ -112,16 +111,9 @@ def table(rows: list) -> str:
 
 def main() -> None:
     data = load_config().data
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="base model checkpoint (default: the demo model, else random weights)")
-    parser.add_argument("--manifest", default=data.new_train, help="training manifest (default: demo new/train)")
+    parser = parser_with_common_options(__doc__.splitlines()[0])
     parser.add_argument("--dev", default=data.new_dev, help="dev manifest (default: demo new/dev)")
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per way and placement")
-    parser.add_argument("--batch-seconds", type=float, default=30.0, help="audio per training batch")
-    parser.add_argument("--utterances", type=int, default=64, help="training utterances used (from the start)")
     parser.add_argument("--dev-utterances", type=int, default=32, help="dev utterances decoded")
-    parser.add_argument("--dim", type=int, default=32, help="adapter bottleneck width")
-    parser.add_argument("--out", help="also write the results here as JSON")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = machine()
