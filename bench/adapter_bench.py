@@ -16,7 +16,7 @@ from raysearch_adapters.data.batching import duration_batches
 from raysearch_adapters.data.manifest import read_manifest, write_manifest
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.train.evaluate import autocast_context
-from raysearch_adapters.train.pretrain import ctc_loss
+from raysearch_adapters.models.ctc import ctc_loss
 
 # Adapter placements every benchmark compares: name -> block-set spec for a model of n blocks.
 PLACEMENTS = {"bottom": lambda n: "all", "middle": lambda n: f"window:{n // 2}-{n}", "top": lambda n: "top:1"}

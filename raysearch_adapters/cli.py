@@ -16,7 +16,41 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                         "conf/demo.yaml search.num_trials=4")
 
 
-def _split_config(items: Sequence[str]) -> tuple[list[str], list[str]]:
+class _AnyOrderParser(argparse.ArgumentParser):
+    """A subcommand's parser: its CONFIG|key=value items may come before, between or after its flags
+    (``search --resume conf/x.yaml`` parses like ``search conf/x.yaml --resume``)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        # parse_known_intermixed_args parses twice through parse_known_args (flags, then positionals)
+        # and refuses a parser with subcommands of its own (config -> show).
+        if self._intermixing or any(a.nargs == argparse.PARSER for a in self._actions):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a port number 0-65535 (0: any free port)")
+    return port
+
+
+def _is_config_item(word: str) -> bool:
+    # A key=value override's key never holds a '/', a manifest path may (data/lang=en/dev.json).
+    return word.lower().endswith((".yaml", ".yml")) or ("=" in word and "/" not in word.split("=", 1)[0])
+
+
+def split_config(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(config files, key=value overrides) of the positional CONFIG|key=value items."""
     paths = [a for a in items if "=" not in a]
     overrides = [a for a in items if "=" in a]
     return paths, overrides
@@ -24,7 +58,7 @@ def _split_config(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def load_from_args(items: Sequence[str]):
     """Config from positional CONFIG files and key=value overrides."""
-    paths, overrides = _split_config(items)
+    paths, overrides = split_config(items)
     return load_config(paths, overrides)
 
 
@@ -48,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raysearch-adapters",
         description="Search adapter configs (dim, placement, lr, ...) for an ASR model's new domain with "
                     "Ray Tune + Optuna, keeping original-domain WER degradation within kappa.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_AnyOrderParser)
     sub.required = True
 
     p = sub.add_parser("demo-data", help="build the embedded two-domain demo corpus (offline TTS)")
@@ -65,10 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("raysearch_adapters.train.pretrain", "cli_main"))
 
     p = sub.add_parser("evaluate", help="WER/CER of a model (optionally with an adapter) on a manifest")
-    p.add_argument("--model", default="demo", help="'demo', a checkpoint path, or a torchaudio bundle name")
-    p.add_argument("--manifest", required=True, action="append", help="manifest(s) to evaluate (repeatable)")
+    p.add_argument("--model", default=None,
+                   help="'demo', a checkpoint path, a torchaudio bundle name, or a .nemo file (default: the "
+                        "config's model section, e.g. model.name=whisper model.checkpoint=DIR or model.name=nemo "
+                        "model.checkpoint=stt_en_conformer_ctc_small; by default the shipped demo model)")
+    p.add_argument("--manifest", required=True, nargs="+", action="extend", metavar="MANIFEST",
+                   help="manifests to evaluate (.json, .jsonl or .parquet; several, and repeatable)")
     p.add_argument("--adapter", default=None, help="an adapter file saved by a search")
-    p.add_argument("--hypotheses", default=None, help="write per-utterance hypotheses (JSON-lines) here")
+    p.add_argument("--hypotheses", default=None,
+                   help="write per-utterance hypotheses here (Parquet, the schema of a search's hypotheses.parquet; "
+                        "with --adapter: the model without it as the base, with it as the winner)")
     _config_args(p)
     p.set_defaults(func=_lazy("raysearch_adapters.train.evaluate", "cli_main"))
 
@@ -76,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
     p.set_defaults(func=_lazy("raysearch_adapters.search.run", "cmd_search"))
+
+    p = sub.add_parser("export", help="merge a search's LoRA winner into the base model and check it on the dev sets")
+    p.add_argument("results_dir", help="a finished search's results folder (it holds best_adapter.pt)")
+    p.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/export)")
+    p.set_defaults(func=_lazy("raysearch_adapters.search.export", "cmd_export"))
 
     p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job; --status/--logs/--stop JOB_ID")
     p.add_argument("--address", default=None,
@@ -101,12 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="serve the live results dashboard of a search")
     p.add_argument("results_dir", help="a search's results folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    p.add_argument("--port", type=_port, default=8765, help="port (default: 8765; 0: any free port)")
     p.set_defaults(func=_lazy("raysearch_adapters.dashboard.server", "cli_main"))
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a search")
     p.add_argument("results_dir", help="a search's results folder")
     p.set_defaults(func=_lazy("raysearch_adapters.dashboard.report", "cli_main"))
+
+    p = sub.add_parser("export-nemo", help="write a NeMo model's winning adapter as a NeMo adapter file "
+                                           "(model.load_adapters)")
+    p.add_argument("results_dir", help="a search's results folder (model.name=nemo)")
+    p.add_argument("--out", default=None, help="the NeMo adapter file to write (default: RESULTS_DIR/nemo_adapter.pt)")
+    p.add_argument("--name", default=None, help="the adapter's name in NeMo (default: raysearch)")
+    p.set_defaults(func=_lazy("raysearch_adapters.models.nemo_export", "cli_main"))
 
     p = sub.add_parser("config", help="show the resolved config")
     csub = p.add_subparsers(dest="action", metavar="ACTION")
@@ -117,14 +169,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (``argv`` without the program name; default: ``sys.argv[1:]``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "manifest", None):
+        # --manifest takes every word up to the next flag: config files and key=value among them
+        # are config items (a manifest is .json, .jsonl or .parquet), in command-line order.
+        moved = [m for m in args.manifest if _is_config_item(m)]
+        args.config = sorted(args.config + moved, key=lambda w: argv.index(w) if w in argv else len(argv))
+        args.manifest = [m for m in args.manifest if not _is_config_item(m)]
+        if not args.manifest:
+            parser.error(f"{args.command}: argument --manifest: expected at least one manifest "
+                         "(.json, .jsonl or .parquet); config files and key=value are not manifests")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"raysearch-adapters {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path given that cannot be read or written (a file where a folder should be, ...)
+        print(f"raysearch-adapters {args.command}: error: {e}".replace("\n", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a search's trials (a search handles its own: see search.run)
+        print(f"raysearch-adapters {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,14 +12,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from raysearch_adapters.errors import UserError
+from raysearch_adapters.errors import UserError, first_line
+from raysearch_adapters.space_values import (ADAPTER_TYPES, BLOCK_FORMS, POSITIONS, RANGE_PARAMS, TYPE_PARAMS,
+                                             applies_to, block_spec_problem, value_problem)
 
 # Where the demo corpus, feature cache and other generated data live unless told otherwise.
 DEFAULT_HOME = "${oc.env:RAYSEARCH_ADAPTERS_HOME,'~/.cache/raysearch-adapters'}"
@@ -101,9 +105,18 @@ class DataConfig:
     new_train: str = "${data.demo_dir}/new/train.json"  # new-domain adapter training data
     new_dev: str = "${data.demo_dir}/new/dev.json"  # new-domain dev (selection)
     new_test: str = "${data.demo_dir}/new/test.json"  # new-domain test (final evaluation only)
-    original_train: str = "${data.demo_dir}/original/train.json"  # original domain (pretrain only)
+    original_train: str = "${data.demo_dir}/original/train.json"  # original domain: pretraining, replay, distillation
     original_dev: str = "${data.demo_dir}/original/dev.json"  # degradation is measured here
     original_test: str = "${data.demo_dir}/original/test.json"  # final evaluation only
+    # Labelled original-domain audio mixed into adapter training batches (train.replay); null = none.
+    replay_manifest: Optional[str] = "${data.original_train}"
+    # Original-domain audio the adapted model is distilled to the base on (train.distill_weight); its
+    # transcripts are not used, so untranscribed audio works; null = none. Never the dev or test sets.
+    distill_manifest: Optional[str] = "${data.original_train}"
+    # At most this many hours of each of the two above are used: a fixed subset chosen by utterance
+    # id (the same in every trial and process), so a large original corpus costs what a trial uses.
+    # 0 = all of it.
+    pool_hours: float = 0.5
     cache_dir: str = DEFAULT_HOME + "/features"  # feature cache; may live on shared storage
     on_error: str = "fail"  # fail | skip: what a bad manifest line does
     duration_tolerance: float = 0.25  # seconds a manifest duration may differ from the audio
@@ -115,6 +128,7 @@ class DataConfig:
         _check_choice(f"{key}.on_error", self.on_error, ("fail", "skip"))
         _check_range(f"{key}.duration_tolerance", self.duration_tolerance, 0, None)
         _check_range(f"{key}.max_batch_seconds", self.max_batch_seconds, 0, None, low_open=True)
+        _check_range(f"{key}.pool_hours", self.pool_hours, 0, None)
         self.frontend.validate(f"{key}.frontend")
         self.specaugment.validate(f"{key}.specaugment")
 
@@ -148,53 +162,94 @@ class ConformerConfig:
         _check_range(f"{key}.vocab_size", self.vocab_size, 8, 32000)
 
 
-MODEL_NAMES = ("conformer_ctc", "wav2vec2")
+MODEL_NAMES = ("conformer_ctc", "wav2vec2", "hf_ctc", "whisper", "nemo")
+NEMO_HEADS = ("auto", "rnnt", "ctc")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The base model: the shipped demo model, a checkpoint file, or a torchaudio bundle."""
+    """The base model: the shipped demo model, a checkpoint file, a torchaudio bundle, a Hugging Face model, or a
+    NeMo model."""
 
-    name: str = "conformer_ctc"  # conformer_ctc | wav2vec2
-    checkpoint: str = "demo"  # conformer_ctc: 'demo' (shipped) or a checkpoint path
+    name: str = "conformer_ctc"  # conformer_ctc | wav2vec2 | hf_ctc | whisper | nemo
+    # conformer_ctc: 'demo' (shipped) or a checkpoint path; hf_ctc, whisper: a folder written by
+    # save_pretrained or a Hugging Face hub id (downloaded on first use where there is internet);
+    # nemo: a .nemo file or a NeMo pretrained model name (downloaded by NeMo, e.g. stt_en_conformer_ctc_small)
+    checkpoint: str = "demo"
     bundle: str = "WAV2VEC2_ASR_BASE_960H"  # wav2vec2: a torchaudio.pipelines ASR bundle
+    language: str = "en"  # whisper: the language token of a multilingual checkpoint (English-only ones ignore it)
+    max_new_tokens: int = 128  # whisper: greedy decoding stops at <|endoftext|> or after this many tokens
+    # nemo: the decoder a hybrid RNNT-CTC model trains and decodes with (rnnt | ctc); auto: the model's own
+    # (RNNT for a hybrid)
+    nemo_head: str = "auto"
     conformer: ConformerConfig = field(default_factory=ConformerConfig)
 
     def validate(self, key: str) -> None:
         _check_choice(f"{key}.name", self.name, MODEL_NAMES)
+        _check_choice(f"{key}.nemo_head", self.nemo_head, NEMO_HEADS)
+        if self.name in ("hf_ctc", "whisper") and self.checkpoint in ("", "demo"):
+            _fail(f"{key}.checkpoint", self.checkpoint, f"{key}.name={self.name} needs a folder written by "
+                  "save_pretrained or a Hugging Face hub id (e.g. openai/whisper-tiny.en)")
+        if self.name == "nemo" and self.checkpoint in ("", "demo"):
+            _fail(f"{key}.checkpoint", self.checkpoint, "model.name=nemo needs a .nemo file or a NeMo pretrained "
+                  "model name (e.g. stt_en_conformer_ctc_small)")
+        if not self.language or not re.fullmatch(r"[A-Za-z-]+", self.language):
+            _fail(f"{key}.language", self.language, "must be a language code such as en or de")
+        _check_range(f"{key}.max_new_tokens", self.max_new_tokens, 1, 440)
         self.conformer.validate(f"{key}.conformer")
 
 
 # --------------------------------------------------------------------------- adapters
 
-POSITIONS = ("post", "mha", "ffn")
 ACTIVATIONS = ("swish", "relu", "gelu", "tanh")
-
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """One adapter config (NeMo's LinearAdapter fields plus placement).
+    """One adapter config: its type, the type's own fields (NeMo's LinearAdapter fields for a bottleneck,
+    rank/alpha/targets for LoRA) and the placement.
 
     ``blocks`` is a block-set spec: ``all``, ``top:K``, ``bottom:K``, ``every:N``,
     ``window:A-B`` (blocks A..B-1) or an explicit list such as ``0,2,5``.
     """
 
-    dim: int = 32  # bottleneck width h
+    # bottleneck: norm -> down -> act -> up added to a position's output (serial);
+    # parallel: the same bottleneck beside a position's module, fed its input, added to its output;
+    # lora: a low-rank update (alpha / rank) * B @ A of linear layers of each block (B starts at zero).
+    type: str = "bottleneck"
+    dim: int = 32  # bottleneck width h (bottleneck, parallel)
+    rank: int = 8  # LoRA rank r
+    alpha: float = 16.0  # LoRA scale: the update is (alpha / rank) * B @ A
+    # LoRA: which linear layers of each adapted block (the names its backbone lists; `all` = every one)
+    targets: str = "q,v"
     activation: str = "swish"  # swish | relu | gelu | tanh
     norm_position: str = "pre"  # pre | post: LayerNorm before the down or after the up projection
-    dropout: float = 0.0  # dropout on the adapter output
-    stochastic_depth: float = 0.0  # probability of skipping the adapter branch in training
-    l2_lambda: float = 0.0  # L2 penalty on the adapter output (NeMo's residual-add strategy)
+    # bottleneck/parallel: dropout on the adapter output; lora: rank dropout (each of the r components of
+    # the update is dropped with this probability in a training forward; see adapters/lora.py)
+    dropout: float = 0.0
+    stochastic_depth: float = 0.0  # probability of skipping the adapter branch in training (bottleneck, parallel)
+    l2_lambda: float = 0.0  # L2 penalty on the adapter output (NeMo's residual-add strategy; bottleneck, parallel)
     blocks: str = "all"  # which blocks get adapters (block-set spec)
-    positions: List[str] = field(default_factory=lambda: ["post"])  # where inside each block
+    positions: List[str] = field(default_factory=lambda: ["post"])  # where inside each block (bottleneck, parallel)
 
     def validate(self, key: str) -> None:
+        _check_choice(f"{key}.type", self.type, ADAPTER_TYPES)
         _check_range(f"{key}.dim", self.dim, 1, None)
+        _check_param(f"{key}.rank", "rank", self.rank)
+        _check_param(f"{key}.alpha", "alpha", self.alpha)
+        _check_param(f"{key}.targets", "targets", self.targets)
         _check_choice(f"{key}.activation", self.activation, ACTIVATIONS)
         _check_choice(f"{key}.norm_position", self.norm_position, ("pre", "post"))
         _check_range(f"{key}.dropout", self.dropout, 0, 1, high_open=True)
         _check_range(f"{key}.stochastic_depth", self.stochastic_depth, 0, 1, high_open=True)
         _check_range(f"{key}.l2_lambda", self.l2_lambda, 0, None)
+        if self.type == "lora":
+            for name in ("stochastic_depth", "l2_lambda"):
+                if getattr(self, name):
+                    _fail(f"{key}.{name}", getattr(self, name), "applies to bottleneck and parallel adapters; type "
+                          "lora has no branch output to skip or penalise: set 0")
+        problem = block_spec_problem(self.blocks)
+        if problem:
+            _fail(f"{key}.blocks", self.blocks, f"{problem}; allowed: {BLOCK_FORMS}")
         if not self.positions:
             _fail(f"{key}.positions", list(self.positions), f"needs at least one of {', '.join(POSITIONS)}")
         for i, pos in enumerate(self.positions):
@@ -208,14 +263,20 @@ class AdapterConfig:
 class TrainConfig:
     """Adapter training of one trial (plain PyTorch loop)."""
 
-    steps: int = 300  # optimiser steps
-    lr: float = 1e-3  # peak learning rate (AdamW)
+    steps: int = 800  # optimiser steps
+    lr: float = 3e-3  # peak learning rate (AdamW)
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then cosine decay
     weight_decay: float = 0.0  # AdamW weight decay on adapter weights
     grad_clip: float = 1.0  # max gradient norm (0 = off)
-    max_batch_seconds: float = 20.0  # audio per training batch
-    eval_every: int = 50  # steps between dev evaluations (each is one ASHA rung)
-    specaugment: bool = False  # SpecAugment on new-domain training batches (turns the prefix cache off)
+    max_batch_seconds: float = 10.0  # audio per training batch (new domain + replay)
+    eval_every: int = 200  # steps between dev evaluations (each is one ASHA rung)
+    specaugment: bool = False  # SpecAugment on labelled training batches (turns the prefix cache off)
+    # Protecting the original domain (DESIGN.md): `replay` is the share of each batch's audio taken
+    # from data.replay_manifest (labelled, trained on with the same loss); `distill_weight` (lambda)
+    # weighs KL(p_base || p_adapted) on `distill_seconds` of data.distill_manifest audio per step.
+    replay: float = 0.0
+    distill_weight: float = 0.0
+    distill_seconds: float = 5.0
     # Frozen-prefix cache: the frozen blocks below a trial's lowest adapter run once per
     # utterance (cached on disk, shared by trials), and trials train and evaluate the top only.
     # Exact (same outputs); used by trials without SpecAugment, which changes the prefix's input.
@@ -232,6 +293,9 @@ class TrainConfig:
         _check_range(f"{key}.max_batch_seconds", self.max_batch_seconds, 0, None, low_open=True)
         _check_range(f"{key}.eval_every", self.eval_every, 1, None)
         _check_choice(f"{key}.precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_range(f"{key}.replay", self.replay, 0, 1, high_open=True)
+        _check_range(f"{key}.distill_weight", self.distill_weight, 0, None)
+        _check_range(f"{key}.distill_seconds", self.distill_seconds, 0, None, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -267,49 +331,63 @@ class PretrainConfig:
 # --------------------------------------------------------------------------- search
 
 
+def _check_param(key: str, name: str, value: Any) -> None:
+    problem = value_problem(name, value)
+    if problem:
+        _fail(key, value, problem)
+
+
 @dataclass(frozen=True)
 class ParamSpec:
-    """One searched hyperparameter: a fixed ``value``, a list of ``choices``, or ``low``..``high``."""
+    """One searched hyperparameter: a fixed ``value``, a list of ``choices``, or ``low``..``high``.
+
+    In a YAML file or a ``search.space.NAME=...`` override an entry given whole replaces the
+    default entry: ``{low: 4, high: 64}``, ``64`` (= ``{value: 64}``) or ``[8, 16]`` (= ``{choices:
+    [8, 16]}``); ``search.space.NAME.FIELD=...`` changes one field of it."""
 
     value: Optional[Any] = None  # fixed: not searched
     choices: Optional[List[Any]] = None  # categorical
     low: Optional[float] = None  # range lower bound (inclusive)
     high: Optional[float] = None  # range upper bound (inclusive)
     log: bool = False  # sample the range on a log scale
+    # A range that may also be exactly 0 (off), e.g. a log range of distillation weights: the
+    # sampler first chooses on/off (an extra parameter '<name>_on'), then the value when on.
+    allow_zero: bool = False
 
     def kind(self) -> str:
-        """'value', 'choices', 'range', or 'unset' (all empty: the train section's value is used)."""
+        """'value', 'choices', 'range', or 'unset' (all empty: the train/adapter section's value is used)."""
         if self.value is None and self.choices is None and self.low is None and self.high is None:
             return "unset"
         if self.value is not None:
             return "value"
         return "choices" if self.choices is not None else "range"
 
-    def validate(self, key: str, positive: bool = False, unit: bool = False, optional: bool = False) -> None:
-        if optional and self.kind() == "unset":
-            return
-        given = [n for n in ("value", "choices") if getattr(self, n) is not None]
-        if self.low is not None or self.high is not None:
-            given.append("low/high")
-        if len(given) != 1:
+    def validate(self, key: str, name: str) -> None:
+        """One form (value, choices or range), each value one that hyperparameter ``name`` takes."""
+        kind = self.kind()
+        if (self.value is not None) + (self.choices is not None) + (self.low is not None or self.high is not None) > 1:
             _fail(key, dataclasses.asdict(self), "give exactly one of value, choices, or low and high")
-        if self.choices is not None and not self.choices:
-            _fail(f"{key}.choices", list(self.choices), "needs at least one choice")
-        if "low/high" in given:
+        if kind == "value":
+            _check_param(f"{key}.value", name, self.value)
+        elif kind == "choices":
+            if not self.choices:
+                _fail(f"{key}.choices", list(self.choices), "needs at least one choice")
+            for i, v in enumerate(self.choices):
+                _check_param(f"{key}.choices[{i}]", name, v)
+        elif kind == "range":
+            if name not in RANGE_PARAMS:
+                _fail(key, dataclasses.asdict(self), f"{name} takes a value or choices, not a low/high range")
             if self.low is None or self.high is None:
                 _fail(key, dataclasses.asdict(self), "a range needs both low and high")
+            for bound in ("low", "high"):
+                v = getattr(self, bound)
+                _check_param(f"{key}.{bound}", name, v)
+                if self.log and v <= 0:
+                    _fail(f"{key}.{bound}", v, "must be > 0 (log scale)")
             if self.low > self.high:
                 _fail(f"{key}.low", self.low, f"must be <= high ({self.high})")
-        values = [self.value] if self.value is not None else list(self.choices or []) + [
-            v for v in (self.low, self.high) if v is not None]
-        for v in values:
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                if (positive or self.log) and v <= 0:
-                    bound = "low" if v == self.low else "value"
-                    _fail(f"{key}.{bound}" if self.kind() != "choices" else f"{key}.choices", v,
-                          "must be > 0" + (" (log scale)" if self.log else ""))
-                if unit and not 0 <= v < 1:
-                    _fail(key, v, "must be in [0, 1)")
+        if self.allow_zero and kind != "range":
+            _fail(f"{key}.allow_zero", True, "applies to a low/high range only")
 
 
 def _fixed(v: Any) -> Any:
@@ -318,37 +396,42 @@ def _fixed(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    """The search space. Each entry is a ParamSpec; fixed ones are not searched."""
+    """The search space. Each entry is a ParamSpec; fixed ones are not searched, unset ones take the
+    adapter/train section's value. The entries of one adapter type only (``space_values.TYPE_PARAMS``:
+    dim, position, stochastic_depth and l2_lambda of bottleneck and parallel adapters, rank, alpha and
+    targets of LoRA) are used by trials of that type; the others are null in their rows."""
 
-    dim: ParamSpec = field(default_factory=lambda: ParamSpec(choices=[4, 8, 16, 32, 64]))
-    blocks: ParamSpec = field(default_factory=lambda: ParamSpec(
-        choices=["all", "top:1", "top:2", "top:3", "bottom:2", "every:2", "window:2-5"]))
-    position: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["post", "mha", "ffn"]))
-    lr: ParamSpec = field(default_factory=lambda: ParamSpec(low=3e-5, high=3e-3, log=True))
+    type: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.type (bottleneck)
+    dim: ParamSpec = field(default_factory=lambda: ParamSpec(choices=[32, 64, 128]))
+    rank: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.rank
+    alpha: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.alpha
+    targets: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.targets
+    blocks: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["all", "every:2", "bottom:3"]))
+    position: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["post", "ffn"]))
+    lr: ParamSpec = field(default_factory=lambda: ParamSpec(low=1.5e-3, high=8e-3, log=True))
     dropout: ParamSpec = _fixed(0.0)
     stochastic_depth: ParamSpec = _fixed(0.0)
     l2_lambda: ParamSpec = _fixed(0.0)
     weight_decay: ParamSpec = _fixed(0.0)
     steps: ParamSpec = field(default_factory=ParamSpec)  # unset: train.steps
     specaugment: ParamSpec = field(default_factory=ParamSpec)  # unset: train.specaugment
+    replay: ParamSpec = field(default_factory=lambda: ParamSpec(low=0.0, high=0.5))
+    distill_weight: ParamSpec = field(default_factory=lambda: ParamSpec(low=5.0, high=100.0, log=True))
 
     def validate(self, key: str) -> None:
-        self.dim.validate(f"{key}.dim", positive=True)
-        self.blocks.validate(f"{key}.blocks")
-        self.position.validate(f"{key}.position")
-        for pos in ([self.position.value] if self.position.value is not None else self.position.choices or []):
-            _check_choice(f"{key}.position", pos, POSITIONS)
-        self.lr.validate(f"{key}.lr", positive=True)
-        for name in ("dropout", "stochastic_depth"):
-            getattr(self, name).validate(f"{key}.{name}", unit=True)
-        for name in ("l2_lambda", "weight_decay"):
-            spec = getattr(self, name)
-            spec.validate(f"{key}.{name}")
-            for v in [spec.value, spec.low, *(spec.choices or [])]:
-                if isinstance(v, (int, float)) and v < 0:
-                    _fail(f"{key}.{name}", v, "must be >= 0")
-        self.steps.validate(f"{key}.steps", positive=True, optional=True)
-        self.specaugment.validate(f"{key}.specaugment", optional=True)
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f"{key}.{f.name}", f.name)
+
+    def values(self, name: str, default: Any) -> List[Any]:
+        """The values entry ``name`` can take: its value, its choices, or ``default`` (the section's value) when
+        unset; a range's bounds."""
+        spec = getattr(self, name)
+        kind = spec.kind()
+        if kind == "unset":
+            return [default]
+        if kind == "value":
+            return [spec.value]
+        return list(spec.choices) if kind == "choices" else [spec.low, spec.high]
 
 
 @dataclass(frozen=True)
@@ -360,16 +443,12 @@ class GridConfig:
     stochastic_depth: List[float] = field(default_factory=lambda: [0.0, 0.2])
 
     def validate(self, key: str) -> None:
-        for name in ("lr", "dim", "stochastic_depth"):
-            values = getattr(self, name)
+        for f in dataclasses.fields(self):
+            values = getattr(self, f.name)
             if not values:
-                _fail(f"{key}.{name}", list(values), "needs at least one value")
-        for v in self.lr:
-            _check_range(f"{key}.lr", v, 0, None, low_open=True)
-        for v in self.dim:
-            _check_range(f"{key}.dim", v, 1, None)
-        for v in self.stochastic_depth:
-            _check_range(f"{key}.stochastic_depth", v, 0, 1, high_open=True)
+                _fail(f"{key}.{f.name}", list(values), "needs at least one value")
+            for i, v in enumerate(values):
+                _check_param(f"{key}.{f.name}[{i}]", f.name, v)
 
 
 @dataclass(frozen=True)
@@ -388,12 +467,17 @@ class AshaConfig:
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 
 
+# The demo's start point (conf/demo.yaml): an adapter 64 wide in every block, distilled to the base.
+DEMO_START_POINTS = [{"dim": 64, "blocks": "all", "position": "post", "lr": 3e-3, "replay": 0.0,
+                      "distill_weight": 30.0}]
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """The search: sampler, budget, the degradation limit kappa and the space."""
 
     name: str = "demo"  # search id; results go to results.dir/name
-    num_trials: int = 32  # trial budget (the grid sampler runs its whole grid, capped by this)
+    num_trials: int = 12  # trial budget (the grid sampler runs its whole grid, capped by this)
     sampler: str = "tpe"  # tpe (constrained) | random | grid | nsga2 (multi-objective)
     kappa: float = 1.0  # allowed degradation of original-domain dev WER
     kappa_mode: str = "absolute"  # absolute (WER points) | relative (fraction of base WER)
@@ -401,8 +485,74 @@ class SearchConfig:
     asha: AshaConfig = field(default_factory=AshaConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    # Configs the sampler tries first (e.g. the adapter you use today, or a published recipe): each
+    # maps searched parameters to a value of their space entry; the parameters it leaves out are
+    # sampled. TPE learns from them like from any trial. Not for the grid, which has its own list.
+    # The default is the demo's hand-picked point; a search whose space it does not fit runs without it.
+    start_points: List[Dict[str, Any]] = field(default_factory=lambda: [dict(p) for p in DEMO_START_POINTS])
 
-    def validate(self, key: str) -> None:
+    def without_unfitting_demo_start_points(self, adapter_type: str) -> "SearchConfig":
+        """This config, without the built-in demo start point when it was left at its default and does not
+        fit the space (another model's space, a space searching the adapter type, say); a start point the
+        user gave is checked strictly. ``adapter_type``: adapter.type (the type when the space leaves it unset)."""
+        if self.start_points != DEMO_START_POINTS:
+            return self
+        try:
+            self.space.validate("search.space")
+        except ConfigError:
+            return self  # the space's own error is what validate() reports
+        try:
+            self._validate_start_points("search", adapter_type)
+        except ConfigError:
+            return dataclasses.replace(self, start_points=[])
+        return self
+
+    def _point_type(self, point: Dict[str, Any], adapter_type: str) -> Optional[str]:
+        """The adapter type of a start point: its own ``type``, else the space's only one (None: the space
+        searches the type and the point does not say)."""
+        if "type" in point:
+            return point["type"]
+        types = self.space.values("type", adapter_type)
+        return types[0] if len(types) == 1 else None
+
+    def _validate_start_points(self, key: str, adapter_type: str) -> None:
+        if self.start_points and self.sampler == "grid":
+            _fail(f"{key}.start_points", self.start_points, "applies to the tpe, random and nsga2 samplers; the "
+                  "grid sweeps search.grid")
+        for i, point in enumerate(self.start_points):
+            for name, v in point.items():
+                where = f"{key}.start_points[{i}].{name}"
+                spec = getattr(self.space, name, None)
+                if not isinstance(spec, ParamSpec):
+                    _fail(where, v, f"not a searched parameter; allowed: {', '.join(f.name for f in dataclasses.fields(self.space))}")
+                kind = spec.kind()
+                if kind in ("value", "unset"):
+                    _fail(where, v, f"search.space.{name} is not searched (it is {kind}); a start point sets "
+                          "searched parameters only")
+                _check_param(where, name, v)
+                if kind == "choices" and v not in spec.choices:
+                    _fail(where, v, f"allowed: one of search.space.{name}.choices {list(spec.choices)}")
+                if kind == "range" and not (spec.low <= v <= spec.high or (spec.allow_zero and v == 0)):
+                    _fail(where, v, f"must be in search.space.{name}'s range [{spec.low}, {spec.high}]"
+                          + (" or 0" if spec.allow_zero else ""))
+            point_type = self._point_type(point, adapter_type)
+            for name, v in point.items():
+                owners = [t for t, names in TYPE_PARAMS.items() if name in names]
+                if owners and point_type is None:
+                    _fail(f"{key}.start_points[{i}].{name}", v, f"a parameter of {'/'.join(owners)} adapters, and "
+                          "search.space.type is searched: give the point's type too")
+                if point_type is not None and not applies_to(name, point_type):
+                    _fail(f"{key}.start_points[{i}].{name}", v, f"a parameter of {'/'.join(owners)} adapters; this "
+                          f"point's type is {point_type}")
+
+    def _validate_types(self, key: str, adapter_type: str) -> None:
+        grid_type = self.space.type.value if self.space.type.kind() == "value" else adapter_type
+        if self.sampler == "grid" and not applies_to("dim", grid_type):
+            _fail(f"{key}.sampler", self.sampler, f"the NeMo-style grid sweeps dim and stochastic_depth, which "
+                  f"{grid_type} adapters do not have; allowed with type {grid_type}: tpe, random, nsga2")
+
+    def validate(self, key: str, adapter_type: str = "bottleneck") -> None:
+        """``adapter_type``: adapter.type, the type of trials when the space leaves it unset."""
         if not self.name or "/" in self.name or self.name.startswith("."):
             _fail(f"{key}.name", self.name, "must be a non-empty folder name without '/'")
         _check_range(f"{key}.num_trials", self.num_trials, 1, None)
@@ -412,6 +562,8 @@ class SearchConfig:
         self.asha.validate(f"{key}.asha")
         self.space.validate(f"{key}.space")
         self.grid.validate(f"{key}.grid")
+        self._validate_types(key, adapter_type)
+        self._validate_start_points(key, adapter_type)
 
 
 @dataclass(frozen=True)
@@ -475,7 +627,10 @@ class Config:
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
-            getattr(self, f.name).validate(f.name)
+            if f.name == "search":  # the space's trials have adapter.type where the space leaves it unset
+                self.search.validate(f.name, self.adapter.type)
+            else:
+                getattr(self, f.name).validate(f.name)
 
 
 # --------------------------------------------------------------------------- loading
@@ -497,18 +652,23 @@ def _unknown_key_error(full_key: str, where: str) -> ConfigError:
     siblings = [k for k in valid if "." in k and k.rsplit(".", 1)[0] == parent] if parent else [
         k for k in valid if "." not in k]
     leaf = full_key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, [s.rsplit(".", 1)[-1] for s in siblings], n=1, cutoff=0.5)
-    if not close:
-        close = [c.rsplit(".", 1)[-1] for c in difflib.get_close_matches(full_key, valid, n=1, cutoff=0.6)]
-    hint = f"; did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else ""
+    close = [(parent + "." if parent else "") + c for c in
+             difflib.get_close_matches(leaf, [s.rsplit(".", 1)[-1] for s in siblings], n=1, cutoff=0.5)]
+    if not close:  # the name, or a near one, in another section (the first such key); never a parent
+        elsewhere: dict = {}
+        for k in valid:
+            if not full_key.startswith(k + "."):
+                elsewhere.setdefault(k.rsplit(".", 1)[-1], k)
+        close = [elsewhere[c] for c in difflib.get_close_matches(leaf, list(elsewhere), n=1, cutoff=0.75)]
+    hint = f"; did you mean '{close[0]}'?" if close else ""
     allowed = ", ".join(s.rsplit(".", 1)[-1] for s in siblings)
     return ConfigError(f"{where}unknown key '{full_key}'{hint} (allowed under "
                        f"'{parent or '<top>'}': {allowed})")
 
 
 def _omegaconf_error(e: OmegaConfBaseException, where: str) -> ConfigError:
-    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return ConfigError(f"{where}{getattr(e, 'full_key', '') or ''}: {first_line}")
+    key = getattr(e, "full_key", "") or ""
+    return ConfigError(f"{where}{key + ': ' if key else ''}{first_line(e)}")
 
 
 def _merge(base: Any, other: Any, where: str) -> Any:
@@ -540,32 +700,65 @@ def _writable_schema() -> Any:
     return cfg
 
 
+_DOTTED_KEY = re.compile(r"[A-Za-z_]\w*(\.\w+)*")
+_EMPTY_ENTRY = dataclasses.asdict(ParamSpec())
+
+
+def _whole_entry(node: Any) -> dict:
+    """A space entry given whole, with every field: a mapping as given, a list as choices, else a value."""
+    if isinstance(node, dict):
+        return {**_EMPTY_ENTRY, **node}
+    if isinstance(node, list):
+        return {**_EMPTY_ENTRY, "choices": node}
+    return {**_EMPTY_ENTRY, "value": node}
+
+
+def _replace_whole_entries(node: Any, depth: int) -> Any:
+    """``node`` (a YAML file, or an override whose key has ``depth`` parts) with each search.space entry
+    it gives whole spelled out in full, so that merging replaces the default entry instead of mixing
+    with it (``{low: 4, high: 64}`` over the default ``choices`` would give both)."""
+    if depth > 3:  # search.space.NAME.FIELD=...: one field of the entry, merged into it
+        return node
+    tree = OmegaConf.to_container(node)
+    space = tree.get("search", {}).get("space") if isinstance(tree, dict) and isinstance(
+        tree.get("search"), dict) else None
+    if not isinstance(space, dict):
+        return node
+    names = {f.name for f in dataclasses.fields(SpaceConfig)}  # other keys fail the merge, named
+    space.update({k: _whole_entry(v) for k, v in space.items() if k in names})
+    return OmegaConf.create(tree)
+
+
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
     """Defaults ← each YAML in ``paths`` ← ``key=value`` ``overrides``; validated, interpolations resolved."""
     cfg = _writable_schema()
     for p in paths:
         path = Path(p)
         if not path.is_file():
-            raise ConfigError(f"config file {path}: not found")
+            raise ConfigError(f"config file {path}: {'not a file' if path.exists() else 'not found'}")
         try:
             loaded = OmegaConf.load(path)
         except Exception as e:  # yaml.YAMLError carries the line
             raise ConfigError(f"config file {path}: not valid YAML: {e}".replace("\n", " ")) from None
-        cfg = _merge(cfg, loaded, f"{path}: ")
+        if not OmegaConf.is_dict(loaded):
+            raise ConfigError(f"config file {path}: the top level is a list; expected sections such as "
+                              "search: and train:")
+        cfg = _merge(cfg, _replace_whole_entries(loaded, 0), f"{path}: ")
     for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override {ov!r}: expected key=value (e.g. search.num_trials=4)")
-    if overrides:
+        key = ov.split("=", 1)[0]
+        if "=" not in ov or not _DOTTED_KEY.fullmatch(key):
+            raise ConfigError(f"override {ov!r}: expected key=value with a dotted key (e.g. search.num_trials=4)")
         try:
-            dot = OmegaConf.from_dotlist(list(overrides))
-        except OmegaConfBaseException as e:
-            raise _omegaconf_error(e, "overrides ") from None
-        cfg = _merge(cfg, dot, "override ")
+            dot = OmegaConf.from_dotlist([ov])
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            raise ConfigError(f"override {ov!r}: the value is not valid YAML ({first_line(e)})") from None
+        cfg = _merge(cfg, _replace_whole_entries(dot, len(key.split("."))), f"override {ov!r}: ")
     try:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e, "") from None
     obj = _expand_user_paths(obj)
+    obj = dataclasses.replace(obj, search=obj.search.without_unfitting_demo_start_points(obj.adapter.type))
     obj.validate()
     return obj
 
@@ -574,7 +767,8 @@ def _expand_user_paths(cfg: Config) -> Config:
     d = cfg.data
     paths = {f.name: str(Path(getattr(d, f.name)).expanduser()) for f in dataclasses.fields(d)
              if f.name in ("demo_dir", "new_train", "new_dev", "new_test", "original_train",
-                           "original_dev", "original_test", "cache_dir")}
+                           "original_dev", "original_test", "replay_manifest", "distill_manifest", "cache_dir")
+             and getattr(d, f.name)}
     return dataclasses.replace(cfg, data=dataclasses.replace(d, **paths))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 
 def is_loopback(host: str) -> bool:
@@ -13,3 +14,10 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def machine_names() -> set[str]:
+    """This machine's host names (short and fully qualified), lower-case."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    names |= {n.split(".")[0] for n in names}
+    return {n.lower() for n in names if n}

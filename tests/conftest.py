@@ -45,3 +45,37 @@ def search_data(small_demo, tmp_path_factory):
     save_checkpoint(checkpoint, tiny_conformer(seed=0, num_layers=2))
     return small_demo, checkpoint, root / "features"
 
+
+@pytest.fixture(scope="session")
+def tiny_nemo(small_demo, tmp_path_factory):
+    """``tiny_nemo(kind)``: a tiny .nemo file of ``kind`` (ctc | rnnt | tdt | hybrid: 2 Conformer layers,
+    d_model 32, a 128-piece SentencePiece tokenizer of the small demo corpus's transcripts), built on first use
+    and kept for the session."""
+    from raysearch_adapters.data.manifest import read_manifest
+    from raysearch_adapters.data.text import normalize_text
+    from raysearch_adapters.models.nemo_build import build_nemo_file
+
+    root = tmp_path_factory.mktemp("nemo")
+    texts = [normalize_text(u.text) for m in sorted(small_demo.glob("*/*.json"))
+             for u in read_manifest(m, check_audio=False)]
+    built = {}
+
+    def get(kind: str):
+        if kind not in built:
+            built[kind] = build_nemo_file(kind, texts, root / f"tiny_{kind}.nemo")
+        return built[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def demo_model_search(ray_session, small_demo, tmp_path_factory):
+    """(config, summary, results folder) of one real search whose winner fixes and breaks utterances
+    (:func:`raysearch_adapters.testing.demo_model_search_overrides`), run once per test session."""
+    from raysearch_adapters.config import load_config
+    from raysearch_adapters.search import run
+    from raysearch_adapters.testing import demo_model_search_overrides
+
+    root = tmp_path_factory.mktemp("demo_model_search")
+    cfg = load_config([], demo_model_search_overrides(small_demo, root / "features", root, "fixed-broken"))
+    return cfg, run.run_search(cfg), root / "fixed-broken"

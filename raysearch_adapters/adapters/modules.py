@@ -1,5 +1,5 @@
-"""The adapter module and its residual combination (NeMo's ``LinearAdapter`` and
-``ResidualAddAdapterStrategy``), independent of any backbone.
+"""The bottleneck adapter module and its residual combination (NeMo's ``LinearAdapter`` and
+``ResidualAddAdapterStrategy``), independent of any backbone; serial and parallel adapters share them.
 
 An adapter is a bottleneck ``norm → Linear(D, h) → activation → Linear(h, D) → dropout``
 whose last layer starts at zero, so a freshly adapted model computes exactly what the base
@@ -8,7 +8,7 @@ model computes; training moves it away from there.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -57,7 +57,8 @@ class LinearAdapter(nn.Module):
 
 
 class ResidualAdd(nn.Module):
-    """``out = x + adapter(x)`` with NeMo's stochastic depth and L2 penalty (training only).
+    """``out = x + adapter(x)`` (serial) or ``x + adapter(source)`` (parallel: the branch is fed the input
+    of the module whose output ``x`` is) with NeMo's stochastic depth and L2 penalty (training only).
 
     Stochastic depth: with probability ``p`` per forward (one draw for the whole batch) the
     adapter branch is multiplied by 0, otherwise by ``1 / (1 - p)``, so its expected value
@@ -79,8 +80,8 @@ class ResidualAdd(nn.Module):
         self.l2_lambda = l2_lambda
         self.losses: List[torch.Tensor] = []
 
-    def forward(self, x: torch.Tensor, adapter: nn.Module) -> torch.Tensor:
-        delta = adapter(x)
+    def forward(self, x: torch.Tensor, adapter: nn.Module, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        delta = adapter(x if source is None else source)
         if self.training and self.stochastic_depth > 0.0:
             keep = 1.0 - self.stochastic_depth
             noise = torch.empty([1] * delta.ndim, dtype=delta.dtype, device=delta.device).bernoulli_(keep)

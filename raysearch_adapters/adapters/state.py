@@ -11,11 +11,12 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from raysearch_adapters.adapters.inject import AdapterHandle, AdapterWrapper, inject_adapters
+from raysearch_adapters.adapters.inject import AdapterHandle, inject_adapters
+from raysearch_adapters.adapters.layers import AdapterLayer
 from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import Backbone
@@ -29,22 +30,22 @@ class AdapterFileError(UserError):
 
 
 def base_fingerprint(model: Backbone) -> str:
-    """sha256 of the base model's config, parameter/buffer names and shapes and value sums.
+    """sha256 of the base model's config and of every parameter's and buffer's name, dtype, shape and bytes.
 
     Adapters already injected are ignored (their weights skipped, ``.base_layer`` dropped
-    from names), so the fingerprint is the same with or without them. The values enter as
-    sums of ``|x|`` and ``x^2`` rounded to 6 significant digits: cheap on a large model, and
-    the same on CPU and GPU whatever the reduction order.
-    """
-    skip = {id(t) for m in model.modules() if isinstance(m, AdapterWrapper)
+    from names), so the fingerprint is the same with or without them. The bytes enter
+    exactly (copied to the CPU), so any change to a weight, down to one bit, is another base,
+    on CPU and GPU alike; the fingerprint keys the frozen-prefix and teacher caches, which a
+    stale entry would silently corrupt."""
+    skip = {id(t) for m in model.modules() if isinstance(m, AdapterLayer)
             for t in [*m.adapter.parameters(), *m.adapter.buffers()]}
     h = hashlib.sha256(json.dumps(model.config_dict(), sort_keys=True, default=str).encode())
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if id(t) in skip:
             continue
-        v = t.detach().double()
-        h.update(f"{name.replace('.base_layer', '')}:{tuple(t.shape)}:"
-                 f"{v.abs().sum().item():.6e}:{v.square().sum().item():.6e};".encode())
+        v = t.detach().cpu().contiguous()
+        h.update(f"{name.replace('.base_layer', '')}:{v.dtype}:{tuple(v.shape)};".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
 
@@ -63,13 +64,19 @@ def _check_plain(obj: Any, where: str) -> None:
 
 
 def save_adapter(path: str | Path, handle: AdapterHandle, cfg: AdapterConfig, base_fingerprint: str,
-                 extra: Optional[dict] = None) -> None:
-    """Write the adapter weights, ``cfg``, the base fingerprint and the targeted modules (atomically)."""
+                 extra: Optional[dict] = None, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Write the adapter weights (the handle's current ones, or ``state_dict`` keyed like
+    :meth:`AdapterHandle.state_dict`, e.g. an earlier evaluation's), ``cfg``, the base
+    fingerprint and the targeted modules (atomically)."""
     extra = dict(extra or {})
     _check_plain(extra, "extra")
+    current = handle.state_dict()
+    if state_dict is not None and set(state_dict) != set(current):
+        raise ValueError(f"save_adapter: the weights' keys {sorted(state_dict)[:3]}... are not this handle's "
+                         f"{sorted(current)[:3]}...")
     atomic_torch_save({"format": FORMAT, "adapter": dataclasses.asdict(cfg), "base_model": handle.model.name,
                        "base_fingerprint": base_fingerprint, "targeted": list(handle.targeted),
-                       "state_dict": handle.state_dict(), "extra": extra}, Path(path))
+                       "state_dict": current if state_dict is None else dict(state_dict), "extra": extra}, Path(path))
 
 
 def load_adapter(path: str | Path, model: Backbone) -> Tuple[AdapterHandle, AdapterConfig, dict]:

@@ -11,18 +11,23 @@ from typing import Dict, List, Optional
 
 from raysearch_adapters.dashboard.data import Snapshot
 from raysearch_adapters.dashboard.importance import Importances
-from raysearch_adapters.results.placement import PlacementError, parse_blocks
+from raysearch_adapters.results.placement import PlacementError, describe_layout, layout_stacks, parse_blocks
 from raysearch_adapters.results.select import measured, pareto_front
 
 FEASIBLE, INFEASIBLE, RUNNING = "#2a9d8f", "#e76f51", "#8d99ae"
 FRONT, WINNER, BASE, KAPPA = "#264653", "#e9c46a", "#6c757d", "#d62828"
-POSITION_COLORS = {"post": "#1f77b4", "mha": "#ff7f0e", "ffn": "#9467bd"}
+POSITION_COLORS = {"post": "#1f77b4", "mha": "#ff7f0e", "ffn": "#9467bd", "self_attn": "#8c564b",
+                   "cross_attn": "#e377c2"}
+# With several adapter types in one search, the trade-off and hyperparameter charts colour trials by type.
+TYPE_COLORS = {"bottleneck": "#1f77b4", "lora": "#d62728", "parallel": "#2ca02c"}
+# The placement view's marker per type (its colour is the position's; LoRA's, which has none, its type's).
+TYPE_SYMBOLS = {"bottleneck": "square", "parallel": "diamond", "lora": "circle"}
 BEST_TRIALS_SHOWN = 10  # rows of the placement view
 
 # The order and titles of the views' charts (the page lays them out by these keys).
 TITLES = {
     "tradeoff": "New-domain dev WER vs degradation (feasible: left of the κ line)",
-    "placement": "Placement of the best trials: adapted blocks and position",
+    "placement": "Placement of the best trials: adapted blocks and position (LoRA: its target layers)",
     "dim": "Adapter dim vs new-domain dev WER",
     "lr": "Learning rate vs new-domain dev WER",
     "curves_new": "Learning curves: new-domain dev WER per trial",
@@ -38,8 +43,15 @@ def _layout(key: str, x: str, y: str, **extra) -> dict:
 
 
 def _hover(r: dict) -> str:
-    hp = (f"dim {r.get('dim')}, blocks {r.get('blocks')}, position {r.get('position')}, "
-          f"lr {r['lr']:.2g}" if r.get("lr") is not None else f"dim {r.get('dim')}, blocks {r.get('blocks')}")
+    if r.get("type") == "lora":
+        hp = f"LoRA rank {r.get('rank')}, alpha {r.get('alpha')}, targets {r.get('targets')}, blocks {r.get('blocks')}"
+    else:
+        hp = (f"{r.get('type') or 'bottleneck'} dim {r.get('dim')}, blocks {r.get('blocks')}, "
+              f"position {r.get('position')}")
+    if r.get("lr") is not None:
+        hp += f", lr {r['lr']:.2g}"
+    if r.get("adapter_params") is not None and r.get("adapter_percent") is not None:
+        hp += f"<br>{r['adapter_params']:,} adapter params ({r['adapter_percent']:.2f} % of base)"
     return f"trial {r['trial_id']} ({r['status']})<br>{hp}"
 
 
@@ -60,15 +72,30 @@ def _kappa_line(limit: Optional[float], axis: str = "x") -> List[dict]:
              "line": {"color": KAPPA, "dash": "dash", "width": 2}}]
 
 
+def trial_types(rows: List[dict]) -> List[str]:
+    """The adapter types of the trials, in the order of ``TYPE_COLORS`` (older tables: none)."""
+    present = {r.get("type") for r in rows if r.get("type")}
+    return [t for t in TYPE_COLORS if t in present] + sorted(present - set(TYPE_COLORS))
+
+
 def _by_feasibility(rows: List[dict], x: str) -> List[dict]:
-    """Finished trials split feasible / infeasible, running trials (their latest evaluation) apart."""
-    done = measured(rows)
+    """Finished trials split feasible / infeasible, running trials (their latest evaluation) apart. With
+    several adapter types, each type has its colour (feasible: circles, infeasible: crosses)."""
+    done = [r for r in measured(rows) if r.get(x) is not None]
     running = [r for r in rows if r["status"] == "RUNNING" and r.get("dev_wer_new") is not None
                and r.get(x) is not None]
-    traces = [_points([r for r in done if r.get("feasible") and r.get(x) is not None], x, "feasible", FEASIBLE),
-              _points([r for r in done if not r.get("feasible") and r.get(x) is not None], x, "infeasible",
-                      INFEASIBLE),
-              _points(running, x, "running (latest evaluation)", RUNNING, "circle-open")]
+    types = trial_types(rows)
+    if len(types) > 1:
+        traces = []
+        for t in types:
+            color = TYPE_COLORS.get(t, BASE)
+            traces += [_points([r for r in done if r.get("type") == t and r.get("feasible")], x, f"{t}, feasible", color),
+                       _points([r for r in done if r.get("type") == t and not r.get("feasible")], x,
+                               f"{t}, infeasible", color, "x")]
+    else:
+        traces = [_points([r for r in done if r.get("feasible")], x, "feasible", FEASIBLE),
+                  _points([r for r in done if not r.get("feasible")], x, "infeasible", INFEASIBLE)]
+    traces.append(_points(running, x, "running (latest evaluation)", RUNNING, "circle-open"))
     return [t for t in traces if t["x"]]
 
 
@@ -112,34 +139,42 @@ def placement(snap: Snapshot) -> dict:
     best = _ranked(snap.trials)[:BEST_TRIALS_SHOWN]
     if not best:
         return {"message": "no trial has finished yet"}
-    n = snap.num_blocks()
-    if n is None:
+    blocks_layout = snap.block_layout()
+    if blocks_layout is None:
         return {"message": "the number of blocks of the base model is not in summary.json nor in the "
                            "trials.parquet metadata (num_blocks), so block specs such as top:K cannot be drawn"}
+    n = sum(count for _, count in layout_stacks(blocks_layout))
     by_position: Dict[str, dict] = {}
     labels, skipped = [], []
     for rank, r in enumerate(best, 1):
         try:
-            blocks = parse_blocks(r["blocks"], n)
+            blocks = parse_blocks(r["blocks"], blocks_layout)
         except PlacementError:
             skipped.append(r["trial_id"])
             continue
         label = f"#{rank} {r['trial_id']} ({r['dev_wer_new']:.1f}%{'' if r.get('feasible') else ', infeasible'})"
         labels.append(label)
-        pos = str(r.get("position"))
-        t = by_position.setdefault(pos, {
-            "type": "scatter", "mode": "markers", "name": f"position {pos}", "x": [], "y": [], "text": [],
+        kind = r.get("type") or "bottleneck"
+        if kind == "lora":
+            pos, name, size = str(r.get("targets")), f"LoRA on {r.get('targets')}", f"rank {r.get('rank')}"
+            color = TYPE_COLORS["lora"]
+        else:
+            pos, size = str(r.get("position")), f"dim {r.get('dim')}"
+            name = f"position {pos}" if kind == "bottleneck" else f"{kind} at {pos}"
+            color = POSITION_COLORS.get(pos, BASE)
+        t = by_position.setdefault(name, {
+            "type": "scatter", "mode": "markers", "name": name, "x": [], "y": [], "text": [],
             "hovertemplate": "%{text}<extra></extra>",
-            "marker": {"symbol": "square", "size": 16, "color": POSITION_COLORS.get(pos, BASE)}})
+            "marker": {"symbol": TYPE_SYMBOLS.get(kind, "square"), "size": 16, "color": color}})
         for b in blocks:
             t["x"].append(b)
             t["y"].append(label)
-            t["text"].append(f"trial {r['trial_id']}: block {b}, position {pos}, blocks spec {r['blocks']}, "
-                             f"dim {r.get('dim')}")
+            t["text"].append(f"trial {r['trial_id']}: block {b}, {name}, blocks spec {r['blocks']}, {size}")
     if not by_position:
         return {"message": f"no readable block spec among the best trials ({', '.join(skipped)})"}
-    layout = _layout("placement", f"encoder block (0 = lowest; the base model has {n})",
-                     "trial (rank, new-domain dev WER)")
+    axis = (f"encoder block (0 = lowest; the base model has {n})" if len(layout_stacks(blocks_layout)) == 1 else
+            f"block (the base model has {describe_layout(blocks_layout)})")
+    layout = _layout("placement", axis, "trial (rank, new-domain dev WER)")
     layout["xaxis"].update(range=[-0.5, n - 0.5], dtick=1, zeroline=False)
     layout["yaxis"].update(autorange="reversed", type="category", categoryorder="array", categoryarray=labels)
     out = {"data": list(by_position.values()), "layout": layout}

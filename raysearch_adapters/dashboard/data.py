@@ -14,25 +14,33 @@ from pathlib import Path
 from typing import List, Optional
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.results import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES, TRIALS_FILE, TRIALS_SCHEMA,
                                         read_table)
-from raysearch_adapters.results.select import select_winner
+from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE
+from raysearch_adapters.results.select import best_per_type, select_winner
 
 SUMMARY_FILE = "summary.json"
 OPTUNA_DB = "optuna.db"
 # What the dashboard offers for download: these names only, never a path from the request.
-DOWNLOADS = (SUMMARY_FILE, TRIALS_FILE, EPOCHS_FILE, "config.yaml", "best_adapter.pt", OPTUNA_DB)
+DOWNLOADS = (SUMMARY_FILE, TRIALS_FILE, EPOCHS_FILE, HYPOTHESES_FILE, "config.yaml", "best_adapter.pt", OPTUNA_DB)
 # The files whose change means the page must be rebuilt (the study's journal included).
-_WATCHED = (TRIALS_FILE, EPOCHS_FILE, SUMMARY_FILE, OPTUNA_DB, OPTUNA_DB + "-journal", OPTUNA_DB + "-wal")
+_WATCHED = (TRIALS_FILE, EPOCHS_FILE, SUMMARY_FILE, HYPOTHESES_FILE, OPTUNA_DB, OPTUNA_DB + "-journal",
+            OPTUNA_DB + "-wal")
+# The trial table as a file, with the columns the page shows: name -> media type.
+EXPORTS = {"trials.csv": "text/csv", "trials.parquet": "application/vnd.apache.parquet"}
 
 # Trial table columns in display order: (column of trials.parquet, header).
 TABLE_COLUMNS = (
-    ("trial_id", "trial"), ("status", "status"), ("dim", "dim"), ("blocks", "blocks"), ("position", "position"),
+    ("trial_id", "trial"), ("status", "status"), ("type", "type"), ("dim", "dim"), ("rank", "LoRA rank"),
+    ("alpha", "LoRA alpha"), ("targets", "LoRA targets"), ("blocks", "blocks"), ("position", "position"),
     ("lr", "lr"), ("dropout", "dropout"), ("stochastic_depth", "stoch. depth"), ("l2_lambda", "L2"),
-    ("weight_decay", "weight decay"), ("steps", "steps"), ("specaugment", "SpecAugment"),
-    ("adapter_params", "adapter params"), ("adapter_percent", "% of base"), ("evals", "evals"),
+    ("weight_decay", "weight decay"), ("steps", "steps"), ("specaugment", "SpecAugment"), ("replay", "replay"),
+    ("distill_weight", "distill λ"), ("adapter_params", "adapter params"), ("adapter_percent", "% of base"),
+    ("evals", "evals"), ("best_step", "best at step"),
     ("dev_wer_new", "dev WER new"), ("dev_wer_original", "dev WER original"), ("degradation", "degradation"),
     ("feasible", "feasible"), ("wall_time_s", "time (s)"), ("device", "device"), ("error", "error"),
 )
@@ -80,6 +88,18 @@ class Snapshot:
         value = self._setting("num_blocks")
         return int(value) if value is not None else None
 
+    def block_layout(self):
+        """The base model's blocks as ``[(stack, blocks), ...]`` (an encoder and a decoder for Whisper), else its
+        block count; None when neither summary.json nor trials.parquet says."""
+        stacks = (self.summary or {}).get("block_stacks") or self.metadata.get("block_stacks")
+        try:
+            stacks = json.loads(stacks) if isinstance(stacks, str) else stacks
+            if stacks:
+                return [(str(name), int(n)) for name, n in stacks]
+        except (TypeError, ValueError):
+            pass
+        return self.num_blocks()
+
 
 def _number(value) -> Optional[float]:
     try:
@@ -89,16 +109,50 @@ def _number(value) -> Optional[float]:
     return out if math.isfinite(out) else None
 
 
+class ResultFileError(UserError):
+    """A results file the dashboard will not read: a link out of the results folder, or not a regular file."""
+
+
+def result_file(results_dir: Path, name: str) -> Optional[Path]:
+    """The resolved path of the results file ``name``, or None when the folder has none.
+
+    Raises ResultFileError for a link (or a link's target) outside the resolved results folder,
+    so that a folder someone else can write to never makes the dashboard read, serve or show
+    another file of this machine, and for what is not a regular file (a FIFO would block a read)."""
+    path = Path(results_dir) / name
+    if not os.path.lexists(path):
+        return None
+    real = path.resolve()
+    if not real.is_relative_to(Path(results_dir).resolve()):
+        raise ResultFileError(f"{path}: cannot be read: a link to outside the results folder (the dashboard "
+                              "reads only files inside it)")
+    if not real.is_file():
+        raise ResultFileError(f"{path}: cannot be read: not a regular file")
+    return real
+
+
 def fingerprint(results_dir: Path) -> str:
     """Changes whenever a watched file is written (names, sizes and modification times)."""
     parts = []
     for name in _WATCHED:
         try:
-            st = os.stat(results_dir / name)
+            real = result_file(results_dir, name)
+        except ResultFileError:
+            real = None  # a refused link: its own stamp, never its target's (the view shows the fingerprint)
+        try:
+            st = os.stat(real) if real is not None else os.lstat(results_dir / name)
         except OSError:
             continue
         parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
     return "|".join(parts)
+
+
+def _readable(results_dir: Path, name: str, errors: List[str]) -> Optional[Path]:
+    try:
+        return result_file(results_dir, name)
+    except ResultFileError as e:
+        errors.append(str(e))
+        return None
 
 
 def _read(path: Path, schema: pa.Schema, errors: List[str]) -> Optional[pa.Table]:
@@ -128,21 +182,22 @@ def read_snapshot(results_dir: Path) -> Snapshot:
     if not d.is_dir():
         snap.errors.append(f"{d}: not a folder (expected a search's results folder, results/<search name>/)")
         return snap
-    if (d / TRIALS_FILE).is_file():
-        table = _read(d / TRIALS_FILE, TRIALS_SCHEMA, snap.errors)
+    trials, epochs, summary = (_readable(d, name, snap.errors) for name in (TRIALS_FILE, EPOCHS_FILE, SUMMARY_FILE))
+    if trials is not None:
+        table = _read(trials, TRIALS_SCHEMA, snap.errors)
         if table is not None:
             snap.trials = _clean(table.to_pylist())
             snap.metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
                              if not k.startswith(b"ARROW")}
-    if (d / EPOCHS_FILE).is_file():
-        table = _read(d / EPOCHS_FILE, EPOCHS_SCHEMA, snap.errors)
+    if epochs is not None:
+        table = _read(epochs, EPOCHS_SCHEMA, snap.errors)
         snap.epochs = _clean(table.to_pylist()) if table is not None else []
-    if (d / SUMMARY_FILE).is_file():
+    if summary is not None:
         try:
-            summary = json.loads((d / SUMMARY_FILE).read_text(encoding="utf-8"))
-            if not isinstance(summary, dict):
-                raise ValueError(f"expected a JSON object, got {type(summary).__name__}")
-            snap.summary = _clean(summary)
+            loaded = json.loads(summary.read_text(encoding="utf-8"))
+            if not isinstance(loaded, dict):
+                raise ValueError(f"expected a JSON object, got {type(loaded).__name__}")
+            snap.summary = _clean(loaded)
         except (ValueError, OSError) as e:
             snap.errors.append(f"{d / SUMMARY_FILE}: cannot be read: {e}")
     if snap.state == "empty":
@@ -161,24 +216,32 @@ def _wers(label: str, dev: Optional[dict], test: Optional[dict]) -> dict:
             "test_new": test.get("new"), "test_original": test.get("original")}
 
 
+def _own(hparams: dict) -> dict:
+    """A trial's hyperparameters without those its adapter type does not have (null)."""
+    return {k: v for k, v in hparams.items() if v is not None}
+
+
 def _brief(row: dict) -> dict:
-    return {"trial_id": row["trial_id"], "hparams": {k: row.get(k) for k in HPARAM_NAMES},
+    return {"trial_id": row["trial_id"], "hparams": _own({k: row.get(k) for k in HPARAM_NAMES}),
             "adapter_params": row.get("adapter_params"), "adapter_percent": row.get("adapter_percent"),
-            "degradation": row.get("degradation")}
+            "degradation": row.get("degradation"), "dev_wer_new": row.get("dev_wer_new")}
 
 
 def summary_view(snap: Snapshot) -> dict:
     """Base model vs winner (dev and test WERs per domain), kappa, adapter size; the best feasible trial so far
-    while the search runs."""
+    while the search runs; with several adapter types, the best feasible trial of each (dev)."""
     s = snap.summary
+    # Rows carry `feasible` as the search judged it, so no limit is needed to pick the best ones.
+    feasible = [r for r in snap.trials if r.get("feasible")]
+    per_type = best_per_type(feasible, math.inf)
     counts = {st: sum(r["status"] == st for r in snap.trials) for st in ("RUNNING", "COMPLETE", "PRUNED", "FAIL")}
     out = {"search_id": snap.search_id, "state": snap.state, "degradation_limit": snap.degradation_limit(),
            "kappa": None, "kappa_mode": None, "units": None, "rows": [], "winner": None, "note": None,
+           "per_type": [{"type": t, **_brief(r)} for t, r in per_type.items()] if len(per_type) > 1 else [],
            "counts": {"total": len(snap.trials), **counts}, "versions": None}
     if s is None:
         out["kappa"], out["kappa_mode"] = _number(snap.metadata.get("kappa")), snap.metadata.get("kappa_mode")
-        # Rows carry `feasible` as the search judged it, so no limit is needed to pick the best one so far.
-        best = select_winner([r for r in snap.trials if r.get("feasible")], math.inf)
+        best = select_winner(feasible, math.inf)
         if best is not None:
             out["rows"] = [_wers(f"best feasible so far (trial {best['trial_id']})",
                                  {"new": best["dev_wer_new"], "original": best["dev_wer_original"]}, None)]
@@ -189,13 +252,14 @@ def summary_view(snap: Snapshot) -> dict:
         return out
     out.update(kappa=s.get("kappa"), kappa_mode=s.get("kappa_mode"), units=s.get("degradation_units"),
                versions=s.get("versions"))
+
     base = s.get("baseline") or {}
     out["rows"].append(_wers("base model", base.get("dev"), base.get("test")))
     w = s.get("winner")
     if w:
         out["rows"].append(_wers(f"winner (trial {w.get('trial_id')})", w.get("dev"), w.get("test")))
-        out["winner"] = {k: w.get(k) for k in ("trial_id", "hparams", "adapter_params", "adapter_percent",
-                                                 "degradation")}
+        out["winner"] = {k: w.get(k) for k in ("trial_id", "adapter_params", "adapter_percent", "degradation")}
+        out["winner"]["hparams"] = _own(w.get("hparams") or {})
     else:
         c = s.get("no_feasible_trial")
         out["note"] = ("no feasible trial: every measured trial degraded the original domain by more than the "
@@ -209,3 +273,19 @@ def trials_view(snap: Snapshot) -> dict:
     docs = {f.name: (f.metadata or {}).get(b"doc", b"").decode() for f in TRIALS_SCHEMA}
     return {"columns": [{"key": k, "label": label, "doc": docs[k]} for k, label in TABLE_COLUMNS],
             "rows": [[r.get(k) for k, _ in TABLE_COLUMNS] for r in snap.trials]}
+
+
+def trials_export(results_dir: Path, name: str) -> Optional[bytes]:
+    """The trial table as the file ``name`` of :data:`EXPORTS` (the page's columns, trials.parquet's names and
+    docs), or None without trials.parquet. Raises UserError (ResultFileError, ResultsSchemaError) for a
+    trials.parquet it cannot read."""
+    path = result_file(Path(results_dir), TRIALS_FILE)
+    if path is None:
+        return None
+    table = read_table(path, TRIALS_SCHEMA).select([key for key, _ in TABLE_COLUMNS])
+    out = pa.BufferOutputStream()
+    if name.endswith(".csv"):
+        pa_csv.write_csv(table, out)
+    else:
+        pq.write_table(table, out)
+    return out.getvalue().to_pybytes()

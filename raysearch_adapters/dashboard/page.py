@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Optional
 
 from raysearch_adapters.dashboard.charts import all_charts
-from raysearch_adapters.dashboard.data import (DOWNLOADS, OPTUNA_DB, fingerprint, read_snapshot, summary_view,
-                                               trials_view)
+from raysearch_adapters.dashboard.data import (DOWNLOADS, OPTUNA_DB, ResultFileError, fingerprint, read_snapshot,
+                                               result_file, summary_view, trials_view)
+from raysearch_adapters.dashboard.fixed_broken import fixed_broken_view
 from raysearch_adapters.dashboard.importance import Importances, param_importances
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -36,20 +37,39 @@ def static_path(name: str) -> Optional[Path]:
     return plotly_js() if name == "plotly.min.js" else STATIC_DIR / name
 
 
-def build_view(results_dir: Path) -> dict:
-    """Everything the page shows, as JSON-able data (the API's answer, the report's embedded data)."""
+def build_view(results_dir: Path, top_utterances: Optional[int] = None) -> dict:
+    """Everything the page shows, as JSON-able data (the API's answer, the report's embedded data);
+    ``top_utterances``: the "Fixed and broken" view keeps only that many most fixed and most broken
+    utterances per set (the report)."""
     results_dir = Path(results_dir)
     stamp = fingerprint(results_dir)
     snap = read_snapshot(results_dir)
-    imp = (param_importances(results_dir / OPTUNA_DB, snap.search_id) if snap.state in ("running", "finished")
-           else Importances(message="no trials yet"))
+    if snap.state not in ("running", "finished"):
+        imp = Importances(message="no trials yet")
+    else:
+        try:
+            db = result_file(results_dir, OPTUNA_DB)
+            for sidecar in ("-journal", "-wal", "-shm"):  # SQLite opens these beside the study file too
+                result_file(results_dir, OPTUNA_DB + sidecar)
+            imp = param_importances(db or results_dir / OPTUNA_DB, snap.search_id)
+        except ResultFileError as e:
+            imp = Importances(message=str(e))
+    fixed_broken = fixed_broken_view(results_dir, snap.errors, top_utterances)
+    files = []
+    for name in DOWNLOADS:
+        try:
+            if result_file(results_dir, name) is not None:
+                files.append(name)
+        except ResultFileError as e:
+            if str(e) not in snap.errors:
+                snap.errors.append(str(e))
     return {
         "fingerprint": stamp,
         "generated_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "results_dir": str(results_dir), "state": snap.state, "search_id": snap.search_id,
         "errors": snap.errors, "notes": snap.notes, "summary": summary_view(snap), "trials": trials_view(snap),
-        "charts": all_charts(snap, imp),
-        "files": [name for name in DOWNLOADS if (results_dir / name).is_file()],
+        "charts": all_charts(snap, imp), "fixed_broken": fixed_broken,
+        "files": files,
     }
 
 

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from raysearch_adapters.fileio import atomic_write
 from matplotlib.figure import Figure
 
-_MARKERS = {"circle": "o", "circle-open": "o", "star": "*", "diamond": "D", "square": "s"}
+_MARKERS = {"circle": "o", "circle-open": "o", "star": "*", "diamond": "D", "square": "s", "x": "X"}
 _DASHES = {"dash": "--", "dot": ":", "solid": "-"}
 
 

@@ -1,5 +1,7 @@
 """``raysearch-adapters report``: one self-contained HTML file (Plotly.js and the data inlined, opens
-offline, shareable by mail) and a PNG per chart, written into the results folder."""
+offline, shareable by mail) and a PNG per chart, written into the results folder. Of the "Fixed and
+broken" view it keeps the substitution tables and the most fixed and most broken utterances of each
+set (all of them would make a large file; the dashboard shows every one, with its audio)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from raysearch_adapters.errors import UserError
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
+REPORT_UTTERANCES = 5  # the most fixed and the most broken utterances of each set the report keeps
 
 
 @dataclass
@@ -33,16 +36,17 @@ def write_report(results_dir: Path) -> Report:
     if not results_dir.is_dir():
         raise UserError(f"RESULTS_DIR {results_dir}: not a folder; pass a search's results folder "
                         "(results/<search name>/)")
-    view = build_view(results_dir)
+    view = build_view(results_dir, top_utterances=REPORT_UTTERANCES)
     if view["state"] in ("empty", "error"):
         raise UserError(f"RESULTS_DIR {results_dir}: nothing to report: " + " | ".join(view["errors"] + view["notes"]))
     html = results_dir / REPORT_FILE
-    atomic_write_text(html, render_page(view))
-    pngs = []
-    for key, fig in view["charts"].items():
-        if "data" in fig:
-            pngs.append(results_dir / PLOTS_DIR / f"{key}.png")
-            write_png(fig, pngs[-1])
+    pngs = [results_dir / PLOTS_DIR / f"{key}.png" for key, fig in view["charts"].items() if "data" in fig]
+    try:
+        atomic_write_text(html, render_page(view))
+        for png in pngs:
+            write_png(view["charts"][png.stem], png)
+    except OSError as e:  # a read-only folder, a full disk, a file where plots/ should be
+        raise UserError(f"RESULTS_DIR {results_dir}: cannot write the report ({e})") from None
     return Report(html=html, pngs=pngs, errors=view["errors"], notes=view["notes"])
 
 

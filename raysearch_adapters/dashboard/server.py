@@ -1,25 +1,35 @@
 """``raysearch-adapters dashboard``: a read-only web app (aiohttp) over one search's results folder.
 
 Safety: binds 127.0.0.1 unless told otherwise; GET (and HEAD) only; serves the page, its own
-assets and a fixed list of result files by name, so no request path ever reaches the disk
-(``..`` in any encoding simply matches nothing). The view is rebuilt only when a results file
-changed, in a worker thread so a slow read never blocks other requests.
+assets, a fixed list of result files by name and the trial table's exports, so no request path
+ever reaches the disk (``..`` in any encoding simply matches nothing), and a result file only
+when it is a regular file inside the results folder (never through a link out of it). The one
+thing served from outside the results folder is an utterance's audio, by its row number in
+``hypotheses.parquet``: exactly the file that row names, when it is a regular audio file and not
+a link to another one (``fixed_broken.audio_file``). It answers only requests whose Host header
+names this server (its address, a loopback name, or with ``--host 0.0.0.0`` this machine's
+names), so a web page cannot read the results through DNS rebinding. The view is rebuilt only
+when a results file changed, in a worker thread so a slow read never blocks other requests;
+a page that polls with the fingerprint it drew gets only that fingerprint back while nothing changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from raysearch_adapters.hosts import is_loopback
-from raysearch_adapters.dashboard.data import DOWNLOADS, fingerprint
+from raysearch_adapters.hosts import is_loopback, machine_names
+from raysearch_adapters.dashboard.data import (DOWNLOADS, EXPORTS, ResultFileError, fingerprint, result_file,
+                                               trials_export)
+from raysearch_adapters.dashboard.fixed_broken import audio_file
 from raysearch_adapters.dashboard.page import STATIC_TYPES, build_view, render_page, static_path
 from raysearch_adapters.errors import UserError
 
@@ -35,16 +45,23 @@ class ViewCache:
         self._lock = threading.Lock()
         self._stamp: Optional[str] = None
         self._body: Optional[bytes] = None
+        self._drawn: Optional[str] = None  # the fingerprint the built view carries
+        self._unchanged: Optional[bytes] = None
 
-    def get(self) -> bytes:
-        """The view as JSON bytes."""
+    def get(self, known: Optional[str] = None) -> bytes:
+        """The view as JSON bytes; only its fingerprint and state when that fingerprint is ``known`` (the page
+        polls with the one it drew: an unchanged view is not sent again)."""
         with self._lock:
             stamp = fingerprint(self.results_dir)
             if self._body is None or stamp != self._stamp:
                 # Never serve a half-built view: a failure answers with the error, the next poll retries.
-                self._body = json.dumps(build_view(self.results_dir), allow_nan=False).encode()
+                view = build_view(self.results_dir)
+                self._body = json.dumps(view, allow_nan=False).encode()
+                self._drawn = view["fingerprint"]
+                self._unchanged = json.dumps({"fingerprint": self._drawn, "state": view["state"],
+                                              "unchanged": True}).encode()
                 self._stamp = stamp
-            return self._body
+            return self._unchanged if known == self._drawn else self._body
 
 
 _CACHE = web.AppKey("cache", ViewCache)
@@ -57,7 +74,7 @@ async def _index(request: web.Request) -> web.Response:
 async def _api_view(request: web.Request) -> web.Response:
     cache = request.app[_CACHE]
     try:
-        body = await asyncio.get_running_loop().run_in_executor(None, cache.get)
+        body = await asyncio.get_running_loop().run_in_executor(None, cache.get, request.query.get("known"))
     except Exception as e:  # a bug or an unforeseen file state: the page shows it and keeps polling
         log.exception("dashboard: building the view of %s failed", cache.results_dir)
         body = json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()
@@ -75,25 +92,109 @@ async def _static(request: web.Request) -> web.StreamResponse:
 
 async def _result_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    path = request.app[_CACHE].results_dir / name
-    if name not in DOWNLOADS or not path.is_file():
+    try:
+        path = result_file(request.app[_CACHE].results_dir, name) if name in DOWNLOADS else None
+    except ResultFileError as e:
+        raise web.HTTPForbidden(text=f"not served: {e}") from None
+    if path is None:
         raise web.HTTPNotFound(text=f"no such result file; the dashboard serves {list(DOWNLOADS)} when present")
     return web.FileResponse(path, headers={**_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})
 
 
-def make_app(results_dir: Path) -> web.Application:
-    """The dashboard app for ``results_dir``: GET routes only."""
-    app = web.Application()
+async def _export(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in EXPORTS:
+        raise web.HTTPNotFound(text=f"no such export; the dashboard exports {list(EXPORTS)}")
+    try:
+        body = await asyncio.get_running_loop().run_in_executor(None, trials_export, request.app[_CACHE].results_dir,
+                                                                name)
+    except UserError as e:  # a link out of the folder, a file of another schema
+        raise web.HTTPForbidden(text=f"not exported: {e}") from None
+    if body is None:
+        raise web.HTTPNotFound(text="no trials.parquet yet")
+    return web.Response(body=body, headers={**_HEADERS, "Content-Type": EXPORTS[name],
+                                            "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def _audio(request: web.Request) -> web.StreamResponse:
+    row = int(request.match_info["row"])
+    try:
+        found = await asyncio.get_running_loop().run_in_executor(None, audio_file, request.app[_CACHE].results_dir,
+                                                                 row)
+    except ResultFileError as e:
+        raise web.HTTPForbidden(text=f"not served: {e}") from None
+    if found is None:
+        raise web.HTTPNotFound(text=f"no audio for row {row} of hypotheses.parquet")
+    path, media_type = found
+    return web.FileResponse(path, headers={**_HEADERS, "Content-Type": media_type})
+
+
+def _split_host(header: str) -> Tuple[str, Optional[int]]:
+    """(name, port) of a Host header (``name``, ``name:port``, ``[v6]``, ``[v6]:port``): port None when
+    absent, -1 when not a number."""
+    if header.startswith("["):
+        name, _, rest = header[1:].partition("]")
+    else:
+        name, sep, rest = header.partition(":")
+        rest = sep + rest
+    if not rest:
+        return name.lower(), None
+    return name.lower(), int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else -1
+
+
+def _local_address(request: web.Request) -> Optional[Tuple[str, int]]:
+    """The address and port the request's connection arrived at (an IPv4 one as such on a dual-stack socket)."""
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if not sock:
+        return None
+    address = ipaddress.ip_address(sock[0].split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address), sock[1]
+
+
+def _host_check(bind_host: str) -> Callable:
+    """Middleware that answers 421 to a request whose Host header does not name this server, at the
+    port the request came in on: the bound address, the address the request arrived at, a loopback
+    name, and (bound to every address: 0.0.0.0 or ::) the machine's host names."""
+    names = {bind_host.lower()}
+    if bind_host in ("0.0.0.0", "::"):
+        names |= machine_names()
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        local = _local_address(request)
+        if local is None:  # the connection is gone
+            raise web.HTTPMisdirectedRequest(text="no connection", headers=_HEADERS)
+        address, bound_port = local
+        header = request.headers.get(hdrs.HOST, "")
+        name, port = _split_host(header)
+        # An address literal cannot be a rebound name: the one the connection arrived at is always fine.
+        if (port == bound_port or (port is None and bound_port == 80)) and (
+                name in names or is_loopback(name) or name == address):
+            return await handler(request)
+        here = f"[{address}]" if ":" in address else address
+        raise web.HTTPMisdirectedRequest(
+            text=f"Host header {header[:100]!r} does not name this dashboard (DNS rebinding protection); open "
+                 f"http://{here}:{bound_port}/ or, on this machine, http://localhost:{bound_port}/", headers=_HEADERS)
+
+    return check
+
+
+def make_app(results_dir: Path, host: str = "127.0.0.1") -> web.Application:
+    """The dashboard app for ``results_dir`` bound to ``host``: GET routes only."""
+    app = web.Application(middlewares=[_host_check(host)])
     app[_CACHE] = ViewCache(Path(results_dir).absolute())
     app.router.add_get("/", _index)
     app.router.add_get("/api/view", _api_view)
     app.router.add_get("/static/{name}", _static)
     app.router.add_get("/files/{name}", _result_file)
+    app.router.add_get("/export/{name}", _export)
+    app.router.add_get(r"/audio/{row:\d{1,9}}", _audio)
     return app
 
 
 async def _serve_forever(results_dir: Path, host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(results_dir), access_log=None)
+    runner = web.AppRunner(make_app(results_dir, host), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

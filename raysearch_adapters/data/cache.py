@@ -29,11 +29,12 @@ from raysearch_adapters.data.audio import load_audio
 from raysearch_adapters.data.manifest import Utterance, read_manifest
 from raysearch_adapters.fileio import atomic_write
 from raysearch_adapters.data.text import normalize_text
+from raysearch_adapters.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
 # Bump when what is stored changes (layout, text normalisation), so old caches are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 3
 # Utterances per Arrow record batch: bounds the memory a build holds before writing.
 _ROWS_PER_BATCH = 64
 
@@ -103,6 +104,14 @@ class FeatureSet:
         return batch, lengths, [self.texts[i] for i in indices]
 
 
+def concat_padded(batches: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Padded batches ``(x [B_i, T_i, F], lengths [B_i])`` as one padded batch (rows in order, zeros past each
+    row's length), e.g. utterances of several feature sets that go through the model together."""
+    longest = max(x.shape[1] for x, _ in batches)
+    xs = [torch.nn.functional.pad(x, (0, 0, 0, longest - x.shape[1])) for x, _ in batches]
+    return torch.cat(xs), torch.cat([lengths for _, lengths in batches])
+
+
 def cache_key(manifest_path: Path, utterances: Sequence[Utterance], featurizer_key: Dict,
               sample_rate: int) -> str:
     """sha256 of the manifest bytes, the kept utterances, their audio files' size and mtime, the featurizer key
@@ -119,14 +128,23 @@ def cache_key(manifest_path: Path, utterances: Sequence[Utterance], featurizer_k
     return h.hexdigest()
 
 
-def _feature_rows(utterances: Sequence[Utterance], featurizer: Featurizer, sample_rate: int,
-                  progress: bool, desc: str) -> Iterator[Row]:
+def _feature_rows(manifest_path: Path, utterances: Sequence[Utterance], featurizer: Featurizer, sample_rate: int,
+                  progress: bool) -> Iterator[Row]:
     # One utterance at a time: padding would change the edge frames (centred STFT) and any
     # featurizer with normalisation over time, so cached features would depend on batching.
     with torch.no_grad():
-        for utt in tqdm(utterances, desc=desc, unit="utt", disable=not progress):
-            wave = load_audio(utt.audio_filepath, sample_rate, utt.offset, utt.duration)
-            feats, lengths = featurizer(wave[None], torch.tensor([wave.numel()]))
+        for utt in tqdm(utterances, desc=f"features {manifest_path.name}", unit="utt", disable=not progress):
+            samples = 0
+            try:
+                wave = load_audio(utt.audio_filepath, sample_rate, utt.offset, utt.duration)
+                samples = wave.numel()
+                feats, lengths = featurizer(wave[None], torch.tensor([samples]))
+            except RuntimeError as exc:  # soundfile on a file damaged after its header, the front end on a
+                # clip shorter than its analysis window: one line naming the utterance, not a tensor traceback
+                raise UserError(f"{manifest_path}: utterance {utt.id!r}: cannot compute features of audio "
+                                f"{utt.audio_filepath} ({samples} samples at {sample_rate} Hz: {first_line(exc)}); expected "
+                                "readable audio at least as long as the front end's window; fix or remove the "
+                                "line") from exc
             yield Row(utt.id, normalize_text(utt.text), utt.duration, feats[0, : int(lengths[0])].float().cpu().numpy())
 
 
@@ -209,17 +227,39 @@ def eval_mode(fn: object) -> Iterator[None]:
             m.training = mode
 
 
+def pool_subset(utterances: Sequence[Utterance], hours: float) -> List[Utterance]:
+    """At most ``hours`` of audio from ``utterances`` (all when 0): the utterances whose ids hash lowest.
+
+    The choice depends on the ids only, not on the manifest's order or on any process, so every
+    trial and every node picks the same subset, and it grows by inclusion as ``hours`` grows."""
+    if hours <= 0:
+        return list(utterances)
+    ranked = sorted(utterances, key=lambda u: hashlib.sha1(u.id.encode()).hexdigest())
+    budget, total, kept = hours * 3600.0, 0.0, []
+    for u in ranked:
+        if kept and total + u.duration > budget:
+            break
+        kept.append(u)
+        total += u.duration
+    order = {u.id: i for i, u in enumerate(utterances)}
+    return sorted(kept, key=lambda u: order[u.id])
+
+
 def load_features(manifest_path: os.PathLike | str, featurizer: Featurizer, featurizer_key: Dict,
                   cache_dir: os.PathLike | str, sample_rate: int, on_error: str = "fail",
-                  duration_tolerance: float = 0.25, progress: bool = True) -> FeatureSet:
+                  duration_tolerance: float = 0.25, progress: bool = True, max_hours: float = 0.0,
+                  require_text: bool = True) -> FeatureSet:
     """Features of every utterance of a manifest, from the cache or computed once (process-safe).
 
     ``featurizer`` maps (waveform [1, S], lengths [1]) -> (features [1, T, F], lengths [1]);
-    ``featurizer_key`` identifies it. A module runs in eval mode and gets its mode back after."""
+    ``featurizer_key`` identifies it. A module runs in eval mode and gets its mode back after.
+    ``max_hours`` > 0 keeps only :func:`pool_subset` of the manifest; ``require_text=False`` accepts
+    untranscribed lines (see :func:`read_manifest`)."""
     manifest_path = Path(manifest_path)
-    utterances = read_manifest(manifest_path, on_error=on_error, duration_tolerance=duration_tolerance)
+    utterances = pool_subset(read_manifest(manifest_path, on_error=on_error, duration_tolerance=duration_tolerance,
+                                           require_text=require_text), max_hours)
     key = cache_key(manifest_path, utterances, featurizer_key, sample_rate)
     path = Path(cache_dir).expanduser() / f"{manifest_path.parent.name}-{manifest_path.stem}-{key[:20]}.arrow"
-    rows = _feature_rows(utterances, featurizer, sample_rate, progress, f"features {manifest_path.name}")
+    rows = _feature_rows(manifest_path, utterances, featurizer, sample_rate, progress)
     with eval_mode(featurizer):
         return open_or_build(path, key, rows)

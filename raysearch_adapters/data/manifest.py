@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from raysearch_adapters.data.text import normalize_text
+from raysearch_adapters.data.audio import segment_frames
+from raysearch_adapters.data.text import is_rewritten, normalize_text
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write
 
@@ -81,7 +82,7 @@ class Utterance:
         """Build from a manifest dict; relative audio paths are joined to ``base_dir``.
 
         Raises ManifestError naming the first bad field."""
-        problems = field_problems(d)
+        problems = field_problems(d, require_text=False)
         if problems:
             raise ManifestError(problems[0], problems)
         audio = os.path.abspath(os.path.join(base_dir, d["audio_filepath"]))
@@ -92,7 +93,7 @@ class Utterance:
             id=str(uid) if uid is not None else default_id(audio, offset),
             audio_filepath=audio,
             duration=float(d["duration"]),
-            text=d["text"],
+            text=d.get("text") or "",
             offset=offset,
             speaker=None if speaker is None else str(speaker),
             extra={k: v for k, v in d.items() if k not in _KNOWN_KEYS},
@@ -108,12 +109,14 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def field_problems(d: Any) -> List[str]:
-    """Key and type problems of one manifest dict, each as ``what was found; what is expected``."""
+def field_problems(d: Any, require_text: bool = True) -> List[str]:
+    """Key and type problems of one manifest dict, each as ``what was found; what is expected``.
+
+    ``require_text=False``: a line may lack ``text`` (untranscribed audio, e.g. for distillation)."""
     if not isinstance(d, dict):
         return [f"found a JSON {type(d).__name__}; expected one JSON object with {_REQUIRED}"]
     problems = []
-    for key in ("audio_filepath", "duration", "text"):
+    for key in ("audio_filepath", "duration", "text") if require_text else ("audio_filepath", "duration"):
         if d.get(key) is None:
             problems.append(f"missing key '{key}'; expected {_REQUIRED} on each line")
     audio, duration, text = d.get("audio_filepath"), d.get("duration"), d.get("text")
@@ -124,7 +127,7 @@ def field_problems(d: Any) -> List[str]:
     if text is not None:
         if not isinstance(text, str):
             problems.append(f"text is {text!r}; expected a string")
-        elif not normalize_text(text):
+        elif require_text and not normalize_text(text):
             problems.append(f"text {text!r} is empty after normalisation; expected words (letters or numbers)")
     offset = d.get("offset")
     if offset is not None and (not _is_number(offset) or offset < 0):
@@ -140,8 +143,8 @@ def field_problems(d: Any) -> List[str]:
 
 
 def _audio_problem(record: Dict[str, Any], base_dir: Path, tolerance: float,
-                   seen: Dict[str, Tuple[Optional[float], str]]) -> Optional[str]:
-    """Why a line's audio is missing, unreadable or of another duration; None if fine or not checkable."""
+                   seen: Dict[str, Tuple[Optional[Any], str]]) -> Optional[str]:
+    """Why a line's audio is missing, unreadable, empty or of another duration; None if fine or not checkable."""
     audio = record.get("audio_filepath")
     if not isinstance(audio, str) or not audio:
         return None
@@ -152,16 +155,23 @@ def _audio_problem(record: Dict[str, Any], base_dir: Path, tolerance: float,
                                 "(relative paths are relative to the manifest's folder)")
         else:
             try:
-                seen[path] = (sf.info(path).duration, "")
+                seen[path] = (sf.info(path), "")
             except (RuntimeError, sf.LibsndfileError) as exc:
                 seen[path] = (None, f"audio file {path} is unreadable ({exc}); expected a wav/flac file")
-    real, reason = seen[path]
-    if real is None:
+    info, reason = seen[path]
+    if info is None:
         return reason
     duration, offset = record.get("duration"), record.get("offset") or 0.0
     if not _is_number(duration) or not _is_number(offset):
         return None  # already reported as a field problem
     has_offset = record.get("offset") is not None
+    # What load_audio would read: an empty file, or a segment past its end, would reach the
+    # feature extractor as zero samples and fail there with a tensor-shape error.
+    if segment_frames(info.frames, info.samplerate, offset, duration)[1] == 0:
+        where = f" from offset {offset:.3f}s for {duration:.3f}s" if has_offset else ""
+        return (f"audio {path} has no samples{where} (the file has {info.frames} at {info.samplerate} Hz); "
+                "expected audio with sound in it")
+    real = info.duration
     end = offset + duration
     if end > real + tolerance:
         what = f"offset + duration = {end:.3f}s" if has_offset else f"duration {duration:.3f}s"
@@ -174,8 +184,15 @@ def _audio_problem(record: Dict[str, Any], base_dir: Path, tolerance: float,
 
 def _json_records(path: Path) -> Iterator[Tuple[int, Any, Optional[str]]]:
     """(line number, parsed object or None, parse problem) for each non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                # Each line on its own: one line in another encoding is one bad line, not a bad file.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, (f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                     "expected a UTF-8 JSON object per line")
+                continue
             if not line.strip():
                 continue
             try:
@@ -204,8 +221,11 @@ def _is_parquet(path: Path) -> bool:
 
 
 def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: bool = True,
-                  duration_tolerance: float = 0.25, report_path: os.PathLike | str | None = None) -> List[Utterance]:
-    """Read and validate a manifest; ``on_error`` is ``fail`` (raise listing every problem) or ``skip``."""
+                  duration_tolerance: float = 0.25, report_path: os.PathLike | str | None = None,
+                  require_text: bool = True) -> List[Utterance]:
+    """Read and validate a manifest; ``on_error`` is ``fail`` (raise listing every problem) or ``skip``.
+
+    ``require_text=False`` accepts lines without ``text`` (their text is "")."""
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error: got {on_error!r}; allowed: fail, skip")
     path = Path(path)
@@ -218,14 +238,14 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
     utterances: List[Utterance] = []
     problems: List[Tuple[int, Optional[str], str]] = []  # (line, id, reason)
     first_line_of: Dict[str, int] = {}
-    audio_seen: Dict[str, Tuple[Optional[float], str]] = {}
+    audio_seen: Dict[str, Tuple[Optional[Any], str]] = {}
     total = 0
     for number, record, parse_problem in records:
         total += 1
         if parse_problem:
             problems.append((number, None, parse_problem))
             continue
-        found = field_problems(record)
+        found = field_problems(record, require_text)
         if check_audio and isinstance(record, dict):
             reason = _audio_problem(record, base_dir, duration_tolerance, audio_seen)
             found += [reason] if reason else []
@@ -244,6 +264,10 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
         utterances.append(utt)
     if total == 0:
         raise ManifestError(f"{path}: the manifest is empty; expected at least one utterance")
+    rewritten = sum(is_rewritten(u.text) for u in utterances)
+    if rewritten:  # the references WER is scored against are these normalised texts: say so
+        log.info("%s: normalised %d of %d texts beyond lower-casing (numbers, money, symbols, non-ASCII "
+                 "letters spelled out)", path, rewritten, len(utterances))
     if not problems:
         return utterances
     bad_lines = len({line for line, _, _ in problems})
@@ -269,6 +293,19 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
         raise ManifestError(f"{path}: all {total} {unit} are bad{report_note}; "
                             f"expected at least one usable utterance", messages)
     return utterances
+
+
+def manifest_lines(path: os.PathLike | str) -> Dict[str, Tuple[int, Utterance]]:
+    """Each well-formed utterance of a manifest by id, with its line (JSON-lines, from 1) or row (Parquet, from 0),
+    numbered as :func:`read_manifest`'s messages do; no audio is opened and nothing is written."""
+    path = Path(path)
+    records = _parquet_records(path) if _is_parquet(path) else _json_records(path)
+    out: Dict[str, Tuple[int, Utterance]] = {}
+    for number, record, parse_problem in records:
+        if parse_problem is None and not field_problems(record, require_text=False):
+            utt = Utterance.from_dict(record, path.parent)
+            out.setdefault(utt.id, (number, utt))  # read_manifest keeps the first of a duplicated id
+    return out
 
 
 def write_manifest(path: os.PathLike | str, utterances: Iterable[Utterance]) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from anyascii import anyascii
+
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
          "fourteen fifteen sixteen seventeen eighteen nineteen").split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -19,9 +21,14 @@ _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fi
 _SYMBOLS = {"&": " and ", "%": " percent ", "+": " plus ", "@": " at ", "=": " equals ",
             "$": " dollars ", "€": " euros ", "£": " pounds ", "#": " number ", "°": " degrees "}
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+# Currency symbol -> (unit, units, subunit, subunits).
+_CURRENCIES = {"$": ("dollar", "dollars", "cent", "cents"), "€": ("euro", "euros", "cent", "cents"),
+               "£": ("pound", "pounds", "penny", "pence")}
 
 # "1,000" -> "1000" (thousands separators), but only in a well-formed grouping.
 _THOUSANDS = re.compile(r"\b(\d{1,3})((?:,\d{3})+)\b")
+# "$5", "€3.50", "£2 million": a currency symbol before an amount (after separators are gone).
+_MONEY = re.compile(r"([$€£])\s?(\d+)(?:\.(\d+))?(?:\s+(thousand|million|billion|trillion)\b)?", re.IGNORECASE)
 # Ordinals first ("21st"), then decimals ("3.5"), then plain integers.
 _ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
 _DECIMAL = re.compile(r"(\d+)\.(\d+)")
@@ -64,17 +71,56 @@ def _ordinal(n: int) -> str:
     return " ".join(words)
 
 
-def normalize_text(s: str) -> str:
-    """Lower-case, spell numbers and common symbols as words, keep only a-z, apostrophe and single spaces."""
-    s = unicodedata.normalize("NFKD", s.translate(_APOSTROPHES))
-    s = "".join(c for c in s if not unicodedata.combining(c)).lower()
-    s = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
-    s = _ORDINAL.sub(lambda m: f" {_ordinal(int(m.group(1)))} ", s)
-    s = _DECIMAL.sub(lambda m: f" {number_to_words(int(m.group(1)))} point "
-                               f"{' '.join(_ONES[int(d)] for d in m.group(2))} ", s)
-    s = _INTEGER.sub(lambda m: f" {number_to_words(int(m.group(0)))} ", s)
-    for symbol, word in _SYMBOLS.items():
-        s = s.replace(symbol, word)
+def _digits(digits: str) -> str:
+    return " ".join(_ONES[int(d)] for d in digits)
+
+
+def _money(m: re.Match) -> str:
+    unit, units, subunit, subunits = _CURRENCIES[m.group(1)]
+    whole, cents, scale = int(m.group(2)), m.group(3), m.group(4)
+    if scale or (cents is not None and len(cents) != 2):  # "$2 million", "$3.5": the amount, then the unit
+        amount = number_to_words(whole) + (f" point {_digits(cents)}" if cents else "")
+        return f" {amount}{' ' + scale.lower() if scale else ''} {units} "
+    cents_n = int(cents or 0)
+    if whole == 0 and cents_n:
+        return f" {number_to_words(cents_n)} {subunit if cents_n == 1 else subunits} "
+    return f" {number_to_words(whole)} {unit if whole == 1 else units}" + (
+        f" {number_to_words(cents_n)} " if cents_n else " ")
+
+
+def _transliterate(s: str) -> str:
+    """Non-ASCII letters and digits in ASCII (anyascii: ß -> ss, Ø -> O, ½ -> 1/2, ٣ -> 3); other
+    non-ASCII characters (symbols, punctuation) become spaces, as ASCII punctuation does."""
+    return "".join(c if c.isascii() else anyascii(c) if unicodedata.category(c)[0] in "LMN" else " " for c in s)
+
+
+def _finish(s: str) -> str:
     s = _NOT_ALLOWED.sub(" ", s)
     s = _STRAY_APOSTROPHE.sub(" ", s)
     return " ".join(s.split())
+
+
+def normalize_text(s: str) -> str:
+    """Lower-case, spell numbers, money and common symbols as words, keep only a-z, apostrophe and single spaces.
+
+    Never splits a word: non-ASCII letters are transliterated ("straße" -> "strasse", "Øresund" ->
+    "oresund"), not dropped. Money reads in spoken order: "$5" -> "five dollars", "$1" -> "one
+    dollar", "€3.50" -> "three euros fifty", "$0.99" -> "ninety nine cents", "£2 million" -> "two
+    million pounds"; other decimals after the amount ("$3.5" -> "three point five dollars").
+    """
+    s = s.translate(_APOSTROPHES)
+    s = _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s)
+    s = _MONEY.sub(_money, s)
+    for symbol, word in _SYMBOLS.items():
+        s = s.replace(symbol, word)
+    s = _transliterate(s).lower()
+    s = _ORDINAL.sub(lambda m: f" {_ordinal(int(m.group(1)))} ", s)
+    s = _DECIMAL.sub(lambda m: f" {number_to_words(int(m.group(1)))} point {_digits(m.group(2))} ", s)
+    s = _INTEGER.sub(lambda m: f" {number_to_words(int(m.group(0)))} ", s)
+    return _finish(s)
+
+
+def is_rewritten(s: str) -> bool:
+    """Whether :func:`normalize_text` did more to ``s`` than lower-case it and drop punctuation: spelled a
+    number, money or a symbol, or transliterated a letter."""
+    return normalize_text(s) != _finish(s.translate(_APOSTROPHES).lower())

@@ -10,6 +10,7 @@ positional encoding: the depthwise convolutions carry relative position.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import List, Tuple
 
 import torch
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysearch_adapters.config import ConformerConfig, FrontendConfig
-from raysearch_adapters.models.base import Backbone, BlockInfo
+from raysearch_adapters.models.base import BlockInfo, FusedWeight
+from raysearch_adapters.models.ctc import CTCBackbone
 from raysearch_adapters.models.tokenizer import Tokenizer
 
 
@@ -141,7 +143,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.num_layers))
 
 
-class ConformerCTC(Backbone):
+class ConformerCTC(CTCBackbone):
     """Conformer-CTC over log-mel features, with a SentencePiece (or any) tokenizer."""
 
     name = "conformer_ctc"
@@ -164,10 +166,22 @@ class ConformerCTC(Backbone):
         return {"frontend": "log-mel", **dataclasses.asdict(self.frontend_cfg)}
 
     def adaptable_blocks(self) -> List[BlockInfo]:
-        return [BlockInfo(i, f"encoder.layers.{i}", self.cfg.d_model,
-                          {"post": f"encoder.layers.{i}", "mha": f"encoder.layers.{i}.mha",
-                           "ffn": f"encoder.layers.{i}.ffn"})
-                for i in range(len(self.encoder.layers))]
+        return [self._block(i) for i in range(len(self.encoder.layers))]
+
+    def _block(self, i: int) -> BlockInfo:
+        p, d = f"encoder.layers.{i}", self.cfg.d_model
+        # nn.MultiheadAttention reads q, k and v as the row thirds of its fused in_proj_weight, and
+        # out_proj.weight, itself: LoRA targets them as slices of those weights (FusedWeight), each with
+        # its own A and B. The feed-forward layers are plain nn.Linear layers (net.1 in, net.4 out);
+        # ffn1_* is the first (macaron) feed-forward, ffn_* the second, the one position "ffn" adapts.
+        attn = f"{p}.mha.attn"
+        linears = {"q": FusedWeight(attn, "in_proj_weight", (0, d)), "k": FusedWeight(attn, "in_proj_weight", (d, 2 * d)),
+                   "v": FusedWeight(attn, "in_proj_weight", (2 * d, 3 * d)), "out": FusedWeight(attn, "out_proj.weight"),
+                   "ffn1_in": f"{p}.ffn1.net.1", "ffn1_out": f"{p}.ffn1.net.4",
+                   "ffn_in": f"{p}.ffn.net.1", "ffn_out": f"{p}.ffn.net.4"}
+        # The block, its attention and its feed-forward each take the hidden states as their first argument.
+        return BlockInfo(i, p, d, {"post": p, "mha": f"{p}.mha", "ffn": f"{p}.ffn"},
+                         parallel={"post": "x", "mha": "x", "ffn": "x"}, linears=linears)
 
     def encode_prefix(self, inputs: torch.Tensor, lengths: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         x, lengths = self.encoder.subsampling(inputs, lengths)
@@ -183,12 +197,24 @@ class ConformerCTC(Backbone):
             x = layer(x, mask)
         return self.head(x).float().log_softmax(dim=-1), lengths
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_from(*self.encode_prefix(inputs, lengths, 0), 0)
-
     def config_dict(self) -> dict:
         return {"name": self.name, "conformer": dataclasses.asdict(self.cfg),
                 "frontend": dataclasses.asdict(self.frontend_cfg)}
+
+    def save_export(self, out_dir: Path, meta: dict) -> Tuple[Path, str]:
+        """The project's own checkpoint (fp32), loadable as ``model.checkpoint`` or ``evaluate --model``."""
+        from raysearch_adapters.models.checkpoint import save_checkpoint
+
+        path = Path(out_dir) / "model.pt"
+        save_checkpoint(path, self, meta)
+        return path, (f"raysearch-adapters evaluate --model {path} --manifest M (a raysearch-adapters checkpoint: "
+                      f"model.checkpoint={path} for search and pretrain too)")
+
+    @classmethod
+    def load_export(cls, path: Path) -> "ConformerCTC":
+        from raysearch_adapters.models.registry import load_checkpoint_model
+
+        return load_checkpoint_model(Path(path))
 
     @classmethod
     def from_config_dict(cls, d: dict, tokenizer: Tokenizer) -> "ConformerCTC":

@@ -1,4 +1,6 @@
-"""Load a base model by name: the shipped demo Conformer, a checkpoint file, or a torchaudio bundle."""
+"""Load a base model by name: the shipped demo Conformer, a checkpoint file, a torchaudio bundle, a Hugging
+Face checkpoint (a CTC model or Whisper; transformers is imported by those backbones only) or a NeMo model
+(nemo is imported by models/nemo.py only)."""
 
 from __future__ import annotations
 
@@ -47,4 +49,16 @@ def load_base_model(cfg: ModelConfig) -> Backbone:
         from raysearch_adapters.models.wav2vec2 import Wav2Vec2CTC
 
         return Wav2Vec2CTC.from_bundle(cfg.bundle).eval()
+    if cfg.name == "hf_ctc":
+        from raysearch_adapters.models.hf_ctc import HFCTC
+
+        return HFCTC.from_pretrained(cfg.checkpoint).eval()
+    if cfg.name == "whisper":
+        from raysearch_adapters.models.whisper import Whisper
+
+        return Whisper.from_pretrained(cfg.checkpoint, cfg.language, cfg.max_new_tokens).eval()
+    if cfg.name == "nemo":
+        from raysearch_adapters.models.nemo import NemoASR
+
+        return NemoASR.load(cfg.checkpoint, cfg.nemo_head)
     raise UserError(f"model.name: got {cfg.name!r}; available: {', '.join(MODEL_NAMES)}")

@@ -1,4 +1,4 @@
-"""Tokenizers: SentencePiece BPE (built-in Conformer) and characters (wav2vec2 bundles).
+"""Tokenizers: SentencePiece BPE (built-in Conformer) and characters (wav2vec2 bundles, HF CTC vocabularies).
 
 Both map normalised text (a-z, apostrophe, space) to ids ``0..vocab_size-1``; the CTC
 head puts the blank at 0 and shifts every token by one. Both serialise to a plain dict of
@@ -98,33 +98,37 @@ class CharTokenizer(Tokenizer):
     """Characters, e.g. the labels of a torchaudio wav2vec2 ASR bundle.
 
     ``labels`` are the model's output symbols *without* the CTC blank; ``space`` is the label
-    used for a word boundary (``|`` in torchaudio bundles)."""
+    used for a word boundary (``|`` in torchaudio bundles and HF vocabularies). ``ignore``:
+    labels that are never encoded and dropped when decoding (an HF vocabulary's ``<s>``,
+    ``</s>``, ``<unk>``). Text maps onto the vocabulary's case."""
 
-    def __init__(self, labels: Sequence[str], space: str = "|"):
+    def __init__(self, labels: Sequence[str], space: str = "|", ignore: Sequence[str] = ()):
         self.labels = list(labels)
         self.space = space
+        self.ignore = sorted(set(ignore))
         self.vocab_size = len(self.labels)
-        self._index = {c: i for i, c in enumerate(self.labels)}
+        self._index = {c: i for i, c in enumerate(self.labels) if c not in self.ignore}
 
     def _map(self, ch: str) -> str:
         if ch == " ":
             return self.space
-        if ch in self._index:
-            return ch
-        return ch.upper() if ch.upper() in self._index else ch
+        for c in (ch, ch.upper(), ch.lower()):
+            if c in self._index:
+                return c
+        return ch
 
     def encode(self, text: str) -> List[int]:
         return [self._index[self._map(c)] for c in text]
 
     def decode(self, ids: Sequence[int]) -> str:
-        s = "".join(self.labels[i] for i in ids).replace(self.space, " ")
+        s = "".join(self.labels[i] for i in ids if self.labels[i] not in self.ignore).replace(self.space, " ")
         return " ".join(s.lower().split())
 
     def unsupported_chars(self, text: str) -> set[str]:
         return {c for c in set(text) if self._map(c) not in self._index}
 
     def to_dict(self) -> dict:
-        return {"kind": "char", "labels": list(self.labels), "space": self.space}
+        return {"kind": "char", "labels": list(self.labels), "space": self.space, "ignore": list(self.ignore)}
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:
@@ -132,5 +136,5 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
     if d.get("kind") == "sentencepiece":
         return SentencePieceTokenizer(d["model_proto"])
     if d.get("kind") == "char":
-        return CharTokenizer(d["labels"], d.get("space", "|"))
+        return CharTokenizer(d["labels"], d.get("space", "|"), d.get("ignore", ()))
     raise UserError(f"tokenizer: unknown kind {d.get('kind')!r}; allowed: sentencepiece, char")

@@ -7,7 +7,8 @@ layers (the adaptable blocks) and the CTC head. Pretrained weights download on f
 
 from __future__ import annotations
 
-import hashlib
+import json
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysearch_adapters.errors import UserError
-from raysearch_adapters.models.base import Backbone, BlockInfo
+from raysearch_adapters.models.base import BlockInfo, PerUtterance, weights_sha256
+from raysearch_adapters.models.ctc import CTCBackbone
 from raysearch_adapters.models.tokenizer import CharTokenizer
 
 
@@ -28,7 +30,7 @@ def asr_bundle_names() -> List[str]:
     return sorted(n for n in dir(pipelines) if type(getattr(pipelines, n)) is Wav2Vec2ASRBundle)
 
 
-class Wav2Vec2Featurizer(nn.Module):
+class Wav2Vec2Featurizer(PerUtterance):
     """Waveforms [B, S] + lengths -> conv features [B, T, C] + lengths, one utterance at a time.
 
     Per utterance because the base models' extractor ("group_norm" mode) normalises each
@@ -41,19 +43,13 @@ class Wav2Vec2Featurizer(nn.Module):
         self.extractor = extractor
         self.normalize_waveform = normalize_waveform
 
-    @torch.no_grad()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        feats = []
-        for wav, n in zip(waveforms, lengths.tolist()):
-            x = wav[None, :n]
-            if self.normalize_waveform:  # what the bundle's wrapper does for LV60K/HuBERT-large models
-                x = F.layer_norm(x, x.shape)
-            feats.append(self.extractor(x, None)[0][0])
-        out_lengths = torch.tensor([f.shape[0] for f in feats], device=waveforms.device)
-        return nn.utils.rnn.pad_sequence(feats, batch_first=True), out_lengths
+    def one(self, wave: torch.Tensor) -> torch.Tensor:
+        if self.normalize_waveform:  # what the bundle's wrapper does for LV60K/HuBERT-large models
+            wave = F.layer_norm(wave, wave.shape)
+        return self.extractor(wave, None)[0][0]
 
 
-class Wav2Vec2CTC(Backbone):
+class Wav2Vec2CTC(CTCBackbone):
     """A torchaudio ``Wav2Vec2Model`` with a CTC head (``aux``); label 0 is the blank."""
 
     name = "wav2vec2"
@@ -107,17 +103,38 @@ class Wav2Vec2CTC(Backbone):
         return {"name": self.name, "bundle": self.bundle, "params": self.params, "labels": list(self.labels),
                 "sample_rate": self.sample_rate, "normalize_waveform": self.normalize_waveform}
 
+    # ---- a merged export: torchaudio's own state dict plus what rebuilds the architecture
+    def save_export(self, out_dir: Path, meta: dict) -> Tuple[Path, str]:
+        """``wav2vec2_model.pt``: the state dict of torchaudio's ``Wav2Vec2Model`` (this backbone's keys are its
+        keys); ``wav2vec2_config.json``: ``wav2vec2_model(**params)``'s arguments, the labels and the rest of
+        :meth:`config_dict`, with ``meta``."""
+        from raysearch_adapters.fileio import atomic_write_text
+        from raysearch_adapters.models.checkpoint import atomic_torch_save
+
+        out_dir = Path(out_dir)
+        weights, config = out_dir / "wav2vec2_model.pt", out_dir / "wav2vec2_config.json"
+        atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, weights)
+        atomic_write_text(config, json.dumps({**self.config_dict(), "meta": meta}, indent=2, default=str) + "\n")
+        return out_dir, (f"torchaudio: model = torchaudio.models.wav2vec2_model(**json.load(open('{config}'))['params']); "
+                         f"model.load_state_dict(torch.load('{weights}', weights_only=True)); labels in the same JSON")
+
+    @classmethod
+    def load_export(cls, path: Path) -> "Wav2Vec2CTC":
+        from raysearch_adapters.models.checkpoint import load_state_strict
+
+        path = Path(path)
+        model = cls.from_config_dict(json.loads((path / "wav2vec2_config.json").read_text()))
+        load_state_strict(model, torch.load(path / "wav2vec2_model.pt", map_location="cpu", weights_only=True),
+                          str(path / "wav2vec2_model.pt"))
+        return model.eval()
+
     # ---- featurizer (cached once per search)
     def featurizer(self) -> nn.Module:
         return Wav2Vec2Featurizer(self.feature_extractor, self.normalize_waveform).eval()
 
     def featurizer_key(self) -> dict:
-        h = hashlib.sha256()
-        for k, v in sorted(self.feature_extractor.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
         return {"featurizer": "wav2vec2-conv", "bundle": self.bundle, "sample_rate": self.sample_rate,
-                "normalize_waveform": self.normalize_waveform, "weights_sha256": h.hexdigest()}
+                "normalize_waveform": self.normalize_waveform, "weights_sha256": weights_sha256(self.feature_extractor)}
 
     # ---- blocks
     def adaptable_blocks(self) -> List[BlockInfo]:
@@ -126,7 +143,12 @@ class Wav2Vec2CTC(Backbone):
         out = []
         for i in range(len(self.encoder.transformer.layers)):
             p = f"encoder.transformer.layers.{i}"
-            out.append(BlockInfo(i, p, width, {"post": p, "mha": f"{p}.attention", "ffn": f"{p}.feed_forward"}))
+            att, ff = f"{p}.attention", f"{p}.feed_forward"
+            # torchaudio's attention calls separate q/k/v/out nn.Linear layers; each is a LoRA target.
+            linears = {"q": f"{att}.q_proj", "k": f"{att}.k_proj", "v": f"{att}.v_proj", "out": f"{att}.out_proj",
+                       "ffn_in": f"{ff}.intermediate_dense", "ffn_out": f"{ff}.output_dense"}
+            out.append(BlockInfo(i, p, width, {"post": p, "mha": att, "ffn": ff},
+                                 parallel={"post": "x", "mha": "x", "ffn": "x"}, linears=linears))
         return out
 
     @staticmethod
@@ -162,6 +184,3 @@ class Wav2Vec2CTC(Backbone):
         if not tr.layer_norm_first:
             x = tr.layer_norm(x)
         return self.aux(x).float().log_softmax(dim=-1), lengths
-
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_from(*self.encode_prefix(inputs, lengths, 0), 0)

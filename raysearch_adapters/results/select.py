@@ -6,22 +6,36 @@ and the dashboard (live, while trials still run) choose with the same code.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-# A PRUNED trial's adapter was checkpointed at its last evaluation, which its row reports.
-CANDIDATE_STATUSES = ("COMPLETE", "PRUNED")
+# Each row reports its trial's best evaluation (the feasible one with the lowest new-domain WER,
+# else the least infeasible), whose adapter the trial's checkpoint keeps.
+MEASURED_STATUSES = ("COMPLETE", "PRUNED")
+# Only a trial that trained its whole budget can win, in the summary, the dashboard and the Optuna
+# study alike (``study.best_trial`` counts COMPLETE trials only). ASHA ranks trials by their best
+# evaluation so far, infeasible ones last, so a stopped trial was behind the trials of its rung.
+WINNER_STATUSES = ("COMPLETE",)
 
 
 def measured(rows: Sequence[dict]) -> List[dict]:
     """Finished trials (COMPLETE or PRUNED) with a dev new-domain WER and a degradation."""
-    return [r for r in rows if r["status"] in CANDIDATE_STATUSES and r.get("dev_wer_new") is not None
+    return [r for r in rows if r["status"] in MEASURED_STATUSES and r.get("dev_wer_new") is not None
             and r.get("degradation") is not None]
 
 
 def select_winner(rows: Sequence[dict], limit: float) -> Optional[dict]:
-    """The feasible trial (degradation <= ``limit``) with the lowest dev new WER; ties: lower degradation; None if none."""
-    feasible = [r for r in measured(rows) if r["degradation"] <= limit]
+    """The COMPLETE feasible trial (degradation <= ``limit``) with the lowest dev new WER; ties: lower degradation,
+    then trial id; None if none."""
+    feasible = [r for r in measured(rows) if r["status"] in WINNER_STATUSES and r["degradation"] <= limit]
     return min(feasible, key=lambda r: (r["dev_wer_new"], r["degradation"], r["trial_id"]), default=None)
+
+
+def best_per_type(rows: Sequence[dict], limit: float) -> Dict[str, dict]:
+    """Per adapter type, the trial :func:`select_winner` would choose among that type's trials (the search's
+    winner is the best of these); types without a feasible COMPLETE trial are left out."""
+    types = sorted({r.get("type") for r in rows if r.get("type")})
+    best = {t: select_winner([r for r in rows if r.get("type") == t], limit) for t in types}
+    return {t: r for t, r in best.items() if r is not None}
 
 
 def pareto_front(rows: Sequence[dict]) -> List[dict]:

@@ -33,18 +33,27 @@ def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Fie
     return pa.field(name, type_, nullable=nullable, metadata={b"doc": doc.encode()})
 
 
-# The searched hyperparameters, in the order of the space (conf/demo.yaml, search.space).
+# The searched hyperparameters, in the order of the space (conf/demo.yaml, search.space). The type comes
+# first: the space suggests it before the parameters that depend on it. A parameter of other adapter types
+# only (space_values.TYPE_PARAMS) is null in a trial's row.
 HPARAM_FIELDS = [
-    _f("dim", pa.int64(), "adapter bottleneck width h"),
+    _f("type", pa.string(), "adapter type: bottleneck (serial), lora, parallel"),
+    _f("dim", pa.int64(), "adapter bottleneck width h (bottleneck, parallel; null for lora)"),
+    _f("rank", pa.int64(), "LoRA rank r (lora; null otherwise)"),
+    _f("alpha", pa.float64(), "LoRA scale alpha: the update is (alpha / rank) B A (lora; null otherwise)"),
+    _f("targets", pa.string(), "LoRA target linear layers of each adapted block (lora; null otherwise)"),
     _f("blocks", pa.string(), "block-set spec of the adapted blocks (all, top:K, ...)"),
-    _f("position", pa.string(), "where inside each block the adapter sits (post, mha, ffn)"),
+    _f("position", pa.string(), "where inside each block the adapter sits (post, mha, ffn; null for lora)"),
     _f("lr", pa.float64(), "peak learning rate (AdamW)"),
-    _f("dropout", pa.float64(), "dropout on the adapter output"),
-    _f("stochastic_depth", pa.float64(), "probability of skipping the adapter branch in training"),
-    _f("l2_lambda", pa.float64(), "L2 penalty on the adapter output"),
+    _f("dropout", pa.float64(), "dropout on the adapter output (lora: rank dropout of the update)"),
+    _f("stochastic_depth", pa.float64(),
+       "probability of skipping the adapter branch in training (bottleneck, parallel; null for lora)"),
+    _f("l2_lambda", pa.float64(), "L2 penalty on the adapter output (bottleneck, parallel; null for lora)"),
     _f("weight_decay", pa.float64(), "AdamW weight decay"),
     _f("steps", pa.int64(), "optimiser steps of the full trial"),
     _f("specaugment", pa.bool_(), "SpecAugment on training batches"),
+    _f("replay", pa.float64(), "share of each training batch's audio from the replay set (original domain)"),
+    _f("distill_weight", pa.float64(), "weight of KL(p_base || p_adapted) on original-domain audio (0 = off)"),
 ]
 HPARAM_NAMES = tuple(f.name for f in HPARAM_FIELDS)
 
@@ -57,14 +66,19 @@ TRIALS_SCHEMA = pa.schema([
     _f("status", pa.string(), "RUNNING | COMPLETE | PRUNED | FAIL", nullable=False),
     _f("evals", pa.int64(), "dev evaluations done"),
     _f("step", pa.int64(), "optimiser step of the last evaluation"),
-    _f("dev_wer_new", pa.float64(), "new-domain dev WER (%) at the last evaluation"),
-    _f("dev_wer_original", pa.float64(), "original-domain dev WER (%) with adapters, last evaluation"),
-    _f("degradation", pa.float64(), _DEGRADATION_DOC),
-    _f("feasible", pa.bool_(), "degradation <= kappa"),
+    # The trial's result is its best evaluation: the feasible one with the lowest new-domain dev
+    # WER, else the least infeasible one; its adapter is the trial's checkpoint.
+    _f("best_step", pa.int64(), "optimiser step of the trial's best evaluation (its result and checkpoint)"),
+    _f("dev_wer_new", pa.float64(), "new-domain dev WER (%) of the best evaluation"),
+    _f("dev_wer_original", pa.float64(), "original-domain dev WER (%) with adapters, best evaluation"),
+    _f("degradation", pa.float64(), _DEGRADATION_DOC + "; best evaluation"),
+    _f("feasible", pa.bool_(), "degradation <= kappa (best evaluation)"),
+    _f("base_dev_wer_original", pa.float64(),
+       "original-domain dev WER (%) of the base model measured on this trial's path (same blocks, precision)"),
     _f("wall_time_s", pa.float64(), "seconds from the trial's start to its last result"),
     _f("device", pa.string(), "device of rank 0 (cpu, cuda:0 NVIDIA H100 ...)"),
     _f("node_id", pa.string(), "Ray node id of rank 0"),
-    _f("checkpoint_path", pa.string(), "adapter checkpoint of the last evaluation (Ray Train storage)"),
+    _f("checkpoint_path", pa.string(), "checkpoint holding the best evaluation's adapter (best_adapter.pt)"),
     _f("error", pa.string(), "first line of the error of a FAIL trial"),
 ])
 
@@ -73,7 +87,9 @@ EPOCHS_SCHEMA = pa.schema([
     _f("trial_id", pa.string(), "Ray Tune trial id", nullable=False),
     _f("step", pa.int64(), "optimiser step", nullable=False),
     _f("eval_index", pa.int64(), "1-based evaluation number (the ASHA time attribute)", nullable=False),
-    _f("train_loss", pa.float64(), "mean training loss since the previous evaluation"),
+    _f("train_loss", pa.float64(), "mean training loss since the previous evaluation (all terms)"),
+    _f("supervised_loss", pa.float64(), "mean supervised loss (new domain + replay) since the previous evaluation"),
+    _f("distill_loss", pa.float64(), "mean distillation KL since the previous evaluation (null: no distillation)"),
     _f("dev_wer_new", pa.float64(), "new-domain dev WER (%)"),
     _f("dev_wer_original", pa.float64(), "original-domain dev WER (%) with adapters"),
     _f("degradation", pa.float64(), _DEGRADATION_DOC),

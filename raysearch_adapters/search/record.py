@@ -15,9 +15,16 @@ from ray.tune import Callback
 
 from raysearch_adapters.results.tables import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES, TRIALS_FILE,
                                                TRIALS_SCHEMA, read_rows, write_table)
+from raysearch_adapters.search.summary import format_hparams
 
-_METRIC_COLUMNS = ("adapter_params", "adapter_percent", "step", "dev_wer_new", "dev_wer_original", "degradation",
-                   "feasible", "device", "node_id")
+# A result's keys that go to the trial row as they are: the trial's best evaluation (its result)
+# and what stays fixed; this evaluation's own values (eval_*) go to the epoch row.
+_METRIC_COLUMNS = ("adapter_params", "adapter_percent", "step", "best_step", "dev_wer_new", "dev_wer_original",
+                   "degradation", "feasible", "base_dev_wer_original", "device", "node_id")
+_EPOCH_COLUMNS = {"step": "step", "eval_index": "eval_index", "train_loss": "train_loss",
+                  "supervised_loss": "supervised_loss", "distill_loss": "distill_loss",
+                  "dev_wer_new": "eval_dev_wer_new", "dev_wer_original": "eval_dev_wer_original",
+                  "degradation": "eval_degradation", "lr": "lr", "time_s": "time_s"}
 _EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Interrupt)\b.*")
 
 
@@ -70,15 +77,15 @@ class TablesRecorder(Callback):
             row["checkpoint_path"] = result["checkpoint_path"]
         self.epochs[(trial.trial_id, result["eval_index"])] = {
             "search_id": self.search_id, "trial_id": trial.trial_id,
-            **{k: result.get(k) for k in ("step", "eval_index", "train_loss", "dev_wer_new", "dev_wer_original",
-                                         "degradation", "lr", "time_s")}}
+            **{column: result.get(key) for column, key in _EPOCH_COLUMNS.items()}}
         # Evaluations after this one belong to an earlier attempt of a restarted trial.
         for key in [k for k in self.epochs if k[0] == trial.trial_id and k[1] > result["eval_index"]]:
             del self.epochs[key]
         self._save()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        """The adapter checkpoint of a trial that trains in its Tune actor (saved after its result)."""
+        """The checkpoint of a trial that trains in its Tune actor (saved after its result; it holds the best
+        evaluation's adapter)."""
         row = self._row(trial)
         row["checkpoint_path"] = checkpoint.path
         self._save()
@@ -133,10 +140,10 @@ def _error_text(trial) -> Optional[str]:
 
 
 def _print_trial(row: dict) -> None:
-    hp = ", ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in HPARAM_NAMES)
+    hp = format_hparams({k: row[k] for k in HPARAM_NAMES})
     if row["status"] == "FAIL" or row.get("dev_wer_new") is None or row.get("degradation") is None:
         print(f"trial {row['trial_id']} {row['status']} ({hp}): {row.get('error') or 'no evaluation'}", flush=True)
         return
-    print(f"trial {row['trial_id']} {row['status']} after {row['evals']} evals ({hp}): dev WER new "
-          f"{row['dev_wer_new']:.1f}, original {row['dev_wer_original']:.1f}, degradation {row['degradation']:+.2f}"
-          f"{'' if row['feasible'] else ' (infeasible)'}", flush=True)
+    print(f"trial {row['trial_id']} {row['status']} after {row['evals']} evals ({hp}): best at step "
+          f"{row['best_step']}: dev WER new {row['dev_wer_new']:.1f}, original {row['dev_wer_original']:.1f}, "
+          f"degradation {row['degradation']:+.2f}{'' if row['feasible'] else ' (infeasible)'}", flush=True)

@@ -1,19 +1,30 @@
-"""The ``search`` command: baseline, the Tune search, the winner chosen on dev, one final test evaluation.
+"""The ``search`` command: checks, baseline, the Tune search, the winner chosen on dev, one final test evaluation.
 
-Order matters for honesty and cost: features of the training and dev sets are computed once
-here, in the driver (trials read the cache); the base model's dev WERs are measured once and
-passed to every trial; trials never see the test manifests; after the search the winner is
-chosen on dev only, and then the base model and the winner are evaluated once on test.
+Order matters for honesty and cost: everything that can be checked is checked, and every
+cache a trial reads (features of the training and dev sets, the replay and distillation
+pools, the distillation teacher) is built, before the results folder is written; the base
+model's dev WERs are measured once here; trials never see the test manifests; after the
+search the winner is chosen on dev only, and then the base model and the winner are
+evaluated once on test, through the same path (blocks and precision) the winner trained on;
+their transcripts of the dev and test sets go to ``hypotheses.parquet``.
+
+Ctrl-C (SIGINT) or SIGTERM stops a search cleanly: the running trials stop, Tune saves its
+state, nothing is evaluated on test, ``summary.json`` says "interrupted", and ``--resume``
+continues it with every trial counted once.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
+from typing import Optional
 
 import optuna
 import ray
@@ -21,26 +32,33 @@ import ray.train
 import torch
 from ray import tune
 
-from raysearch_adapters.adapters.state import load_adapter
-from raysearch_adapters.config import Config, load_config, to_yaml
+from raysearch_adapters.adapters.state import base_fingerprint, load_adapter
+from raysearch_adapters.config import Config, load_config, to_dict, to_yaml
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
+from raysearch_adapters.models.base import block_layout
 from raysearch_adapters.models.registry import load_base_model
-from raysearch_adapters.results.tables import EPOCHS_FILE, TRIALS_FILE, TRIALS_SCHEMA, read_rows
-from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
-from raysearch_adapters.search.searcher import fail_abandoned_trials
+from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE, HYPOTHESES_SCHEMA, set_wers
 from raysearch_adapters.results.select import closest_infeasible, pareto_front, select_winner
-from raysearch_adapters.search.space import check_space
+from raysearch_adapters.results.tables import EPOCHS_FILE, TRIALS_FILE, TRIALS_SCHEMA, read_rows, write_table
+from raysearch_adapters.search.stored_state import delete_older_checkpoints
+from raysearch_adapters.search.preflight import may_be_positive, preflight, shared_measurement_block
+from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
+from raysearch_adapters.search.searcher import fail_abandoned_trials, tell_finished_trials
 from raysearch_adapters.search.storage import check_shared_storage
-from raysearch_adapters.search.summary import (BEST_ADAPTER_FILE, SUMMARY_FILE, build_summary, format_summary,
-                                               write_summary)
-from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner
+from raysearch_adapters.search.summary import (BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE, build_summary,
+                                               format_summary, write_summary)
+from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner, num_trials, objective
 from raysearch_adapters.train.evaluate import evaluate, load_feature_set
 from raysearch_adapters.train.objective import degradation_limit
-from raysearch_adapters.train.worker import ADAPTER_FILE
+from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
+from raysearch_adapters.train.transcripts import decode_sets
+from raysearch_adapters.train.worker import BEST_ADAPTER_FILE as TRIAL_BEST_ADAPTER, training_sets
 
-CONFIG_FILE = "config.yaml"
 OPTUNA_DB = "optuna.db"
+INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT
+# Keys a resumed search may be given again: they only say where the search is.
+_RESUME_LOCATORS = ("search.name", "results.dir")
 
 
 def results_dir_of(cfg: Config) -> Path:
@@ -51,8 +69,8 @@ def results_dir_of(cfg: Config) -> Path:
 def _ensure_demo_data(cfg: Config) -> None:
     demo = Path(cfg.data.demo_dir)
     manifests = (cfg.data.new_train, cfg.data.new_dev, cfg.data.original_dev, cfg.data.new_test,
-                 cfg.data.original_test)
-    if any(Path(m).is_relative_to(demo) and not Path(m).is_file() for m in manifests):
+                 cfg.data.original_test, cfg.data.replay_manifest, cfg.data.distill_manifest)
+    if any(m and Path(m).is_relative_to(demo) and not Path(m).is_file() for m in manifests):
         from raysearch_adapters.data.demo import ensure_demo_corpus
 
         print(f"building the demo corpus in {demo} (first use only) ...", flush=True)
@@ -64,9 +82,9 @@ def _init_ray() -> None:
         return
     # Each report waits for the controller's poll of the workers (default every 2 s).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    # Tune saves its state after every trial checkpoint (tuner.make_tuner: num_to_keep=1), on
-    # purpose: resumable; its warning that this happens often is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune saves the state a resume reads every 2 s at most (default: 10 s or more), so a killed
+    # driver's trials go on from close to where they were.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
     else:
@@ -85,114 +103,225 @@ def _study_storage(cfg: Config, results_dir: Path) -> tuple[optuna.storages.RDBS
     return storage, make_url(url).render_as_string(hide_password=True)
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resumed_config(given: Config, paths=(), overrides=()) -> Config:
+    """The stored config of the search ``given`` names, with the files and overrides given to ``--resume``.
+
+    A resumed search continues exactly as it was configured: a file or override that changes
+    anything but where the search is (``search.name``, ``results.dir``) is refused with the keys."""
+    config_file = results_dir_of(given) / CONFIG_FILE
+    if not config_file.is_file():
+        raise UserError(f"--resume: {config_file.parent} holds no search (no {CONFIG_FILE}); run without --resume "
+                        "to start it")
+    stored = load_config([config_file])
+    merged = load_config([config_file, *paths], list(overrides))
+    old, new = _flat(to_dict(stored)), _flat(to_dict(merged))
+    changed = [k for k in new if new[k] != old.get(k) and k not in _RESUME_LOCATORS]
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:6])
+        more = f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise UserError(f"--resume: the search in {config_file.parent} was configured differently: {shown}{more}; a "
+                        "resumed search continues with its own config; drop those overrides, or start a new search "
+                        "(search.name=...)")
+    return stored
+
+
 def _prepare_dir(cfg: Config, resume: bool) -> Config:
     results_dir = results_dir_of(cfg)
-    config_file = results_dir / CONFIG_FILE
     if resume:
-        if not config_file.is_file():
-            raise UserError(f"--resume: {results_dir} holds no search (no {CONFIG_FILE}); run without --resume "
-                            "to start it")
-        # The interrupted search's own config: the same space, budget and storage.
-        return load_config([config_file])
+        return cfg
     if results_dir.exists() and any(results_dir.iterdir()):
         raise UserError(f"{results_dir} already holds a search; pass --resume to continue it, or choose another "
                         "search.name=...")
     results_dir.mkdir(parents=True, exist_ok=True)
     # Stored with an absolute results.dir: a resume from another directory finds the same folder.
     cfg = dataclasses.replace(cfg, results=dataclasses.replace(cfg.results, dir=str(results_dir.parent)))
-    atomic_write_text(config_file, to_yaml(cfg))
+    atomic_write_text(results_dir / CONFIG_FILE, to_yaml(cfg))
     return cfg
 
 
 def _copy_adapter(checkpoint_path: str, dest: Path) -> None:
     with ray.train.Checkpoint(checkpoint_path).as_directory() as d:
-        atomic_write(dest, lambda tmp: shutil.copyfile(Path(d) / ADAPTER_FILE, tmp))
+        atomic_write(dest, lambda tmp: shutil.copyfile(Path(d) / TRIAL_BEST_ADAPTER, tmp))
+
+
+def _sigterm_stops_like_ctrl_c(signum, frame) -> None:
+    # Tune handles SIGINT gracefully (stop the trials, save its state); SIGTERM would kill the driver.
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _interrupted(trials, cfg: Config) -> bool:
+    """Whether the Tune run stopped before every trial of the budget finished (Ctrl-C, SIGTERM)."""
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    return bool(unfinished) or len(trials) < num_trials(cfg)
+
+
+def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[dict], best_adapter: Path,
+                     dev_sets: dict, results_dir: Path) -> tuple[dict, Optional[dict], Optional[int]]:
+    """(base test WERs, winner test WERs or None, the block k they were measured from or None).
+
+    The base and the winner decode the dev and test sets of both domains once, through the winner's
+    own path: the frozen-prefix cache at its lowest adapted block (unless it trained with SpecAugment)
+    and the trial precision, the base with the adapters disabled; no precision offset enters the test
+    degradation. Their transcripts go to ``hypotheses.parquet``; the test WERs are computed from them."""
+    test_sets = {"new": load_feature_set(cfg.data, model, cfg.data.new_test, progress=True),
+                 "original": load_feature_set(cfg.data, model, cfg.data.original_test, progress=True)}
+    handle, k = None, None
+    if winner is not None:
+        handle, _, _ = load_adapter(best_adapter, model)
+        model.to(device)
+        k = measurement_block(handle, cfg.train.prefix_cache, bool(winner["specaugment"]))
+    sets = {**{(d, "dev"): (getattr(cfg.data, f"{d}_dev"), s) for d, s in dev_sets.items()},
+            **{(d, "test"): (getattr(cfg.data, f"{d}_test"), s) for d, s in test_sets.items()}}
+    rows = decode_sets(model, handle, k, sets, cfg.data.cache_dir, cfg.data.max_batch_seconds, device,
+                       cfg.train.precision)
+    if handle is not None:
+        handle.remove()
+    write_table(results_dir / HYPOTHESES_FILE, rows, HYPOTHESES_SCHEMA,
+                {"search_id": cfg.search.name, "winner_trial_id": winner["trial_id"] if winner else "",
+                 "measured_from_block": "" if k is None else str(k), "precision": cfg.train.precision})
+    wers = set_wers(rows)
+    return wers["base"]["test"], wers["winner"]["test"] if winner is not None else None, k
+
+
+def _all_failed_reason(rows: list) -> Optional[str]:
+    """When every trial failed: how many, and the most common error."""
+    if not rows or any(r["status"] != "FAIL" for r in rows):
+        return None
+    error, n = collections.Counter(r.get("error") or "unknown error" for r in rows).most_common(1)[0]
+    return f"every trial failed ({len(rows)} of {len(rows)}); the most common error ({n} trials): {error}"
 
 
 def run_search(cfg: Config, resume: bool = False) -> dict:
-    """Run (or resume) the search of ``cfg``; returns the summary (also written to ``summary.json``)."""
+    """Run (or resume) the search of ``cfg``; returns the summary (also written to ``summary.json``).
+
+    ``cfg`` of a resumed search is its stored config (:func:`resumed_config`)."""
     started = time.monotonic()
     _init_ray()
     check_shared_storage(cfg)  # before anything is written: a multi-node cluster needs shared folders
-    # A bad or missing base model fails before anything is written or the demo corpus is built.
-    model = None if resume else load_base_model(cfg.model)
-    cfg = _prepare_dir(cfg, resume)
+    _ensure_demo_data(cfg)
+    model = load_base_model(cfg.model)
+    preflight(cfg, model)
     results_dir = results_dir_of(cfg)
     storage_path = cfg.results.storage_path or str(results_dir)
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
-    _ensure_demo_data(cfg)
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    if model is None:
-        model = load_base_model(cfg.model)
     num_blocks = len(model.adaptable_blocks())
-    check_space(cfg.search.space, num_blocks)
+    block_stacks = [list(s) for s in block_layout(model.adaptable_blocks())]
     model.to(device)
 
     def wer(m, feature_set) -> float:
         return evaluate(m, feature_set, max_batch_seconds=cfg.data.max_batch_seconds, device=device,
                         precision=cfg.train.precision)["wer"]
 
-    dev_new = load_feature_set(cfg.data, model, cfg.data.new_dev, progress=True)
-    dev_original = load_feature_set(cfg.data, model, cfg.data.original_dev, progress=True)
-    load_feature_set(cfg.data, model, cfg.data.new_train, progress=True)  # trials read it from the cache
-    baseline = {"dev": {"new": wer(model, dev_new), "original": wer(model, dev_original)}}
-    print(f"base model dev WER: new domain {baseline['dev']['new']:.2f}, original domain "
-          f"{baseline['dev']['original']:.2f} %; trials must keep the original-domain degradation <= {limit:g} "
+    # Every cache a trial reads is built here, once: trials only map the files. When every trial runs from
+    # one block k, that includes the frozen-prefix caches at k, and the base is measured on them.
+    k = shared_measurement_block(cfg, model)
+    dev_sets = {"new": load_feature_set(cfg.data, model, cfg.data.new_dev, progress=True),
+                "original": load_feature_set(cfg.data, model, cfg.data.original_dev, progress=True)}
+    training_sets(cfg, model, base_fingerprint(model), may_be_positive(cfg, "replay"),
+                  may_be_positive(cfg, "distill_weight"), progress=True, k=k)
+    view = view_from(model, k)
+    baseline = {"dev": {d: wer(view, inputs_from(s, model, k, cfg.data.cache_dir, progress=True))
+                        for d, s in dev_sets.items()}}
+    print(f"base model dev WER{'' if k is None else f' (from block {k}, on the frozen-prefix cache)'}: new domain "
+          f"{baseline['dev']['new']:.2f}, original domain {baseline['dev']['original']:.2f} %; trials must keep the "
+          f"original-domain degradation <= {limit:g} "
           f"{'WER points' if cfg.search.kappa_mode == 'absolute' else '% of the base WER'}", flush=True)
 
+    if cfg.results.study_storage and not resume:  # the default sqlite file is new with a new results folder
+        study_storage, study_url = _study_storage(cfg, results_dir)
+        if cfg.search.name in optuna.study.get_all_study_names(study_storage):
+            raise UserError(f"results.study_storage {study_url} already has a study named {cfg.search.name!r}; "
+                            "pass --resume to continue it, or choose another search.name=...")
+    cfg = _prepare_dir(cfg, resume)
     study_storage, study_url = _study_storage(cfg, results_dir)
-    if not resume and cfg.search.name in optuna.study.get_all_study_names(study_storage):
-        raise UserError(f"results.study_storage {study_url} already has a study named {cfg.search.name!r}; "
-                        "pass --resume to continue it, or choose another search.name=...")
     metadata = {"kappa": str(cfg.search.kappa), "kappa_mode": cfg.search.kappa_mode,
-                "degradation_limit": str(limit), "num_blocks": str(num_blocks)}
+                "degradation_limit": str(limit), "num_blocks": str(num_blocks),
+                "block_stacks": json.dumps(block_stacks)}
     recorder = TablesRecorder(str(results_dir), cfg.search.name, metadata)
-    print(f"searching: {cfg.search.sampler} sampler, {cfg.search.num_trials} trials; live tables in {results_dir}; "
+    print(f"searching: {cfg.search.sampler} sampler, {num_trials(cfg)} trials; live tables in {results_dir}; "
           f"study: optuna-dashboard {study_url}", flush=True)
     # A driver killed before Tune first saved its state leaves nothing to restore: start the trials
-    # afresh (the study continues; the trials it had asked are failed as abandoned at the end).
+    # afresh (the study continues; the trials it had asked are taken over by the new ones).
     restore = resume and tune.Tuner.can_restore(f"{storage_path}/{TUNE_RUN_NAME}")
     trials_started = time.monotonic()
-    make_tuner(cfg, baseline["dev"]["original"], storage_path, study_storage, recorder, restore).fit()
+    previous = signal.signal(signal.SIGTERM, _sigterm_stops_like_ctrl_c)
+    try:
+        make_tuner(cfg, storage_path, study_storage, recorder, restore).fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     trials_ended = time.monotonic()
 
-    # Trials Tune knows are the search; rows of attempts a killed driver never saved go.
     trials = tune.ExperimentAnalysis(f"{storage_path}/{TUNE_RUN_NAME}").trials
-    keep_only_trials(results_dir, [t.trial_id for t in trials], metadata)
-    fail_abandoned_trials(optuna.load_study(study_name=cfg.search.name, storage=study_storage))
-    rows = read_rows(results_dir / TRIALS_FILE, TRIALS_SCHEMA)
-    winner = select_winner(rows, limit)
-
-    # The only use of the test sets: the base model, then the winner, once each.
-    test_sets = {"new": load_feature_set(cfg.data, model, cfg.data.new_test, progress=True),
-                 "original": load_feature_set(cfg.data, model, cfg.data.original_test, progress=True)}
-    baseline["test"] = {d: wer(model, s) for d, s in test_sets.items()}
-    best_adapter = results_dir / BEST_ADAPTER_FILE
-    winner_test = None
-    if winner is not None:
-        _copy_adapter(winner["checkpoint_path"], best_adapter)
-        load_adapter(best_adapter, model)
-        model.to(device)
-        winner_test = {d: wer(model, s) for d, s in test_sets.items()}
+    # Outcomes the run noted but had not told yet (told only once on storage): the state just read is.
+    study = optuna.load_study(study_name=cfg.search.name, storage=study_storage)
+    tell_finished_trials(study, trials, objective(cfg), limit)
+    for trial in trials:  # the state just saved names each trial's newest checkpoint: the others can go
+        if trial.checkpoint is not None:
+            delete_older_checkpoints(trial.checkpoint.filesystem, trial.checkpoint.path)
     paths = {"results_dir": str(results_dir), "config": str(results_dir / CONFIG_FILE),
              "trials": str(results_dir / TRIALS_FILE), "epochs": str(results_dir / EPOCHS_FILE),
              "study_storage": study_url, "study_name": cfg.search.name, "tune_storage": storage_path,
-             "best_adapter": str(best_adapter) if winner is not None else None,
-             "summary": str(results_dir / SUMMARY_FILE)}
+             "best_adapter": None, "summary": str(results_dir / SUMMARY_FILE),
+             "hypotheses": str(results_dir / HYPOTHESES_FILE)}
+    if _interrupted(trials, cfg):
+        # Nothing is concluded: no winner, no test evaluation; the study keeps the interrupted trials
+        # RUNNING so that --resume finishes them and tells Optuna once.
+        rows = read_rows(results_dir / TRIALS_FILE, TRIALS_SCHEMA) if (results_dir / TRIALS_FILE).is_file() else []
+        timings = {"setup": trials_started - started, "trials": trials_ended - trials_started, "test": 0.0,
+                   "total": time.monotonic() - started}
+        summary = build_summary(cfg, rows, limit, {**baseline, "test": None}, None, None, None, pareto_front(rows),
+                                paths, num_blocks=num_blocks, timings=timings, interrupted=True,
+                                block_stacks=block_stacks)
+        write_summary(results_dir / SUMMARY_FILE, summary)
+        print("\n" + format_summary(summary), flush=True)
+        return summary
+
+    # Trials Tune knows are the search; rows of attempts a killed driver never saved go.
+    keep_only_trials(results_dir, [t.trial_id for t in trials], metadata)
+    fail_abandoned_trials(study)
+    rows = read_rows(results_dir / TRIALS_FILE, TRIALS_SCHEMA)
+    winner = select_winner(rows, limit)
+
+    # The only use of the test sets: the base model and the winner, once each.
+    best_adapter = results_dir / BEST_ADAPTER_FILE
+    if winner is not None:
+        _copy_adapter(winner["checkpoint_path"], best_adapter)
+        paths["best_adapter"] = str(best_adapter)
+    baseline["test"], winner_test, test_k = _test_evaluation(cfg, model, device, winner, best_adapter,
+                                                             dev_sets, results_dir)
     ended = time.monotonic()
     timings = {"setup": trials_started - started, "trials": trials_ended - trials_started,
                "test": ended - trials_ended, "total": ended - started}
     summary = build_summary(cfg, rows, limit, baseline, winner, winner_test,
                             closest_infeasible(rows, limit) if winner is None else None, pareto_front(rows), paths,
-                            num_blocks=num_blocks, timings=timings)
+                            num_blocks=num_blocks, timings=timings, all_failed=_all_failed_reason(rows),
+                            block_stacks=block_stacks,
+                            test_from_block=test_k)
     write_summary(results_dir / SUMMARY_FILE, summary)
     print("\n" + format_summary(summary), flush=True)
     return summary
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """``raysearch-adapters search [CONFIG] [key=value ...] [--resume]``."""
-    from raysearch_adapters.cli import load_from_args
+    """``raysearch-adapters search [CONFIG] [key=value ...] [--resume]``: 0 done, 1 every trial failed,
+    130 interrupted (resumable)."""
+    from raysearch_adapters.cli import load_from_args, split_config
 
-    run_search(load_from_args(args.config), resume=args.resume)
-    return 0
+    cfg = load_from_args(args.config)
+    if args.resume:
+        cfg = resumed_config(cfg, *split_config(args.config))
+    summary = run_search(cfg, resume=args.resume)
+    if summary.get("interrupted"):
+        return INTERRUPTED_EXIT
+    return 1 if summary.get("all_failed") else 0

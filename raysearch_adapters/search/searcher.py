@@ -5,19 +5,28 @@ knows nothing of constraints. Here each finished trial gets, before ``study.tell
 sampler reads the trial at tell time), the constraint ``degradation - kappa`` (feasible
 when <= 0; Optuna 5's ``Trial.set_constraint``) and its dev metrics as user attributes, so
 ``study.best_trial(s)`` and optuna-dashboard show feasible trials only as best.
+
+An outcome is told once the experiment state on storage records the trial finished
+(``StoredStateWatcher`` calls ``tell_recorded``), never before: a driver killed in between
+would resume the trial and run it again, and the study, which cannot be told twice, would
+keep the first run's outcome while the tables get the rerun's. The sampler learns of a
+trial a few seconds later than Tune does.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
+import math
+import time
+import warnings
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-# The last result's values kept on the Optuna trial (optuna-dashboard shows them).
-USER_ATTRS = ("dev_wer_new", "dev_wer_original", "degradation", "feasible", "eval_index", "step",
-              "adapter_params", "adapter_percent", "checkpoint_path")
+# The trial's result (its best evaluation) kept on the Optuna trial (optuna-dashboard shows them).
+USER_ATTRS = ("dev_wer_new", "dev_wer_original", "degradation", "feasible", "best_step", "eval_index", "step",
+              "base_dev_wer_original", "adapter_params", "adapter_percent", "checkpoint_path")
 TUNE_TRIAL_ID = "tune_trial_id"  # user attr linking an Optuna trial to its Ray Tune trial
 
 log = logging.getLogger(__name__)
@@ -29,17 +38,55 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def __init__(self, *args, limit: float, **kwargs):
         super().__init__(*args, **kwargs)
         self._limit = limit
+        self._orphans: Optional[List[int]] = None
+        # trial id -> (result, error, when noted): outcomes Tune has, not yet on storage, so not told
+        self._untold: Dict[str, Tuple[Optional[Dict], bool, float]] = {}
+
+    def _setup_study(self, mode) -> None:
+        """Ray's study, with its objectives named (optuna-dashboard shows "Objective 0" otherwise)."""
+        super()._setup_study(mode)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2 and unchanged since: not news to a user
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(list(self._metric) if isinstance(self._metric, list) else [self._metric])
+
+    def _take_orphan(self) -> Optional[optuna.trial.Trial]:
+        """A RUNNING Optuna trial that no Tune trial owns: asked by a driver killed before Tune saved the
+        trial. The resumed search's next trial takes it over (same parameters), so the study and the
+        tables count every trial once."""
+        if self._orphans is None:
+            owned = {t.number for t in self._ot_trials.values()}
+            self._orphans = [t.number for t in self._ot_study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if t.number not in owned]
+        while self._orphans:
+            number = self._orphans.pop(0)
+            frozen = self._ot_study.get_trials(deepcopy=False)[number]
+            if frozen.state == optuna.trial.TrialState.RUNNING:
+                return optuna.trial.Trial(self._ot_study, frozen._trial_id)
+        return None
 
     def suggest(self, trial_id: str) -> Optional[Dict]:
         """The next config; the Optuna trial records the Tune trial id."""
+        if trial_id not in self._ot_trials and self._ot_study is not None:
+            orphan = self._take_orphan()
+            if orphan is not None:
+                self._ot_trials[trial_id] = orphan
         config = super().suggest(trial_id)
         if config is not None:
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
         return config
 
+    def restore(self, checkpoint_path: str) -> None:
+        """The searcher as Tune saved it; orphaned Optuna trials are looked for anew. The outcomes it had noted
+        are told now: the stored state it was saved with records those trials finished, so none runs again."""
+        super().restore(checkpoint_path)
+        self._orphans = None
+        # The restored random state may be older than the trials a killed driver asked: it would draw them again.
+        self._ot_study.sampler.reseed_rng()
+        self.tell_recorded(math.inf)
+
     def _already_told(self, trial_id: str) -> None:
-        # A driver killed after telling Optuna a trial's outcome but before Tune saved its own
-        # state: the resumed Tune run trains that trial again. The study keeps what it was told.
+        # Optuna was told, yet Tune runs the trial again: only if a copy of the state to storage was cut off
+        # between the state file and the searcher's file. The study keeps what it was told.
         log.warning("trial %s: its Optuna trial had already finished (told before the driver stopped); "
                     "the study keeps that outcome", trial_id)
         self._completed_trials.add(trial_id)
@@ -47,37 +94,83 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
         """An intermediate value for Optuna (pruned trials are ranked by their last one)."""
         try:
-            super().on_trial_result(trial_id, result)
+            with warnings.catch_warnings():  # a resumed trial repeats the evaluations after its checkpoint
+                warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
+                super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             self._already_told(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
-        """Tell Optuna: constraint and user attrs first, then COMPLETE, PRUNED (not ``final``) or FAIL."""
-        try:
+        """Note the outcome; ``tell_recorded`` tells it once the stored experiment state has the trial finished."""
+        if trial_id not in self._completed_trials and trial_id not in self._untold:
+            self._untold[trial_id] = (result, error, time.time())
+
+    def has_untold(self) -> bool:
+        return bool(self._untold)
+
+    def tell_recorded(self, saved_at: float) -> List[str]:
+        """Tell Optuna the outcomes noted before the stored state's snapshot was written (at ``saved_at``);
+        the trials told."""
+        told = [trial_id for trial_id, (_, _, noted) in self._untold.items() if noted < saved_at]
+        for trial_id in told:
+            result, error, _ = self._untold.pop(trial_id)
             self._tell(trial_id, result, error)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self._already_told(trial_id)
+        return told
 
     def _tell(self, trial_id: str, result: Optional[Dict], error: bool) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            super().on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self._completed_trials:
             return
-        measured = bool(result) and result.get("degradation") is not None
+        if trial_id not in self._ot_trials:
+            log.warning("trial %s: no Optuna trial of this search belongs to it; its result is not told", trial_id)
+            return
         ot_trial = self._ot_trials[trial_id]
-        if measured:
-            ot_trial.set_constraint("degradation", float(result["degradation"]) - self._limit)
-            for key in USER_ATTRS:
-                if result.get(key) is not None:
-                    ot_trial.set_user_attr(key, result[key])
-        if measured and not error and not result.get("final"):
-            # Stopped by the scheduler before its last evaluation. Tune withholds that result from
-            # on_trial_result, so report it here: TPE ranks pruned trials by their last value.
-            if not isinstance(self.metric, list) and result.get(self.metric) is not None:
-                ot_trial.report(float(result[self.metric]), int(result.get("training_iteration", 0)))
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            # Told from the stored Tune state after the run that noted it (tell_finished_trials).
             self._completed_trials.add(trial_id)
             return
-        super().on_trial_complete(trial_id, result=result, error=error or not measured)
+        tell_outcome(self._ot_study, ot_trial, result, error, self.metric, self._limit)
+        self._completed_trials.add(trial_id)
+
+
+def tell_outcome(study: optuna.Study, ot_trial: optuna.trial.Trial, result: Optional[Dict], error: bool,
+                 metric: Union[str, List[str]], limit: float) -> None:
+    """Constraint and user attrs first, then COMPLETE (the final evaluation), PRUNED (stopped by the scheduler
+    before it) or FAIL (an error, or no evaluation)."""
+    measured = bool(result) and result.get("degradation") is not None
+    if measured:
+        ot_trial.set_constraint("degradation", float(result["degradation"]) - limit)
+        for key in USER_ATTRS:
+            if result.get(key) is not None:
+                ot_trial.set_user_attr(key, result[key])
+    if not measured or error:
+        study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+    elif not result.get("final"):
+        # Tune withholds the stopping result from on_trial_result, so report it here: TPE ranks pruned
+        # trials by their last value.
+        if not isinstance(metric, list) and result.get(metric) is not None:
+            ot_trial.report(float(result[metric]), int(result.get("training_iteration", 0)))
+        study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(ot_trial, [float(result[m]) for m in metric] if isinstance(metric, list) else float(result[metric]))
+
+
+def tell_finished_trials(study: optuna.Study, trials: Iterable, metric: Union[str, List[str]],
+                         limit: float) -> List[str]:
+    """Tell the outcome of each trial the stored Tune state has finished (TERMINATED or ERROR) whose Optuna
+    trial is still RUNNING: noted by a driver that ended (or was killed) before the stored state caught up.
+    The trial ids told."""
+    running = {t.user_attrs.get(TUNE_TRIAL_ID): t for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    told = []
+    for trial in trials:
+        frozen = running.get(trial.trial_id)
+        if frozen is None or trial.status not in ("TERMINATED", "ERROR"):
+            continue
+        error = trial.status == "ERROR"
+        tell_outcome(study, optuna.trial.Trial(study, frozen._trial_id), None if error else trial.last_result,
+                     error, metric, limit)
+        told.append(trial.trial_id)
+    return told
 
 
 def fail_abandoned_trials(study: optuna.Study) -> int:

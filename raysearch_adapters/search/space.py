@@ -9,32 +9,39 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Callable
 
 import optuna
 
-from raysearch_adapters.results.placement import PlacementError, parse_blocks
+from raysearch_adapters.results.placement import Layout, PlacementError, parse_blocks
 from raysearch_adapters.config import Config, ConfigError, GridConfig, SearchConfig, SpaceConfig
 from raysearch_adapters.results.tables import HPARAM_NAMES
+from raysearch_adapters.space_values import INT_PARAMS, applies_to
 from raysearch_adapters.train.hparams import default_hparams
 
-INT_PARAMS = ("dim", "steps")  # ranges of these are sampled as integers
-CHOICE_ONLY = ("blocks", "position", "specaugment")  # not numbers: a value or choices, never a range
 GRID_PARAMS = ("lr", "dim", "stochastic_depth")  # NeMo's sweep; the other params keep their fixed/default value
 
 
-def check_space(space: SpaceConfig, num_blocks: int) -> None:
-    """Fail before any trial on what the config cannot catch: ranges of non-numbers, block specs of this model."""
-    for name in CHOICE_ONLY:
-        if getattr(space, name).kind() == "range":
-            raise ConfigError(f"search.space.{name}: got a low/high range; {name} takes a value or choices")
+def space_values(spec) -> list:
+    """The values a categorical or fixed space entry can take (empty for a range or an unset entry)."""
+    return [spec.value] if spec.kind() == "value" else list(spec.choices or [])
+
+
+def check_space(space: SpaceConfig, num_blocks: Layout) -> dict:
+    """Fail before any trial on what the config cannot catch: block specs that do not fit this model
+    (``num_blocks``: its block count, or its ``[(stack, blocks), ...]`` layout).
+
+    Returns each searched block spec with the block indices it selects."""
     spec = space.blocks
-    for i, blocks in enumerate([spec.value] if spec.kind() == "value" else list(spec.choices or [])):
+    selected = {}
+    for i, blocks in enumerate(space_values(spec)):
         try:
-            parse_blocks(str(blocks), num_blocks)
+            selected[str(blocks)] = parse_blocks(str(blocks), num_blocks)
         except PlacementError as e:
-            where = "search.space.blocks" + ("" if spec.kind() == "value" else f".choices[{i}]")
+            where = "search.space.blocks" + (".value" if spec.kind() == "value" else f".choices[{i}]")
             raise ConfigError(f"{where}: {e}") from None
+    return selected
 
 
 def _unsearched(name: str, space: SpaceConfig, defaults: dict):
@@ -43,15 +50,22 @@ def _unsearched(name: str, space: SpaceConfig, defaults: dict):
 
 
 def define_space(trial: optuna.Trial, space: SpaceConfig, defaults: dict) -> dict:
-    """Suggest every searched hyperparameter on ``trial``; return the fixed ones (space value or default)."""
+    """Suggest every searched hyperparameter on ``trial``; return the fixed ones (space value or default).
+
+    The adapter type comes first (define-by-run): the parameters of other types (``TYPE_PARAMS``) are
+    not suggested, and None in the returned dict (their columns are null for this trial)."""
     fixed = {}
     for name in HPARAM_NAMES:
         spec = getattr(space, name)
         kind = spec.kind()
-        if kind in ("value", "unset"):
+        if name != "type" and not applies_to(name, trial.params.get("type", fixed.get("type"))):
+            fixed[name] = None
+        elif kind in ("value", "unset"):
             fixed[name] = _unsearched(name, space, defaults)
         elif kind == "choices":
             trial.suggest_categorical(name, list(spec.choices))
+        elif spec.allow_zero and not trial.suggest_categorical(f"{name}_on", [True, False]):
+            fixed[name] = 0 if name in INT_PARAMS else 0.0  # off: the range is not suggested (define-by-run)
         elif name in INT_PARAMS:
             trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
         else:
@@ -60,10 +74,13 @@ def define_space(trial: optuna.Trial, space: SpaceConfig, defaults: dict) -> dic
 
 
 def define_grid(trial: optuna.Trial, grid: GridConfig, space: SpaceConfig, defaults: dict) -> dict:
-    """The NeMo-style grid: lr x dim x stochastic depth; every other param at its fixed value or default."""
+    """The NeMo-style grid: lr x dim x stochastic depth; every other param at its fixed value or default
+    (None where the grid's adapter type does not have it)."""
     for name in GRID_PARAMS:
         trial.suggest_categorical(name, list(getattr(grid, name)))
-    return {name: _unsearched(name, space, defaults) for name in HPARAM_NAMES if name not in GRID_PARAMS}
+    adapter_type = _unsearched("type", space, defaults)
+    return {name: _unsearched(name, space, defaults) if applies_to(name, adapter_type) else None
+            for name in HPARAM_NAMES if name not in GRID_PARAMS}
 
 
 def grid_size(grid: GridConfig) -> int:
@@ -77,6 +94,23 @@ def space_function(cfg: Config) -> Callable[[optuna.Trial], dict]:
     if cfg.search.sampler == "grid":
         return functools.partial(define_grid, grid=cfg.search.grid, space=cfg.search.space, defaults=defaults)
     return functools.partial(define_space, space=cfg.search.space, defaults=defaults)
+
+
+def start_points(search: SearchConfig) -> list:
+    """``search.start_points`` as the Optuna parameters :func:`define_space` suggests (a value of 0 of an
+    ``allow_zero`` range is its ``<name>_on`` switch off)."""
+    points = []
+    for point in search.start_points:
+        params = {}
+        for name, v in point.items():
+            spec = getattr(search.space, name)
+            if spec.kind() == "range" and spec.allow_zero:
+                params[f"{name}_on"] = v != 0
+                if v == 0:
+                    continue
+            params[name] = v
+        points.append(params)
+    return points
 
 
 class TuneGridSampler(optuna.samplers.GridSampler):
@@ -93,9 +127,15 @@ class TuneGridSampler(optuna.samplers.GridSampler):
 def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
     """Constrained TPE (default), random, the grid, or NSGA-II (multi-objective); seeded."""
     if search.sampler == "tpe":
-        # Optuna's default of 10 random start-up trials is most of a small budget.
-        return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.num_trials // 3)),
-                                          multivariate=True, constant_liar=True)
+        # Optuna's default of 10 random start-up trials is most of a small budget. A searched adapter type
+        # makes the space conditional (each type its own parameters): `group` lets multivariate TPE model
+        # each type's parameters jointly instead of falling back to independent sampling.
+        with warnings.catch_warnings():  # `group` is experimental since Optuna 2.8 and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=search.seed,
+                                              n_startup_trials=max(2, min(10, search.num_trials // 3)),
+                                              multivariate=True, constant_liar=True,
+                                              group=search.space.type.kind() == "choices")
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.sampler == "grid":

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raysearch_adapters.config import Config
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.search.preflight import may_be_positive
 
 MARKER_PREFIX = ".raysearch-shared-check-"
 PROBE_TIMEOUT_S = 120.0
@@ -44,7 +45,11 @@ def shared_dirs(cfg: Config) -> dict[str, str]:
 def input_files(cfg: Config) -> dict[str, str]:
     """Config key -> file every trial worker reads (manifests of training and dev, a model checkpoint file)."""
     files = {f"data.{k}": getattr(cfg.data, k) for k in ("new_train", "new_dev", "original_dev")}
-    if cfg.model.name == "conformer_ctc" and cfg.model.checkpoint != "demo":
+    for key, name in (("replay_manifest", "replay"), ("distill_manifest", "distill_weight")):
+        if getattr(cfg.data, key) and may_be_positive(cfg, name):
+            files[f"data.{key}"] = getattr(cfg.data, key)
+    if (cfg.model.name == "conformer_ctc" and cfg.model.checkpoint != "demo") or (
+            cfg.model.name == "nemo" and cfg.model.checkpoint.endswith(".nemo")):
         files["model.checkpoint"] = cfg.model.checkpoint
     return files
 

@@ -28,7 +28,7 @@ import yaml
 
 from raysearch_adapters.hosts import is_loopback
 from raysearch_adapters.config import Config
-from raysearch_adapters.errors import UserError
+from raysearch_adapters.errors import UserError, first_line
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded: version control, virtualenvs, generated data, caches and results (Ray also honours .gitignore).
@@ -111,8 +111,7 @@ def connect(address: str | None = None, token_file: str | None = None):
     try:
         return JobSubmissionClient(address, headers=headers)
     except AuthenticationError as e:
-        first = str(e).splitlines()[0]
-        raise SubmitError(f"{address}: {first}; pass the head's token with --token-file (on the head: "
+        raise SubmitError(f"{address}: {first_line(e)}; pass the head's token with --token-file (on the head: "
                           "`ray get-auth-token`, or its ~/.ray/auth_token) or set RAY_AUTH_TOKEN") from None
     except (ConnectionError, RuntimeError) as e:
         raise SubmitError(f"{address}: not a Ray dashboard, or it failed to answer ({e}); check the address "
@@ -149,7 +148,7 @@ def build_runtime_env(root: Path, runtime_env_file: str | None = None, env: list
         try:
             runtime_env = yaml.safe_load(Path(runtime_env_file).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise SubmitError(f"--runtime-env {runtime_env_file}: {str(e).splitlines()[0]}") from None
+            raise SubmitError(f"--runtime-env {runtime_env_file}: {first_line(e)}") from None
         if not isinstance(runtime_env, dict):
             raise SubmitError(f"--runtime-env {runtime_env_file}: expected a mapping (pip, env_vars, ...), "
                               f"got {type(runtime_env).__name__}")
@@ -237,7 +236,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"{job_id}: {'stop requested' if stopped else 'already finished'}")
             return 0
     except RuntimeError as e:  # the job server's 404 for an unknown id
-        raise SubmitError(f"job {job_id} at {address}: {str(e).splitlines()[0]}") from None
+        raise SubmitError(f"job {job_id} at {address}: {first_line(e)}") from None
     results = job.pop("results")
     job_id = client.submit_job(**job)
     print(f"submitted job {job_id} to {address}; results go to {results} on the cluster", flush=True)

@@ -11,8 +11,11 @@ from typing import Optional
 import raysearch_adapters
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.config import Config
+from raysearch_adapters.results.select import best_per_type
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
+# The files of a search's results folder that the search writes itself.
+CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 BEST_ADAPTER_FILE = "best_adapter.pt"
 
@@ -30,33 +33,57 @@ def versions() -> dict:
 
 def load_instructions(cfg: Config, adapter_file: Path) -> str:
     """How to use the winner's adapter file."""
-    return (f"raysearch-adapters evaluate --model {cfg.model.checkpoint if cfg.model.name == 'conformer_ctc' else cfg.model.bundle} "
+    if cfg.model.name in ("conformer_ctc", "wav2vec2"):
+        model = f"--model {cfg.model.bundle if cfg.model.name == 'wav2vec2' else cfg.model.checkpoint}"
+    else:  # evaluate reads the model section (a hub id or NeMo name is no --model path)
+        model = f"model.name={cfg.model.name} model.checkpoint={cfg.model.checkpoint}" + (
+            f" model.nemo_head={cfg.model.nemo_head}" if cfg.model.name == "nemo" else "")
+    to_nemo = (f"   |   NeMo: raysearch-adapters export-nemo {adapter_file.parent} (a file for model.load_adapters)"
+               if cfg.model.name == "nemo" else "")
+    return (f"raysearch-adapters evaluate {model} "
             f"--adapter {adapter_file} --manifest MANIFEST   |   Python: "
             f"load_adapter('{adapter_file}', load_base_model(model_cfg)) "
-            "from raysearch_adapters.adapters.state and raysearch_adapters.models.registry")
+            "from raysearch_adapters.adapters.state and raysearch_adapters.models.registry" + to_nemo)
+
+
+def format_hparams(hp: dict) -> str:
+    """``name=value, ...`` of a trial's hyperparameters, without those its adapter type does not have (null)."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items() if v is not None)
 
 
 def _trial_brief(row: dict) -> dict:
     return {"trial_id": row["trial_id"], "status": row["status"], "hparams": {k: row[k] for k in HPARAM_NAMES},
             "adapter_params": row["adapter_params"], "adapter_percent": row["adapter_percent"],
             "dev": {"new": row["dev_wer_new"], "original": row["dev_wer_original"]},
-            "degradation": row["degradation"], "checkpoint_path": row["checkpoint_path"]}
+            "degradation": row["degradation"], "best_step": row.get("best_step"),
+            "base_dev_wer_original": row.get("base_dev_wer_original"), "checkpoint_path": row["checkpoint_path"]}
 
 
 def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner: Optional[dict],
                   winner_test: Optional[dict], infeasible: Optional[dict], front: list, paths: dict,
-                  num_blocks: Optional[int] = None, timings: Optional[dict] = None) -> dict:
-    """Everything a reader of the search needs, as JSON-able data."""
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
+                  num_blocks: Optional[int] = None, timings: Optional[dict] = None, interrupted: bool = False,
+                  block_stacks: Optional[list] = None,
+                  all_failed: Optional[str] = None, test_from_block: Optional[int] = None) -> dict:
+    """Everything a reader of the search needs, as JSON-able data.
+
+    ``interrupted``: the search stopped before its trials finished (no winner, no test evaluation;
+    ``--resume`` continues it); ``all_failed``: why no trial was measured; ``test_from_block``: the
+    block the winner's and the base's test WERs were measured from (None: the whole model)."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("RUNNING", "COMPLETE", "PRUNED", "FAIL")}
     out = {
         "search_id": cfg.search.name,
+        "interrupted": interrupted,
+        "all_failed": all_failed,
         "kappa": cfg.search.kappa, "kappa_mode": cfg.search.kappa_mode, "degradation_limit": limit,
         "degradation_units": "WER points" if cfg.search.kappa_mode == "absolute" else "percent of the base WER",
         "num_blocks": num_blocks,  # adaptable blocks of the base model (the dashboard draws placements)
+        "block_stacks": block_stacks,  # [[stack, blocks], ...]: encoder (and decoder) blocks, encoder first
         "baseline": baseline,
         "winner": None,
         "no_feasible_trial": None,
         "pareto_front": [_trial_brief(r) for r in front],
+        # per adapter type tried: its best COMPLETE feasible trial on dev (the winner is the best of them)
+        "best_per_type": {t: _trial_brief(r) for t, r in best_per_type(rows, limit).items()},
         "trials": {"total": len(rows), **counts},
         "search": {"sampler": cfg.search.sampler, "num_trials": cfg.search.num_trials, "seed": cfg.search.seed,
                    "asha": dataclasses.asdict(cfg.search.asha), "space": dataclasses.asdict(cfg.search.space),
@@ -68,7 +95,9 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
         "timings_s": timings,
     }
     if winner is not None:
-        out["winner"] = {**_trial_brief(winner), "test": winner_test, "adapter_file": paths["best_adapter"],
+        out["winner"] = {**_trial_brief(winner), "test": winner_test, "test_from_block": test_from_block,
+                         "test_degradation": winner_test["original"] - baseline["test"]["original"],
+                         "adapter_file": paths["best_adapter"],
                          "load": load_instructions(cfg, Path(paths["best_adapter"]))}
     elif infeasible is not None:
         out["no_feasible_trial"] = {**_trial_brief(infeasible), "over_limit_by": infeasible["degradation"] - limit}
@@ -87,20 +116,33 @@ def _fmt(x: Optional[float]) -> str:
 def format_summary(summary: dict) -> str:
     """The end-of-search report: base vs winner on dev and test of both domains, then where everything is."""
     b, w = summary["baseline"], summary["winner"]
+    test = b.get("test") or {}
     units = "points" if summary["kappa_mode"] == "absolute" else "% of base"
-    lines = [f"search {summary['search_id']}: {summary['trials']['total']} trials "
-             f"({summary['trials']['COMPLETE']} complete, {summary['trials']['PRUNED']} pruned by ASHA, "
-             f"{summary['trials']['FAIL']} failed); feasible = original-domain dev degradation <= "
-             f"{summary['degradation_limit']:g} {units}", "",
+    t = summary["trials"]
+    lines = [f"search {summary['search_id']}: {t['total']} trials ({t['COMPLETE']} complete, {t['PRUNED']} pruned by "
+             f"ASHA, {t['FAIL']} failed{', %d interrupted' % t['RUNNING'] if t.get('RUNNING') else ''}); feasible = "
+             f"original-domain dev degradation <= {summary['degradation_limit']:g} {units}", "",
              f"{'WER %':<28}{'dev new':>10}{'dev orig':>10}{'test new':>10}{'test orig':>10}",
              f"{'base model':<28}" + "".join(f"{_fmt(v):>10}" for v in (
-                 b["dev"]["new"], b["dev"]["original"], b["test"]["new"], b["test"]["original"]))]
-    if w is not None:
+                 b["dev"]["new"], b["dev"]["original"], test.get("new"), test.get("original")))]
+    if summary.get("interrupted"):
+        lines += ["", "INTERRUPTED: the search stopped before its trials finished; nothing was evaluated on test and "
+                      "no winner is chosen. Continue it with the same command and --resume."]
+    elif w is not None:
         lines.append(f"{'winner (trial ' + w['trial_id'] + ')':<28}" + "".join(f"{_fmt(v):>10}" for v in (
             w["dev"]["new"], w["dev"]["original"], w["test"]["new"], w["test"]["original"])))
-        hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in w["hparams"].items())
+        hp = format_hparams(w["hparams"])
         lines += ["", f"winner: {hp}; {w['adapter_params']} adapter params ({w['adapter_percent']:.2f} % of base); "
-                      f"dev degradation {w['degradation']:+.2f} {units} (chosen on dev; test evaluated once)"]
+                      f"best evaluation at step {w['best_step']}; degradation {w['degradation']:+.2f} {units} on dev "
+                      f"(chosen there), {w['test_degradation']:+.2f} on test (evaluated once)"]
+        per_type = summary.get("best_per_type") or {}
+        if len(per_type) > 1:
+            lines.append("best feasible trial per adapter type (dev):")
+            lines += [f"  {kind:<11} trial {r['trial_id']}: dev WER new {r['dev']['new']:.2f}, degradation "
+                      f"{r['degradation']:+.2f} {units}, {r['adapter_params']} params ({r['adapter_percent']:.2f} % "
+                      f"of base); {format_hparams(r['hparams'])}" for kind, r in per_type.items()]
+    elif summary.get("all_failed"):
+        lines += ["", f"NO TRIAL WAS MEASURED: {summary['all_failed']}"]
     else:
         lines += ["", "NO FEASIBLE TRIAL: every measured trial degraded the original domain by more than "
                       f"{summary['degradation_limit']:g} {units}; no winner is chosen."]
@@ -115,6 +157,9 @@ def format_summary(summary: dict) -> str:
               f"Optuna study: {p['study_storage']}  (view: optuna-dashboard {p['study_storage']})"]
     if w is not None:
         lines += [f"best adapter: {w['adapter_file']}", f"load it:      {w['load']}"]
+    if p.get("hypotheses") and not summary.get("interrupted"):
+        lines.append(f"transcripts:  {p['hypotheses']} (base model{' and winner' if w is not None else ''}, dev and "
+                     "test; the dashboard's 'Fixed and broken' view)")
     lines.append(f"summary:      {p['summary']}")
     t = summary.get("timings_s")
     if t:

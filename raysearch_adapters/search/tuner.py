@@ -12,6 +12,8 @@ running trial's workers fit.
 
 from __future__ import annotations
 
+from typing import List, Union
+
 import optuna
 import ray
 import ray.train
@@ -23,9 +25,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from raysearch_adapters.config import Config, from_dict, to_dict
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.results.tables import HPARAM_NAMES
+from raysearch_adapters.search.stored_state import StoredStateWatcher
 from raysearch_adapters.search.record import TablesRecorder
 from raysearch_adapters.search.searcher import ConstrainedOptunaSearch
-from raysearch_adapters.search.space import grid_size, make_sampler, space_function
+from raysearch_adapters.search.space import grid_size, make_sampler, space_function, start_points
 from raysearch_adapters.train.hparams import default_hparams
 from raysearch_adapters.train.loop import num_evals
 from raysearch_adapters.train.objective import degradation_limit
@@ -41,7 +44,7 @@ def run_trial(config: dict, context: dict) -> None:
     """Tune function trainable: train one trial's adapters here, or with a ``TorchTrainer`` (Train V2 inside Tune)."""
     cfg = from_dict(context["cfg"])
     r = cfg.resources
-    loop_config = trial_loop_config(cfg, {k: config[k] for k in HPARAM_NAMES}, context["base_original_wer"])
+    loop_config = trial_loop_config(cfg, {k: config[k] for k in HPARAM_NAMES})
     if not r.uses_ray_train():
         train_in_trial_actor(loop_config)
         return
@@ -98,12 +101,21 @@ def max_evals(cfg: Config) -> int:
     return num_evals(int(longest), cfg.train.eval_every)
 
 
+def objective(cfg: Config) -> Union[str, List[str]]:
+    """What the study minimises: dev new-domain WER, and (NSGA-II) the degradation beside it."""
+    return list(OBJECTIVES) if cfg.search.sampler == "nsga2" else OBJECTIVES[0]
+
+
 def make_searcher(cfg: Config, storage: optuna.storages.BaseStorage) -> ConstrainedOptunaSearch:
     """The constrained Optuna searcher over ``cfg.search.space`` (or the grid), its study in ``storage``."""
-    multi = cfg.search.sampler == "nsga2"
-    return ConstrainedOptunaSearch(space=space_function(cfg), metric=list(OBJECTIVES) if multi else OBJECTIVES[0],
-                                   mode=["min", "min"] if multi else "min", sampler=make_sampler(cfg.search),
+    metric = objective(cfg)
+    # A resumed study had its start points queued when it was created.
+    fresh = cfg.search.name not in optuna.study.get_all_study_names(storage)
+    return ConstrainedOptunaSearch(space=space_function(cfg), metric=metric,
+                                   mode=["min"] * len(metric) if isinstance(metric, list) else "min",
+                                   sampler=make_sampler(cfg.search),
                                    study_name=cfg.search.name, storage=storage,
+                                   points_to_evaluate=(start_points(cfg.search) if fresh else None) or None,
                                    limit=degradation_limit(cfg.search.kappa, cfg.search.kappa_mode))
 
 
@@ -127,28 +139,34 @@ def trial_resources(cfg: Config) -> dict:
     return {"cpu": r.cpus_per_worker, **({"gpu": r.gpus_per_worker} if r.use_gpu else {})}
 
 
-def trainable(cfg: Config, base_original_wer: float, storage_path: str):
+def trainable(cfg: Config, storage_path: str):
     """The trial function with its fixed context and resources."""
-    context = {"cfg": to_dict(cfg), "base_original_wer": base_original_wer, "storage_path": storage_path}
+    context = {"cfg": to_dict(cfg), "storage_path": storage_path}
     return tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(cfg))
 
 
-def make_tuner(cfg: Config, base_original_wer: float, storage_path: str, study_storage: optuna.storages.BaseStorage,
+def make_tuner(cfg: Config, storage_path: str, study_storage: optuna.storages.BaseStorage,
                recorder: TablesRecorder, resume: bool) -> tune.Tuner:
     """A new Tuner, or (``resume``) the interrupted one restored with its unfinished and errored trials."""
-    fn = trainable(cfg, base_original_wer, storage_path)
+    fn = trainable(cfg, storage_path)
     if resume:
+        # Errored trials stay errored: Optuna was told FAIL once and cannot be told otherwise (a trial
+        # whose process died was already retried once, see FailureConfig below).
         return tune.Tuner.restore(f"{storage_path}/{TUNE_RUN_NAME}", trainable=fn, resume_unfinished=True,
-                                  resume_errored=True)
+                                  resume_errored=False)
     concurrent = max_concurrent_trials(cfg, ray.cluster_resources())
+    searcher = make_searcher(cfg, study_storage)
     return tune.Tuner(
         fn,
-        tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, study_storage), scheduler=make_scheduler(cfg),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg),
                                     num_samples=num_trials(cfg), max_concurrent_trials=concurrent,
                                     # Trials training in their own actor run one after another in it.
                                     reuse_actors=not cfg.resources.uses_ray_train()),
-        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=storage_path, callbacks=[recorder],
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0),
-                                  # Keeping one checkpoint per trial makes Tune save its experiment state
-                                  # after every report, so a killed driver resumes from its last results.
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        # A trial whose process dies (OOM, a killed worker) is retried once from its last checkpoint.
+        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=storage_path,
+                                  # Checkpoints are deleted and outcomes told once the stored state has them.
+                                  callbacks=[recorder, StoredStateWatcher(searcher)],
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=1),
+                                  # Tune deletes no checkpoint itself (it would delete one the stored state
+                                  # still names); StoredStateWatcher deletes them once no resume can need them.
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))

@@ -1,9 +1,21 @@
 """Adapter training and dev evaluation of one trial: plain PyTorch, no Ray.
 
 Only the adapter parameters train (AdamW, linear warm-up then cosine decay, gradient
-clipping, bf16 autocast on GPU), on CTC loss plus the adapters' L2 term. Every
-``eval_every`` steps both dev sets are decoded (greedy CTC) and ``report`` gets the
-metrics; the worker turns that into a Ray Train report and an adapter checkpoint.
+clipping, bf16 autocast when asked). A step's loss protects the original domain while the
+adapters learn the new one (DESIGN.md, "Protecting the original domain")::
+
+    loss = mean over utterances of L(adapted, new batch  +  replay batch)      # train.replay
+         + distill_weight * mean KL(p_base || p_adapted) on original audio   # train.distill_weight
+         + the adapters' L2 term
+
+where ``L`` is the backbone's own supervised loss (CTC for CTC models), the replay batch is
+labelled original-domain audio (``replay`` of the batch's audio), and the teacher ``p_base``
+is the same model with the adapters disabled, cached once per utterance (``train.prefix``).
+
+Every ``eval_every`` steps both dev sets are decoded and ``report`` gets the metrics of that
+evaluation *and* of the trial's best one so far: the feasible evaluation (degradation <= the
+limit) with the lowest new-domain WER, else the least infeasible one. A trial's result is that
+best evaluation, and its checkpoint keeps that evaluation's adapter weights.
 
 Several ranks (DDP) are supported through one callable, ``all_reduce`` (an in-place sum
 over ranks, e.g. ``torch.distributed.all_reduce``): it averages the adapter gradients and
@@ -14,26 +26,44 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from raysearch_adapters.adapters.inject import AdapterHandle
 from raysearch_adapters.config import SpecAugmentConfig, TrainConfig
-from raysearch_adapters.data.batching import duration_batches
-from raysearch_adapters.data.cache import FeatureSet
+from raysearch_adapters.data.batching import SecondsSampler, duration_batches
+from raysearch_adapters.data.cache import FeatureSet, concat_padded
 from raysearch_adapters.data.features import SpecAugment
-from raysearch_adapters.models.base import Backbone
+from raysearch_adapters.models.base import BackboneView, as_view
 from raysearch_adapters.train.evaluate import autocast_context, evaluate
-from raysearch_adapters.train.objective import degradation
-from raysearch_adapters.train.pretrain import ctc_loss, warmup_cosine
+from raysearch_adapters.train.objective import degradation, evaluation_rank, is_feasible
+from raysearch_adapters.train.pretrain import warmup_cosine
 
 AllReduce = Callable[[torch.Tensor], object]  # sums a tensor over ranks, in place
 Report = Callable[[dict, dict], None]  # (metrics, train state to checkpoint beside the adapter weights)
 
+# The metrics of one evaluation that the trial's best evaluation carries as its result.
+EVAL_KEYS = ("step", "eval_index", "dev_wer_new", "dev_wer_original", "degradation", "feasible")
+
 
 class AdapterNoOpError(RuntimeError):
     """The adapters do not change the model's output: they are not in the forward path."""
+
+
+@dataclass
+class TrainSets:
+    """What a trial trains on, each as the view's inputs (features, or frozen-prefix outputs at the view's k).
+
+    ``replay``: labelled original-domain audio mixed into every batch (``hp['replay']`` of its
+    audio); ``distill`` + ``teacher``: original-domain audio and the base model's cached outputs
+    on it, for the distillation term (``hp['distill_weight']``); unused ones may be None."""
+
+    new: FeatureSet
+    replay: Optional[FeatureSet] = None
+    distill: Optional[FeatureSet] = None
+    teacher: Optional[FeatureSet] = None
 
 
 def num_evals(steps: int, eval_every: int) -> int:
@@ -45,38 +75,67 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def dev_wer(model: Backbone, feature_set: FeatureSet, batch_seconds: float, precision: str = "auto",
+def dev_wer(view: BackboneView, feature_set: FeatureSet, batch_seconds: float, precision: str = "auto",
             rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> float:
     """Dev WER (percent) of the whole ``feature_set``: each rank decodes its share, error counts are summed."""
-    result = evaluate(model, feature_set, range(rank, len(feature_set), world_size), batch_seconds,
-                      _device_of(model), precision)
-    counts = torch.tensor([result["errors"], result["words"]], dtype=torch.float64, device=_device_of(model))
+    device = _device_of(view)
+    result = evaluate(view, feature_set, range(rank, len(feature_set), world_size), batch_seconds, device, precision)
+    counts = torch.tensor([result["errors"], result["words"]], dtype=torch.float64, device=device)
     if all_reduce is not None:
         all_reduce(counts)
     return float(100.0 * counts[0] / counts[1].clamp(min=1))
 
 
+def base_dev_wers(view: BackboneView, handle: AdapterHandle, dev_sets: Dict[str, FeatureSet], batch_seconds: float,
+                  precision: str, rank: int = 0, world_size: int = 1,
+                  all_reduce: Optional[AllReduce] = None) -> Dict[str, float]:
+    """Dev WERs of the base model through exactly the trial's path (same view, precision and batches),
+    adapters disabled: a trial's degradation then carries no offset from another path or precision."""
+    with handle.disabled():
+        return {d: dev_wer(view, s, batch_seconds, precision, rank, world_size, all_reduce)
+                for d, s in dev_sets.items()}
+
+
 @torch.no_grad()
-def check_in_forward_path(model: Backbone, handle: AdapterHandle, inputs: torch.Tensor,
+def check_in_forward_path(view: BackboneView, handle: AdapterHandle, inputs: torch.Tensor,
                           lengths: torch.Tensor) -> None:
-    """Raise :class:`AdapterNoOpError` unless disabling the adapters changes the output on this batch.
+    """Raise :class:`AdapterNoOpError` unless every adapter wrapper runs in this batch's forward pass
+    and changes its module's output.
 
-    A silently skipped adapter shows zero degradation and would look like the perfect
-    feasible trial (NeMo#14848), so a trial whose adapters do nothing must fail."""
-    device = _device_of(model)
-    inputs, lengths = inputs.to(device), lengths.to(device)
-    with_adapters = model(inputs, lengths)[0]
-    handle.disable()
+    One hook per wrapper, not a comparison of the model's output: one bypassed wrapper among
+    many still changes the output through the others. A silently skipped adapter shows zero
+    degradation and would look like the perfect feasible trial (NeMo#14848)."""
+    view = as_view(view)
+    device = _device_of(view)
+    changed: Dict[str, bool] = {}
+
+    def hook(name: str):
+        def record(module: torch.nn.Module, args, output) -> None:
+            # The adapter's contribution: a bottleneck's or a LoRA update's output, or (a LoRA update of
+            # fused weights) the weight updates themselves.
+            deltas = [output] if isinstance(output, torch.Tensor) else [t for t in output if isinstance(t, torch.Tensor)]
+            changed[name] = changed.get(name, False) or any(bool(d.detach().abs().amax() > 0) for d in deltas)
+        return record
+
+    hooks = [w.adapter.register_forward_hook(hook(w.name)) for w in handle.wrappers]
+    was_training = view.training
+    view.eval()
     try:
-        without = model(inputs, lengths)[0]
+        view.transcribe(inputs.to(device), lengths.to(device))
     finally:
-        handle.enable()
-    if torch.equal(with_adapters, without):
-        raise AdapterNoOpError(_no_op_message(handle, "do not change the model's output"))
+        for h in hooks:
+            h.remove()
+        view.train(was_training)
+    skipped = [w.name for w in handle.wrappers if w.name not in changed]
+    zero = [name for name, c in changed.items() if not c]
+    if skipped:
+        raise AdapterNoOpError(_no_op_message(skipped, "never run in the forward pass"))
+    if zero:
+        raise AdapterNoOpError(_no_op_message(zero, "do not change their module's output"))
 
 
-def _no_op_message(handle: AdapterHandle, what: str) -> str:
-    where = ", ".join(handle.targeted[:4]) + (" ..." if len(handle.targeted) > 4 else "")
+def _no_op_message(names: List[str], what: str) -> str:
+    where = ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
     return (f"the adapters at {where} {what}: they are not in the forward path; this trial's WERs would be "
             "the base model's, so it fails instead of reporting them")
 
@@ -92,51 +151,131 @@ def _train_batches(train_set: FeatureSet, max_seconds: float, seed: int, rank: i
         epoch += 1
 
 
-def train_adapters(model: Backbone, handle: AdapterHandle, train_set: FeatureSet, dev_sets: Dict[str, FeatureSet],
+class BatchPlan:
+    """The index batches of every step: new-domain audio, the replay share, the distillation batch.
+
+    The new-domain part fills ``(1 - replay)`` of ``train.max_batch_seconds``; the replay part
+    then takes utterances of the replay set until its audio is ``replay`` of the whole batch
+    (within one utterance), so a 20 s batch with replay 0.5 holds ~10 s of each. The
+    distillation batch is ``train.distill_seconds`` of the distillation set. Deterministic per
+    (seed, rank): a resumed trial replays the same sequence."""
+
+    def __init__(self, sets: TrainSets, cfg: TrainConfig, replay: float, distill: bool, rank: int, world_size: int):
+        self.sets = sets
+        self.replay = replay
+        self.distill_seconds = cfg.distill_seconds if distill else 0.0
+        self._new = _train_batches(sets.new, cfg.max_batch_seconds * (1.0 - replay), cfg.seed, rank, world_size)
+        seed = [cfg.seed, rank]
+        self._replay = SecondsSampler(sets.replay.durations, seed + [1]) if replay > 0 else None
+        self._distill = SecondsSampler(sets.distill.durations, seed + [2]) if self.distill_seconds > 0 else None
+
+    def next(self) -> Tuple[List[int], List[int], List[int]]:
+        """(new-domain indices, replay indices, distillation indices) of the next step."""
+        new = next(self._new)
+        replay: List[int] = []
+        if self._replay is not None:
+            new_seconds = sum(self.sets.new.durations[i] for i in new)
+            replay = self._replay.take(new_seconds * self.replay / (1.0 - self.replay))
+        # Every step (and every rank) has a distillation batch: the loss keeps the same terms throughout.
+        distill = self._distill.take(self.distill_seconds, at_least_one=True) if self._distill is not None else []
+        return new, replay, distill
+
+
+def step_inputs(sets: TrainSets, batch: Tuple[List[int], List[int], List[int]],
+                specaugment: Optional[SpecAugment] = None):
+    """One padded batch of a step's utterances: the labelled ones (new domain, then replay; SpecAugment
+    on them when on) and then the distillation ones; their texts; the teacher's outputs for the latter."""
+    new, replay, distill = batch
+    parts = [sets.new.collate(new)] + ([sets.replay.collate(replay)] if replay else [])
+    x, lengths = concat_padded([(x, lengths) for x, lengths, _ in parts])
+    texts = [t for _, _, part_texts in parts for t in part_texts]
+    if specaugment is not None:
+        x = specaugment(x)
+    teacher = teacher_lengths = None
+    if distill:
+        xd, ld, _ = sets.distill.collate(distill)
+        teacher, teacher_lengths, _ = sets.teacher.collate(distill)
+        x, lengths = concat_padded([(x, lengths), (xd, ld)])
+    return x, lengths, texts, teacher, teacher_lengths
+
+
+def step_loss(view: BackboneView, handle: AdapterHandle, sets: TrainSets, batch: Tuple[List[int], List[int], List[int]],
+              distill_weight: float, device: torch.device, precision: str,
+              specaugment: Optional[SpecAugment] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The loss of one step (see the module docstring) and its terms as floats; the model runs once."""
+    x, lengths, texts, teacher, teacher_lengths = step_inputs(sets, batch, specaugment)
+    with autocast_context(device, precision):
+        supervised, kd = view.step_terms(x.to(device), lengths.to(device), texts,
+                                         None if teacher is None else teacher.to(device),
+                                         None if teacher_lengths is None else teacher_lengths.to(device))
+        supervised = supervised.mean()
+        loss = supervised
+        terms = {"supervised": float(supervised.detach())}
+        if kd is not None:
+            kd = kd.mean()
+            loss = loss + distill_weight * kd
+            terms["distill"] = float(kd.detach())
+    loss = loss + handle.aux_loss()
+    return loss, terms
+
+
+def _better(a: dict, b: Optional[dict], limit: float) -> bool:
+    return b is None or evaluation_rank(a, limit) < evaluation_rank(b, limit)
+
+
+def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, dev_sets: Dict[str, FeatureSet],
                    hp: dict, train_cfg: TrainConfig, base_original_wer: float, report: Report, *,
+                   limit: float = math.inf,
                    kappa_mode: str = "absolute", eval_batch_seconds: float = 120.0,
                    specaugment_cfg: SpecAugmentConfig = SpecAugmentConfig(), resume: Optional[dict] = None,
                    rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> dict:
-    """Train ``handle``'s adapters on ``train_set`` for ``hp['steps']`` steps; evaluate and ``report`` as it goes.
+    """Train ``handle``'s adapters for ``hp['steps']`` steps; evaluate and ``report`` as it goes.
 
-    ``dev_sets`` holds the ``new`` and ``original`` dev feature sets. ``hp`` gives ``lr``,
-    ``weight_decay``, ``steps`` and ``specaugment``. ``resume`` is a train state passed to an
-    earlier ``report`` (optimizer, step, eval index, metrics); the adapter weights must already
-    be loaded. Returns the metrics of the last evaluation."""
-    device = _device_of(model)
+    ``view`` is the model as the inputs of ``sets`` and ``dev_sets`` need it (a backbone: the whole
+    model on features; a ``TopOfModel``: the top on frozen-prefix outputs). ``limit`` is the
+    degradation a feasible evaluation may have. ``dev_sets`` holds the ``new`` and
+    ``original`` dev sets. ``hp`` gives ``lr``, ``weight_decay``, ``steps``, ``specaugment``,
+    ``replay`` and ``distill_weight``. ``resume`` is a train state passed to an earlier
+    ``report``; the adapter weights must already be loaded. Returns the last report's metrics.
+
+    Each report's metrics hold this evaluation's values (``eval_*``) and the trial's best
+    evaluation so far (``dev_wer_new``, ``degradation``, ``best_step``, ...); the train state
+    holds that best evaluation's adapter weights (``best_state_dict``)."""
+    view = as_view(view)
+    device = _device_of(view)
     steps, lr = int(hp["steps"]), float(hp["lr"])
+    replay, distill_weight = float(hp.get("replay", 0.0)), float(hp.get("distill_weight", 0.0))
     warmup = int(train_cfg.warmup_ratio * steps)  # linear warm-up, then cosine decay to 0 at the last step
     params = list(handle.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(hp["weight_decay"]))
-    specaugment = SpecAugment(specaugment_cfg) if hp["specaugment"] else None
-    step, eval_index = 0, 0
+    specaugment = SpecAugment(specaugment_cfg).train() if hp["specaugment"] else None
+    step, eval_index, best, best_state = 0, 0, None, None
+    torch.manual_seed(train_cfg.seed)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         step, eval_index = int(resume["step"]), int(resume["eval_index"])
-    torch.manual_seed(train_cfg.seed + step)
-    batches = _train_batches(train_set, train_cfg.max_batch_seconds, train_cfg.seed, rank, world_size)
-    for _ in range(step):  # the same batch order as an uninterrupted run
-        next(batches)
+        best, best_state = resume["best"], resume["best_state_dict"]
+        torch.set_rng_state(resume["rng"])  # SpecAugment, dropout, stochastic depth continue as uninterrupted
+    plan = BatchPlan(sets, train_cfg, replay, distill_weight > 0, rank, world_size)
+    for _ in range(step):  # the same batch sequence as an uninterrupted run
+        plan.next()
     if step >= steps:  # the run had finished when its trial was interrupted: report its result again
         report(resume["metrics"], resume)
         return resume["metrics"]
     probe = dev_sets["new"].collate(range(min(2, len(dev_sets["new"]))))[:2]
     start = time.monotonic()
-    losses: List[float] = []
+    sums: Dict[str, float] = {}
+    count = 0
     metrics: dict = {}
     handle.train()
     while step < steps:
-        inputs, lengths, texts = train_set.collate(next(batches))
-        if specaugment is not None:
-            inputs = specaugment.train()(inputs)
         current_lr = lr * warmup_cosine(step, warmup, (step - warmup) / max(steps - warmup, 1), floor=0.0)
         for group in optimizer.param_groups:
             group["lr"] = current_lr
-        with autocast_context(device, train_cfg.precision):
-            log_probs, out_lengths = model(inputs.to(device), lengths.to(device))
-        loss = ctc_loss(log_probs, out_lengths, model.tokenizer, texts) + handle.aux_loss()
+        loss, terms = step_loss(view, handle, sets, plan.next(), distill_weight, device, train_cfg.precision,
+                                specaugment)
         if not loss.requires_grad:
-            raise AdapterNoOpError(_no_op_message(handle, "receive no gradient"))
+            raise AdapterNoOpError(_no_op_message(handle.targeted, "receive no gradient"))
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         if all_reduce is not None:
@@ -148,25 +287,43 @@ def train_adapters(model: Backbone, handle: AdapterHandle, train_set: FeatureSet
         if train_cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
         optimizer.step()
-        losses.append(float(loss.detach()))
+        for name, value in {"loss": float(loss.detach()), **terms}.items():
+            sums[name] = sums.get(name, 0.0) + value
+        count += 1
         step += 1
         if step % train_cfg.eval_every == 0 or step == steps:
             eval_index += 1
             handle.eval()
-            check_in_forward_path(model, handle, *probe)
-            wers = {domain: dev_wer(model, dev_sets[domain], eval_batch_seconds, train_cfg.precision, rank,
+            check_in_forward_path(view, handle, *probe)
+            wers = {domain: dev_wer(view, dev_sets[domain], eval_batch_seconds, train_cfg.precision, rank,
                                     world_size, all_reduce) for domain in ("new", "original")}
             handle.train()
-            loss_sum = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
-            if all_reduce is not None:
-                all_reduce(loss_sum)  # the mean over every rank's batches
-            metrics = {"step": step, "eval_index": eval_index, "final": step == steps,
-                       "train_loss": float(loss_sum[0] / loss_sum[1].clamp(min=1)), "lr": current_lr,
-                       "dev_wer_new": wers["new"], "dev_wer_original": wers["original"],
-                       "degradation": degradation(wers["original"], base_original_wer, kappa_mode),
-                       "time_s": time.monotonic() - start}
-            losses = []
+            means = _mean_over_ranks(sums, count, device, all_reduce)
+            deg = degradation(wers["original"], base_original_wer, kappa_mode)
+            current = {"step": step, "eval_index": eval_index, "dev_wer_new": wers["new"],
+                       "dev_wer_original": wers["original"], "degradation": deg, "feasible": is_feasible(deg, limit)}
+            if _better(current, best, limit):
+                best, best_state = current, handle.state_dict()
+            metrics = {"final": step == steps, "step": step, "eval_index": eval_index, "lr": current_lr,
+                       "train_loss": means["loss"], "supervised_loss": means["supervised"],
+                       "distill_loss": means.get("distill"), "time_s": time.monotonic() - start,
+                       "base_dev_wer_original": base_original_wer,
+                       **{f"eval_{k}": current[k] for k in EVAL_KEYS[2:]},
+                       **{k: best[k] for k in EVAL_KEYS[2:]}, "best_step": best["step"],
+                       "best_eval_index": best["eval_index"]}
+            sums, count = {}, 0
             report(metrics, {"optimizer": optimizer.state_dict(), "step": step, "eval_index": eval_index,
-                             "metrics": metrics})
+                             "metrics": metrics, "best": best, "best_state_dict": best_state,
+                             "rng": torch.get_rng_state()})
     handle.eval()
     return metrics
+
+
+def _mean_over_ranks(sums: Dict[str, float], count: int, device: torch.device,
+                     all_reduce: Optional[AllReduce]) -> Dict[str, float]:
+    names = sorted(sums)
+    t = torch.tensor([sums[n] for n in names] + [count], dtype=torch.float64, device=device)
+    if all_reduce is not None:
+        all_reduce(t)  # the mean over every rank's steps
+    return {n: float(t[i] / t[-1].clamp(min=1)) for i, n in enumerate(names)}
+

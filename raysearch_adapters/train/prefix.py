@@ -7,6 +7,9 @@ file, memory-mapped and shared by every trial on a node whose lowest adapted blo
 :class:`TopOfModel` runs blocks [k, n) and the head on it, and stands in for the model in
 ``train_adapters`` and ``evaluate``.
 
+The distillation teacher's outputs (:func:`load_teacher_set`) are cached the same way: the
+base model's outputs once per utterance, shared by every trial.
+
 This lives in ``train`` (not ``data`` or ``models``): it needs the adapters (the wrappers
 to find adapted blocks, the base fingerprint for the key), which those layers never import.
 """
@@ -18,38 +21,23 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from raysearch_adapters.adapters.inject import AdapterWrapper
+from raysearch_adapters.adapters.layers import wrapped
 from raysearch_adapters.adapters.state import base_fingerprint
 from raysearch_adapters.data.cache import CACHE_VERSION, FeatureSet, Row, eval_mode, open_or_build
 from raysearch_adapters.errors import UserError
-from raysearch_adapters.models.base import Backbone
-
-
-def _blocks_of(model: Backbone, paths: Sequence[str]) -> Dict[str, int]:
-    """Block index of each adapter target path, from the positions ``model.adaptable_blocks()`` lists."""
-    block_of = {path: b.index for b in model.adaptable_blocks() for path in b.positions.values()}
-    unknown = [p for p in paths if p not in block_of]
-    if unknown:
-        raise UserError(f"adapters at {', '.join(unknown)}: not a position of any adaptable block of {model.name}; "
-                        f"allowed: the module paths adaptable_blocks() lists (e.g. {next(iter(block_of))})")
-    return {p: block_of[p] for p in paths}
+from raysearch_adapters.models.base import Backbone, BackboneView
 
 
 def _check_k(model: Backbone, k: int) -> None:
     n = len(model.adaptable_blocks())
     if not 0 <= k <= n:
         raise UserError(f"frozen-prefix cache: got k={k}; allowed: 0..{n} ({model.name} has {n} blocks)")
-
-
-def _adapter_paths(model: nn.Module) -> List[str]:
-    """Module paths of every adapter injected into ``model`` (enabled or not)."""
-    return [m.name for m in model.modules() if isinstance(m, AdapterWrapper)]
 
 
 def prefix_key(feature_set: FeatureSet, model: Backbone, k: int) -> str:
@@ -63,7 +51,7 @@ def prefix_key(feature_set: FeatureSet, model: Backbone, k: int) -> str:
 @contextlib.contextmanager
 def _adapters_bypassed(model: nn.Module) -> Iterator[None]:
     """Every injected adapter off (the exact base model), then each one's own state back."""
-    wrappers = [m for m in model.modules() if isinstance(m, AdapterWrapper)]
+    wrappers = list(wrapped(model).values())
     states = [w.enabled for w in wrappers]
     for w in wrappers:
         w.enabled = False
@@ -107,41 +95,80 @@ def load_prefix_set(feature_set: FeatureSet, model: Backbone, k: int, cache_dir:
         return open_or_build(path, key, _prefix_rows(feature_set, model, k, progress))
 
 
-class TopOfModel(nn.Module):
-    """Blocks [k, n) and the CTC head of ``model``, on prefix outputs from :func:`load_prefix_set`.
+class TopOfModel(BackboneView):
+    """Blocks [k, n) and the head of ``model``, on prefix outputs from :func:`load_prefix_set`.
 
-    Call it like the model (``(hidden, lengths) -> (log-probs, lengths)``); it has the
-    model's ``tokenizer`` and parameters, so ``train_adapters`` and ``evaluate`` take it
-    in place of the model. Refuses a model with any adapter below block k, whose prefix
-    the cache does not hold. Adapters must be injected before it is built.
-    """
+    A :class:`~raysearch_adapters.models.base.BackboneView` at ``k`` that refuses a model with
+    any adapter below block k, whose prefix the cache does not hold. Adapters must be injected
+    before it is built."""
 
     def __init__(self, model: Backbone, k: int):
-        super().__init__()
         _check_k(model, k)
-        blocks = _blocks_of(model, _adapter_paths(model))
+        blocks = {name: w.block for name, w in wrapped(model).items()}
         below = [p for p, b in blocks.items() if b < k]
         if below:
             raise UserError(f"frozen-prefix cache k={k}: found adapters below block {k} ({', '.join(below)}); "
                             f"allowed: adapters in blocks >= {k} only (use k <= {min(blocks.values())})")
-        self.model = model
-        self.k = k
-        self.training = model.training
-
-    @property
-    def tokenizer(self):
-        return self.model.tokenizer
+        super().__init__(model, k)
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor):
+        """The backbone's own outputs (CTC: log-probs and lengths) from block k."""
         return self.model.forward_from(hidden, lengths, self.k)
 
-    def train(self, mode: bool = True) -> "TopOfModel":
-        """Sets only this wrapper's flag, except that eval mode reaches the whole model.
 
-        ``evaluate`` calls ``model.eval()`` then ``model.train(was_training)``; passing
-        train mode on would put the frozen base (dropout, BatchNorm statistics) into training.
-        The adapters' modes belong to :meth:`AdapterHandle.train`, as without the wrapper."""
-        self.training = mode
-        if not mode:
-            self.model.eval()
-        return self
+def teacher_key(feature_set: FeatureSet, model: Backbone) -> str:
+    """sha256 of the input feature set's key, the base model's fingerprint and the cache layout."""
+    payload = {"features": feature_set.key, "base": base_fingerprint(model), "teacher": True,
+               "version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _teacher_rows(feature_set: FeatureSet, model: Backbone, progress: bool, prefix: Optional[FeatureSet],
+                  k: Optional[int]) -> Iterator[Row]:
+    device = next(model.parameters()).device
+    view = BackboneView(model, k if prefix is not None else None)
+    inputs = feature_set if prefix is None else prefix
+    with torch.no_grad():
+        for i in tqdm(range(len(feature_set)), desc=f"teacher {feature_set.path.name}", unit="utt",
+                      disable=not progress):
+            out = view.teacher(inputs.features(i)[None].to(device),
+                               torch.tensor([inputs.num_frames[i]], device=device))[0]
+            yield Row(feature_set.ids[i], feature_set.texts[i], feature_set.durations[i], out.float().cpu().numpy())
+
+
+def load_teacher_set(feature_set: FeatureSet, model: Backbone, cache_dir: os.PathLike | str,
+                     progress: bool = False, prefix: Optional[FeatureSet] = None, k: Optional[int] = None) -> FeatureSet:
+    """The distillation teacher's outputs (``Backbone.teacher_from``) on every utterance, cached (process-safe).
+
+    The teacher is the base model itself: computed with every adapter bypassed, in eval mode,
+    fp32, one utterance at a time, so one file serves every trial whatever its placement
+    (the teacher is the whole model's output) and a distillation step costs one adapted
+    forward. Stored beside the prefix cache with the same keying (input features + base
+    fingerprint); utterance ``i`` of the result belongs to utterance ``i`` of ``feature_set``.
+    ``prefix``: ``feature_set``'s frozen-prefix cache at block ``k``, when one is at hand: the
+    teacher then runs from block k on it (the same outputs, bit for bit, without running the
+    frozen prefix again: Whisper's encoder is most of the cost)."""
+    key = teacher_key(feature_set, model)
+    path = Path(cache_dir).expanduser() / f"{feature_set.path.stem}-teacher-{key[:20]}.arrow"
+    if prefix is not None and (k is None or prefix.ids != feature_set.ids):
+        raise ValueError("load_teacher_set: prefix must be the prefix cache of feature_set at block k")
+    with eval_mode(model), _adapters_bypassed(model):
+        return open_or_build(path, key, _teacher_rows(feature_set, model, progress, prefix, k))
+
+
+def measurement_block(handle, prefix_cache: bool, specaugment: bool) -> Optional[int]:
+    """The block a trial trains and is measured from: where the frozen-prefix cache of its lowest adapted
+    block starts (``Backbone.prefix_block``; ``train.prefix_cache``), unless SpecAugment changes the
+    prefix's input (None: the whole model)."""
+    return handle.model.prefix_block(handle.lowest_block) if prefix_cache and not specaugment else None
+
+
+def view_from(model: Backbone, k: Optional[int]) -> BackboneView:
+    """The model from block ``k`` (None: the whole model on features)."""
+    return BackboneView(model, None) if k is None else TopOfModel(model, k)
+
+
+def inputs_from(feature_set: FeatureSet, model: Backbone, k: Optional[int], cache_dir: os.PathLike | str,
+                progress: bool = False) -> FeatureSet:
+    """What :func:`view_from` ``(model, k)`` takes for ``feature_set``: the set itself, or its cached prefix at k."""
+    return feature_set if k is None else load_prefix_set(feature_set, model, k, cache_dir, progress)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Dict
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from raysearch_adapters.config import Config
@@ -29,6 +28,7 @@ from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.models.checkpoint import atomic_torch_save, load_state_strict, save_checkpoint
 from raysearch_adapters.models.conformer import ConformerCTC
+from raysearch_adapters.models.ctc import ctc_loss
 from raysearch_adapters.models.tokenizer import SentencePieceTokenizer, tokenizer_from_dict
 from raysearch_adapters.train.evaluate import autocast_context, evaluate, load_feature_set
 
@@ -44,20 +44,6 @@ def warmup_cosine(step: int, warmup: int, progress: float, floor: float = 0.01) 
     if step < warmup:
         return (step + 1) / max(warmup, 1)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def ctc_targets(tokenizer, texts) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated CTC targets (token + 1: blank is 0) and their lengths."""
-    ids = [[t + 1 for t in tokenizer.encode(text)] for text in texts]
-    return (torch.tensor([t for seq in ids for t in seq], dtype=torch.long),
-            torch.tensor([len(seq) for seq in ids], dtype=torch.long))
-
-
-def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, tokenizer, texts) -> torch.Tensor:
-    """Mean CTC loss per target token of a batch (blank = 0)."""
-    targets, target_lengths = ctc_targets(tokenizer, texts)
-    return F.ctc_loss(log_probs.float().transpose(0, 1), targets.to(log_probs.device), out_lengths,
-                      target_lengths.to(log_probs.device), blank=0, reduction="mean", zero_infinity=True)
 
 
 def _feature_sets(cfg: Config, model, names) -> Dict[str, object]:

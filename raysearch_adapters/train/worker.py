@@ -37,21 +37,21 @@ from raysearch_adapters.models.base import Backbone
 from raysearch_adapters.models.registry import load_base_model, resolve_checkpoint
 from raysearch_adapters.train.evaluate import load_feature_set
 from raysearch_adapters.train.hparams import trial_adapter_config
-from raysearch_adapters.train.loop import train_adapters
-from raysearch_adapters.train.objective import asha_score, degradation_limit, is_feasible
-from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set
+from raysearch_adapters.train.loop import TrainSets, base_dev_wers, train_adapters
+from raysearch_adapters.train.objective import asha_score, degradation_limit
+from raysearch_adapters.train.prefix import load_prefix_set, load_teacher_set, measurement_block, view_from
 
-ADAPTER_FILE = "adapter.pt"  # adapter weights + config (adapters.state format) in every checkpoint
-STATE_FILE = "train_state.pt"  # optimizer state, step and evaluation index, to resume the trial
+ADAPTER_FILE = "adapter.pt"  # the latest adapter weights + config (adapters.state format): what a resume loads
+BEST_ADAPTER_FILE = "best_adapter.pt"  # the trial's best evaluation's adapter: its result, the winner's file
+STATE_FILE = "train_state.pt"  # optimizer state, step, evaluation index and best evaluation, to resume the trial
 ASHA_METRIC = "asha_score"  # dev new-domain WER, infeasible trials ranked last (objective.asha_score)
 
 
-def trial_loop_config(cfg: Config, hp: dict, base_original_wer: float) -> dict:
+def trial_loop_config(cfg: Config, hp: dict) -> dict:
     """The ``train_loop_config`` of a trial. The test manifests are blanked: a trial cannot touch them."""
     no_test = replace(cfg, data=replace(cfg.data, new_test="", original_test=""))
     fraction = cfg.resources.gpu_memory_fraction or min(cfg.resources.gpus_per_worker, 1.0)
-    return {"cfg": to_dict(no_test), "hp": dict(hp), "base_original_wer": float(base_original_wer),
-            "gpu_memory_fraction": fraction if cfg.resources.use_gpu else 0.0}
+    return {"cfg": to_dict(no_test), "hp": dict(hp), "gpu_memory_fraction": fraction if cfg.resources.use_gpu else 0.0}
 
 
 def _device_name(device: torch.device) -> str:
@@ -68,10 +68,14 @@ _OPENED_SETS: Dict[tuple, object] = {}
 
 def _model_key(cfg: Config) -> str:
     key = {"model": to_dict(cfg)["model"]}
-    if cfg.model.name == "conformer_ctc":
-        path = resolve_checkpoint(cfg.model.checkpoint)
+    path = resolve_checkpoint(cfg.model.checkpoint) if cfg.model.name in ("conformer_ctc", "nemo") else None
+    if path is not None and path.is_file():  # a NeMo pretrained name is not a file
         stat = path.stat()
         key["file"] = [str(path.resolve()), stat.st_mtime_ns, stat.st_size]
+    elif cfg.model.name in ("hf_ctc", "whisper"):
+        from raysearch_adapters.models.hf import files_key
+
+        key["files"] = files_key(cfg.model.checkpoint)
     return json.dumps(key, sort_keys=True)
 
 
@@ -95,17 +99,67 @@ def _opened(key: tuple, load: Callable[[], object]):
     return _OPENED_SETS[key]
 
 
-def feature_set(cfg: Config, model: Backbone, manifest: str):
-    """The cached features of ``manifest``, opened once per process."""
+def feature_set(cfg: Config, model: Backbone, manifest: str, pool: bool = False, require_text: bool = True,
+                progress: bool = False):
+    """The cached features of ``manifest`` (``pool``: its ``data.pool_hours`` subset), opened once per process."""
     stat = os.stat(manifest)
-    key = ("features", manifest, json.dumps(model.featurizer_key(), sort_keys=True), stat.st_mtime, stat.st_size)
-    return _opened(key, lambda: load_feature_set(cfg.data, model, manifest, progress=False))
+    hours = cfg.data.pool_hours if pool else 0.0
+    key = ("features", manifest, json.dumps(model.featurizer_key(), sort_keys=True), stat.st_mtime, stat.st_size,
+           hours, require_text)
+    return _opened(key, lambda: load_feature_set(cfg.data, model, manifest, progress=progress, max_hours=hours,
+                                                 require_text=require_text))
 
 
-def prefix_set(cfg: Config, model: Backbone, fingerprint: str, features, k: int):
+def prefix_set(cfg: Config, model: Backbone, fingerprint: str, features, k: int, progress: bool = False):
     """The frozen-prefix outputs (blocks < ``k``) of a feature set, opened once per process and base model."""
     key = ("prefix", str(features.path), features.key, fingerprint, k)
-    return _opened(key, lambda: load_prefix_set(features, model, k, cfg.data.cache_dir))
+    return _opened(key, lambda: load_prefix_set(features, model, k, cfg.data.cache_dir, progress=progress))
+
+
+def teacher_set(cfg: Config, model: Backbone, fingerprint: str, features, progress: bool = False,
+                k: Optional[int] = None):
+    """The distillation teacher's cached outputs on a feature set, opened once per process and base model;
+    with ``k``, computed from the set's frozen-prefix cache at k (the same outputs)."""
+    key = ("teacher", str(features.path), features.key, fingerprint)
+
+    def load():
+        prefix = None if k is None else prefix_set(cfg, model, fingerprint, features, k, progress)
+        return load_teacher_set(features, model, cfg.data.cache_dir, progress=progress, prefix=prefix, k=k)
+
+    return _opened(key, load)
+
+
+def training_sets(cfg: Config, model: Backbone, fingerprint: str, replay: bool, distill: bool,
+                  progress: bool = False, k: Optional[int] = None) -> TrainSets:
+    """The new-domain training set, and the replay and distillation pools (with the teacher) when asked for.
+
+    ``k``: the block every trial of the search is measured from, when there is one: the sets'
+    frozen-prefix caches at k are built too, and the teacher runs on them, so that the frozen
+    prefix runs once per utterance in the whole search."""
+    sets = TrainSets(new=feature_set(cfg, model, cfg.data.new_train, progress=progress))
+    if replay:
+        sets.replay = feature_set(cfg, model, cfg.data.replay_manifest, pool=True, progress=progress)
+    if distill:
+        sets.distill = feature_set(cfg, model, cfg.data.distill_manifest, pool=True, require_text=False,
+                                   progress=progress)
+        sets.teacher = teacher_set(cfg, model, fingerprint, sets.distill, progress=progress, k=k)
+    if k is not None:
+        for s in (sets.new, sets.replay, sets.distill):
+            if s is not None:
+                prefix_set(cfg, model, fingerprint, s, k, progress)
+    return sets
+
+
+def _on_prefix(cfg: Config, model: Backbone, fingerprint: str, sets: TrainSets, k: int) -> TrainSets:
+    """The same sets as frozen-prefix outputs at block ``k`` (the teacher's outputs stay as they are)."""
+    def at_k(s):
+        return None if s is None else prefix_set(cfg, model, fingerprint, s, k)
+
+    return TrainSets(new=at_k(sets.new), replay=at_k(sets.replay), distill=at_k(sets.distill), teacher=sets.teacher)
+
+
+# The base model's original-domain dev WER per measurement path, measured once per process.
+_BASE_WERS: Dict[tuple, float] = {}
 
 
 # (metrics, folder holding this evaluation's checkpoint files or None) -> hands both to Ray
@@ -125,7 +179,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
         torch.cuda.set_per_process_memory_fraction(config["gpu_memory_fraction"], device)
     torch.manual_seed(cfg.train.seed)
     model, fingerprint = base_model(cfg)
-    train_set = feature_set(cfg, model, cfg.data.new_train)
+    sets = training_sets(cfg, model, fingerprint, float(hp["replay"]) > 0, float(hp["distill_weight"]) > 0)
     dev_sets = {"new": feature_set(cfg, model, cfg.data.new_dev),
                 "original": feature_set(cfg, model, cfg.data.original_dev)}
     adapter_cfg = trial_adapter_config(hp, cfg.adapter)
@@ -137,20 +191,25 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
     else:
         handle = inject_adapters(model, adapter_cfg)
     model.to(device)
-    network = model
-    if cfg.train.prefix_cache and not hp["specaugment"]:
-        # The frozen blocks below the lowest adapter run once per utterance (cached, shared by
-        # every trial with the same k); this trial trains and evaluates blocks k.. only.
-        k = handle.lowest_block
-        train_set = prefix_set(cfg, model, fingerprint, train_set, k)
+    # The frozen blocks below the lowest adapter run once per utterance (cached, shared by every
+    # trial with the same k); this trial trains and evaluates blocks k.. only.
+    k = measurement_block(handle, cfg.train.prefix_cache, bool(hp["specaugment"]))
+    if k is not None:
+        sets = _on_prefix(cfg, model, fingerprint, sets, k)
         dev_sets = {domain: prefix_set(cfg, model, fingerprint, s, k) for domain, s in dev_sets.items()}
-        network = TopOfModel(model, k)
+    view = view_from(model, k)
+    # The base's WER on exactly this trial's path and precision: a zero-init adapter shows degradation 0.
+    base_key = (fingerprint, k, cfg.train.precision, device.type, dev_sets["original"].key, world_size)
+    if base_key not in _BASE_WERS:
+        _BASE_WERS[base_key] = base_dev_wers(view, handle, {"original": dev_sets["original"]},
+                                             cfg.data.max_batch_seconds, cfg.train.precision, rank, world_size,
+                                             all_reduce)["original"]
     static = {"adapter_params": handle.num_params, "adapter_percent": handle.percent_of_base,
               "device": _device_name(device), "node_id": ray.get_runtime_context().get_node_id()}
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
 
     def report(metrics: dict, state: dict) -> None:
-        metrics = {**metrics, **static, "feasible": is_feasible(metrics["degradation"], limit),
+        metrics = {**metrics, **static,
                    ASHA_METRIC: asha_score(metrics["dev_wer_new"], metrics["degradation"], limit)}
         if rank != 0:
             send_report(metrics, None)
@@ -158,10 +217,15 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
         with tempfile.TemporaryDirectory() as d:
             save_adapter(os.path.join(d, ADAPTER_FILE), handle, adapter_cfg, fingerprint,
                          extra={"hp": dict(hp), "metrics": metrics})
+            # The trial's result: its best evaluation's weights, and that evaluation's metrics.
+            save_adapter(os.path.join(d, BEST_ADAPTER_FILE), handle, adapter_cfg, fingerprint,
+                         extra={"hp": dict(hp), "metrics": dict(state["best"]),
+                                "base_dev_wer_original": metrics["base_dev_wer_original"]},
+                         state_dict=state["best_state_dict"])
             torch.save(state, os.path.join(d, STATE_FILE))
             send_report(metrics, d)
 
-    train_adapters(network, handle, train_set, dev_sets, hp, cfg.train, config["base_original_wer"], report,
+    train_adapters(view, handle, sets, dev_sets, hp, cfg.train, _BASE_WERS[base_key], report, limit=limit,
                    kappa_mode=cfg.search.kappa_mode, eval_batch_seconds=cfg.data.max_batch_seconds,
                    specaugment_cfg=cfg.data.specaugment, resume=resume, rank=rank, world_size=world_size,
                    all_reduce=all_reduce)

@@ -1,4 +1,4 @@
-"""Fixtures of the adapter tests: every test taking ``backend`` runs on both backbones."""
+"""Fixtures of the adapter tests: every test taking ``backend`` runs on every CTC backbone."""
 
 from __future__ import annotations
 
@@ -15,5 +15,5 @@ def _one_thread():
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request) -> str:
-    """Each test that takes it runs on both backends."""
+    """Each test that takes it runs on every CTC backend."""
     return request.param

@@ -7,42 +7,27 @@ import dataclasses
 import pytest
 import torch
 
-from adapter_helpers import NUM_LAYERS, PATHS, build, ctc_steps, inputs, run
+from adapter_helpers import (NUM_LAYERS, PATHS, TYPE_CASES, assert_untouched, build, config_id, ctc_steps, inputs,
+                             run, snapshot)
 from raysearch_adapters.adapters.inject import AdapterWrapper, inject_adapters, parse_blocks
 from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import BlockInfo
 
 POSITION_SETS = [["post"], ["mha"], ["ffn"], ["post", "mha", "ffn"]]
+# Bottleneck adapters at each position set, and every other type at each of its positions or targets.
+CONFIGS = [AdapterConfig(dim=4, positions=p) for p in POSITION_SETS] + TYPE_CASES
 
 
-def _tree(model):
-    return [(n, type(m).__name__, id(m)) for n, m in model.named_modules()]
-
-
-def _snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, _tree(model), \
-        {n: p.requires_grad for n, p in model.named_parameters()}
-
-
-def _assert_untouched(model, snap):
-    state, tree, grads = snap
-    now = model.state_dict()
-    assert now.keys() == state.keys()
-    assert all(torch.equal(now[k], state[k]) for k in state)
-    assert _tree(model) == tree
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
-
-
-@pytest.mark.parametrize("positions", POSITION_SETS, ids="+".join)
-def test_identity_at_start_then_adapters_train_and_disable_restores_base(backend, positions):
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_identity_at_start_then_adapters_train_and_disable_restores_base(backend, cfg):
     model = build(backend)
     x, lengths = inputs(model)
     base_out = run(model, x, lengths)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
 
-    handle = inject_adapters(model, AdapterConfig(dim=4, positions=positions))
-    assert torch.equal(run(model, x, lengths), base_out)  # zero-initialised: exactly the base
+    handle = inject_adapters(model, cfg)
+    assert torch.equal(run(model, x, lengths), base_out)  # zero-initialised (LoRA: B = 0): exactly the base
 
     adapter_ids = {id(p) for p in handle.parameters()}
     ctc_steps(model, handle, x, lengths)
@@ -84,7 +69,7 @@ def test_second_handle_inside_wrapped_blocks_and_removal_in_reverse(backend):
     model = build(backend)
     x, lengths = inputs(model)
     base_out = run(model, x, lengths)
-    snap = _snapshot(model)
+    snap = snapshot(model)
     outer = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1", positions=["post"]))
     inner = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1", positions=["mha"]))
     assert inner.targeted == [PATHS[backend]["mha"].format(i=NUM_LAYERS - 1)]
@@ -93,7 +78,7 @@ def test_second_handle_inside_wrapped_blocks_and_removal_in_reverse(backend):
     assert torch.equal(run(model, x, lengths), base_out)
     inner.remove()
     outer.remove()
-    _assert_untouched(model, snap)
+    assert_untouched(model, snap)
 
 
 def test_parameters_count_and_percent(backend):
@@ -155,10 +140,14 @@ def test_l2_term_collected_in_training_only(backend):
     assert handle.aux_loss().item() == 0.0
 
 
-def test_stochastic_depth_in_training_only(backend):
+# LoRA's rank dropout drops components of its updates at random in the same way.
+@pytest.mark.parametrize("cfg", [AdapterConfig(dim=4, stochastic_depth=0.5, positions=["post"]),
+                                 AdapterConfig(type="lora", rank=4, targets="all", dropout=0.5)],
+                         ids=["stochastic-depth", "lora-rank-dropout"])
+def test_stochastic_depth_in_training_only(backend, cfg):
     model = build(backend)
     x, lengths = inputs(model)
-    handle = inject_adapters(model, AdapterConfig(dim=4, stochastic_depth=0.5, positions=["post"]))
+    handle = inject_adapters(model, cfg)
     ctc_steps(model, handle, x, lengths, steps=2)
     handle.disable()
     base = run(model, x, lengths)
@@ -179,11 +168,11 @@ def test_remove_restores_original_tree(backend):
     model = build(backend)
     x, lengths = inputs(model)
     base_out = run(model, x, lengths)
-    snap = _snapshot(model)
+    snap = snapshot(model)
     handle = inject_adapters(model, AdapterConfig(dim=4, positions=["post", "mha", "ffn"]))
     ctc_steps(model, handle, x, lengths, steps=1)
     handle.remove()
-    _assert_untouched(model, snap)
+    assert_untouched(model, snap)
     assert torch.equal(run(model, x, lengths), base_out)
     inject_adapters(model, AdapterConfig(dim=4))  # and it can be adapted again
 
@@ -194,10 +183,10 @@ def test_remove_restores_original_tree(backend):
 ], ids=["top9", "window", "index", "duplicate-position", "unknown-position", "dim0"])
 def test_invalid_config_fails_before_touching_the_model(backend, cfg):
     model = build(backend)
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with pytest.raises(UserError):
         inject_adapters(model, cfg)
-    _assert_untouched(model, snap)
+    assert_untouched(model, snap)
 
 
 def test_position_missing_in_one_block_fails_before_any_block_is_wrapped(backend, monkeypatch):
@@ -208,19 +197,19 @@ def test_position_missing_in_one_block_fails_before_any_block_is_wrapped(backend
     limited = [dataclasses.replace(b, positions={k: v for k, v in b.positions.items() if k != "mha"})
                if b.index == 2 else b for b in blocks]
     monkeypatch.setattr(model, "adaptable_blocks", lambda: limited)
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with pytest.raises(UserError, match=r"block 2 .* has no position 'mha'; it has: post, ffn"):
         inject_adapters(model, AdapterConfig(positions=["mha"]))
-    _assert_untouched(model, snap)
+    assert_untouched(model, snap)
 
 
 def test_second_injection_on_same_modules_fails(backend):
     model = build(backend)
     inject_adapters(model, AdapterConfig(dim=4, blocks="top:1"))
-    snap = _snapshot(model)
+    snap = snapshot(model)
     with pytest.raises(UserError, match="already has an adapter"):
         inject_adapters(model, AdapterConfig(dim=4, blocks="all"))
-    _assert_untouched(model, snap)
+    assert_untouched(model, snap)
 
 
 def test_model_without_blocks_fails(backend, monkeypatch):

@@ -68,6 +68,27 @@ def test_fingerprint_ignores_adapters_and_tells_bases_apart(backend):
     assert base_fingerprint(model) != fp
 
 
+@pytest.mark.parametrize("change", ["sign flip", "permutation", "one ulp", "a buffer"])
+def test_fingerprint_sees_changes_that_keep_the_weights_sums(backend, change):
+    """Sums of |x| and x^2 (the old fingerprint) are blind to all of these; the bytes are not."""
+    model = build(backend)
+    fp = base_fingerprint(model)
+    name, w = max(((n, p) for n, p in model.named_parameters() if p.dim() == 2), key=lambda np_: np_[1].numel())
+    with torch.no_grad():
+        if change == "sign flip":
+            w[0].neg_()
+        elif change == "permutation":
+            w.copy_(w[torch.arange(w.shape[0] - 1, -1, -1)])
+        elif change == "one ulp":
+            w.view(-1)[0] = torch.nextafter(w.view(-1)[0], torch.tensor(float("inf")))
+        else:
+            buffers = [b for _, b in model.named_buffers() if b.is_floating_point() and b.numel()]
+            if not buffers:
+                pytest.skip("this backbone has no float buffer")
+            buffers[0].view(-1)[0] += 1.0
+    assert base_fingerprint(model) != fp, f"{change} of {name}"
+
+
 def test_loading_onto_another_base_fails_and_leaves_it_alone(backend, tmp_path):
     _, _, path, _ = _trained(backend, tmp_path)
     other = build(backend, seed=1)

@@ -22,12 +22,19 @@ def results_copy(finished_dir, tmp_path) -> Path:
 
 
 @pytest.fixture
+def real_copy(demo_model_search, tmp_path) -> Path:
+    """A private copy of the result files of a real search whose winner fixes and breaks utterances."""
+    _, _, out = demo_model_search
+    return Path(shutil.copytree(out, tmp_path / out.name, ignore=shutil.ignore_patterns("tune")))
+
+
+@pytest.fixture
 def serve():
-    """``serve(results_dir)`` -> a running :class:`Served`; all are stopped after the test."""
+    """``serve(results_dir[, host])`` -> a running :class:`Served`; all are stopped after the test."""
     started = []
 
-    def start(results_dir: Path) -> Served:
-        started.append(Served(results_dir))
+    def start(results_dir: Path, host: str = "127.0.0.1") -> Served:
+        started.append(Served(results_dir, host))
         return started[-1]
 
     yield start

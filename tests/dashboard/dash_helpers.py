@@ -4,6 +4,7 @@ real Optuna SQLite study; and the dashboard app served on 127.0.0.1 in a backgro
 from __future__ import annotations
 
 import asyncio
+import http.client
 import threading
 from pathlib import Path
 
@@ -35,11 +36,14 @@ def trial_rows() -> list:
     for tid, dim, blocks, position, lr, status, wer, deg in TRIALS:
         measured = wer is not None
         rows.append({
-            "search_id": SEARCH, "trial_id": tid, "dim": dim, "blocks": blocks, "position": position, "lr": lr,
+            "search_id": SEARCH, "trial_id": tid, "type": "bottleneck", "dim": dim, "rank": None, "alpha": None,
+            "targets": None, "blocks": blocks, "position": position, "lr": lr,
             "dropout": 0.1, "stochastic_depth": 0.0, "l2_lambda": 0.0, "weight_decay": 0.0, "steps": 30,
-            "specaugment": True, "adapter_params": dim * 2 * 144 * 2, "adapter_percent": dim * 0.05,
+            "specaugment": True, "replay": 0.25, "distill_weight": 10.0 if dim > 8 else 0.0,
+            "adapter_params": dim * 2 * 144 * 2, "adapter_percent": dim * 0.05,
             "status": status, "evals": 3 if status == "COMPLETE" else 1 if measured else 0,
-            "step": 30 if measured else None, "dev_wer_new": wer,
+            "step": 30 if measured else None, "best_step": 30 if measured else None, "dev_wer_new": wer,
+            "base_dev_wer_original": BASELINE["dev"]["original"] if measured else None,
             "dev_wer_original": BASELINE["dev"]["original"] + deg if measured else None, "degradation": deg,
             "feasible": deg <= LIMIT if measured else None, "wall_time_s": 12.5 if measured else 1.0,
             "device": "cpu", "node_id": "n0", "checkpoint_path": f"/tmp/ckpt/{tid}" if measured else None,
@@ -110,22 +114,22 @@ def write_results(d: Path, summary: bool = True) -> Path:
 
 
 class Served:
-    """The real dashboard app on 127.0.0.1 (a free port), set up and run in a background thread with its
-    own event loop (the test's thread may run one already: Playwright's sync API does)."""
+    """The real dashboard app on ``host`` (127.0.0.1; a free port), set up and run in a background thread
+    with its own event loop (the test's thread may run one already: Playwright's sync API does)."""
 
-    def __init__(self, results_dir: Path):
+    def __init__(self, results_dir: Path, host: str = "127.0.0.1"):
         from aiohttp import web
 
         from raysearch_adapters.dashboard.server import make_app
 
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(make_app(results_dir))
+        self.runner = web.AppRunner(make_app(results_dir, host))
         ready = threading.Event()
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             self.loop.run_until_complete(self.runner.setup())
-            self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", 0).start())
+            self.loop.run_until_complete(web.TCPSite(self.runner, host, 0).start())
             ready.set()
             self.loop.run_forever()
             self.loop.run_until_complete(self.runner.cleanup())
@@ -140,3 +144,18 @@ class Served:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+
+
+def get(served, path: str, method: str = "GET", host: str | None = None):
+    """(status, headers, body) of a raw request: the path goes out exactly as written (no client normalising);
+    ``host``: the Host header instead of the one naming the server ("" sends none)."""
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True, skip_host=host is not None)
+        if host:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()

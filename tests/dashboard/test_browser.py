@@ -1,16 +1,19 @@
 """The dashboard and the report in a real headless Chromium (Debian's, driven by Playwright):
-every view drawn with data, no JavaScript error, live refresh; screenshots saved in the test's tmp dir."""
+every view drawn with data, no JavaScript error, live refresh, the "Fixed and broken" view of a real
+search; screenshots saved in the test's tmp dir."""
 
 from __future__ import annotations
 
+import collections
 import time
 from pathlib import Path
 
 import pytest
 from dash_helpers import METADATA, TRIALS, WINNER, trial_rows
 
-from raysearch_adapters.dashboard.report import write_report
-from raysearch_adapters.results import TRIALS_SCHEMA, write_table
+from raysearch_adapters.dashboard.report import REPORT_UTTERANCES, write_report
+from raysearch_adapters.results import TRIALS_SCHEMA, read_rows, write_table
+from raysearch_adapters.results.hypotheses import DOMAINS, HYPOTHESES_SCHEMA, SPLITS, alignment_grids, outcome
 
 CHROMIUM = Path("/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e .[dev]")
@@ -119,4 +122,117 @@ def test_report_is_self_contained_and_draws_every_view(results_copy, page, tmp_p
     _check_every_view(page)
     assert page.locator("#state").inner_text() == "finished" and requests == []
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert page.errors == []
+
+
+def _cards(page):
+    return page.locator("#fb-utterances .utt")
+
+
+def _marks(cells) -> list:
+    """Per cell of an alignment row: its fixed/broken mark and how the model got the word (its op class)."""
+    return [(next((m for m in ("fixed", "broken") if m in c.split()), ""), next((k for k in c.split()
+                                                                                  if k.startswith("op-")), ""))
+            for c in cells.evaluate_all("cells => cells.map((c) => c.className)")]
+
+
+OP_CLASSES = {"=": "op-eq", "S": "op-sub", "D": "op-del", "I": "op-ins", "": "op-none"}
+
+
+def _check_marks(card, row) -> set:
+    """The card of ``row`` shows the alignment and marks computed from the file; returns its marks."""
+    (grid,) = alignment_grids([row["reference"]], [row["base_hypothesis"]], [row["winner_hypothesis"]])
+    ref = _marks(card.locator("tr.align-reference td"))
+    winner = _marks(card.locator("tr.align-winner td"))
+    base = _marks(card.locator("tr.align-base td"))
+    assert [m for m, _ in ref] == [m for m, _ in winner] == [c.mark for c in grid]
+    assert [op for _, op in winner] == [OP_CLASSES[c.winner[0]] for c in grid]
+    assert [op for _, op in base] == [OP_CLASSES[c.base[0]] for c in grid]
+    assert card.locator("tr.align-reference td").all_inner_texts() == [c.ref or "" for c in grid]
+    return {c.mark for c in grid}
+
+
+def test_fixed_and_broken_view_of_a_real_search(serve, demo_model_search, page, tmp_path):
+    _, _, out = demo_model_search
+    rows = read_rows(out / "hypotheses.parquet", HYPOTHESES_SCHEMA)
+    s = serve(out)
+    page.goto(s.url + "/")
+    _wait_rendered(page)
+    # the counts at the top are those of the file
+    counts = collections.Counter((r["domain"], r["split"], outcome(r)) for r in rows)
+    assert page.locator("#fb-headline").inner_text() == "; ".join(
+        f"{d} {sp}: {counts[d, sp, 'fixed']} fixed, {counts[d, sp, 'broken']} broken" for sp in SPLITS for d in DOMAINS)
+    assert _cards(page).count() == 25
+    assert page.locator("#fb-count").inner_text() == f"showing 25 of {len(rows)} utterances"
+    page.locator("#fb-more").click()
+    assert _cards(page).count() == len(rows)
+    for domain, wanted in (("original", "broken"), ("new", "fixed")):
+        page.select_option("#fb-domain", domain)
+        page.select_option("#fb-split", "dev")
+        page.select_option("#fb-outcome", wanted)
+        expected = {r["utterance_id"]: r for r in rows
+                    if (r["domain"], r["split"], outcome(r)) == (domain, "dev", wanted)}
+        assert expected, f"the search fixed or broke no {domain} dev utterance"
+        ids = [c.get_attribute("data-id") for c in _cards(page).all()]
+        assert sorted(ids) == sorted(expected)
+        deltas = [expected[i]["winner_errors"] - expected[i]["base_errors"] for i in ids]
+        assert deltas == sorted(deltas, reverse=wanted == "broken")  # the most changed first
+        card = _cards(page).first
+        assert card.locator(".badge.outcome").inner_text() == wanted
+        assert wanted in _check_marks(card, rows[int(card.get_attribute("data-row"))])
+        card.screenshot(path=str(tmp_path / f"{wanted}.png"))
+    page.select_option("#fb-domain", "original")
+    page.select_option("#fb-outcome", "changed")
+    assert sorted(c.get_attribute("data-id") for c in _cards(page).all()) == sorted(
+        r["utterance_id"] for r in rows if (r["domain"], r["split"]) == ("original", "dev")
+        and outcome(r) in ("fixed", "broken"))
+    # the player's file is the one its row names
+    row = int(card.get_attribute("data-row"))
+    src = card.locator("audio").get_attribute("src")
+    assert src.startswith(f"audio/{row}#t=")
+    played = page.request.get(f"{s.url}/{src.split('#')[0]}")
+    assert played.status == 200 and played.body() == Path(rows[row]["audio_path"]).read_bytes()
+    assert page.locator("#trial-exports a").evaluate_all("links => links.map((a) => a.getAttribute('href'))") == [
+        "export/trials.csv", "export/trials.parquet"]
+    page.select_option("#fb-domain", "all")
+    page.select_option("#fb-outcome", "all")
+    page.locator("#view-fixed-broken").screenshot(path=str(tmp_path / "fixed-broken.png"))
+    assert page.errors == []
+
+
+def test_report_carries_the_most_fixed_and_broken_and_the_substitutions(real_copy, page, tmp_path):
+    report = write_report(real_copy)
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:")) else None)
+    page.goto(report.html.as_uri())
+    _wait_rendered(page)
+    sets = [f"{d} {sp}" for sp in SPLITS for d in DOMAINS]
+    assert [t.split(":")[0] for t in page.locator(".subs h3").all_inner_texts()] == sets  # substitution tables
+    assert page.locator(".subs table").count() == 2 * len(sets)
+    cards = _cards(page)
+    assert 0 < cards.count() <= 2 * REPORT_UTTERANCES * len(sets) and page.locator("audio").count() == 0
+    assert set(cards.evaluate_all("cards => cards.map((c) => c.dataset.outcome)")) == {"fixed", "broken"}
+    assert "this report keeps the 5 most fixed and most broken of each set" in page.locator("#fb-count").inner_text()
+    assert page.locator("#trial-exports a").count() == 0 and requests == []
+    page.locator("#view-fixed-broken").screenshot(path=str(tmp_path / "report-fixed-broken.png"))
+    assert page.errors == []
+
+
+def test_a_search_of_several_types_filters_its_trial_table_by_type(serve, results_copy, page, tmp_path):
+    lora = {"type": "lora", "dim": None, "position": None, "stochastic_depth": None, "l2_lambda": None, "rank": 4,
+            "alpha": 8.0, "targets": "q,v"}
+    rows = [{**r, **(lora if r["trial_id"] in ("t1", "t3") else {})} for r in trial_rows()]
+    write_table(results_copy / "trials.parquet", rows, TRIALS_SCHEMA, METADATA)
+    s = serve(results_copy)
+    page.goto(s.url + "/")
+    _wait_rendered(page)
+    assert "best feasible trial per adapter type" in page.locator("#per-type-table").inner_text()
+    page.locator("#trial-type").select_option("lora")
+    ids = page.locator("#trials tbody tr td:first-child").all_inner_texts()
+    assert sorted(ids) == ["t1", "t3"]
+    page.locator("#trials th[data-key=dev_wer_new]").click()  # sorting keeps the filter
+    assert page.locator("#trials tbody tr td:first-child").all_inner_texts() == ["t1", "t3"]
+    page.locator("#trial-type").select_option("all")
+    assert page.locator("#trials tbody tr").count() == len(TRIALS)
+    page.screenshot(path=str(tmp_path / "types.png"), full_page=True)
     assert page.errors == []

@@ -11,6 +11,7 @@ import sys
 import pytest
 from dash_helpers import METADATA, SEARCH, trial_rows
 
+from raysearch_adapters.cli import main
 from raysearch_adapters.dashboard.page import plotly_js
 from raysearch_adapters.dashboard.report import write_report
 from raysearch_adapters.errors import UserError
@@ -57,15 +58,36 @@ def test_partial_folder_reports_what_there_is(results_copy):
     assert any("Search running" in m for m in report.notes) and report.errors == [] and report.html.is_file()
 
 
+def test_report_reads_no_link_out_of_the_folder(results_copy, tmp_path):
+    rows = trial_rows()
+    rows[0]["trial_id"] = "trial-from-outside-the-folder"
+    write_table(tmp_path / "elsewhere.parquet", rows, TRIALS_SCHEMA, METADATA)
+    (results_copy / "trials.parquet").unlink()
+    (results_copy / "trials.parquet").symlink_to(tmp_path / "elsewhere.parquet")
+    report = write_report(results_copy)
+    assert report.errors == [f"{results_copy / 'trials.parquet'}: cannot be read: a link to outside the results "
+                             "folder (the dashboard reads only files inside it)"]
+    assert "trial-from-outside-the-folder" not in report.html.read_text()
+
+
+def test_a_report_that_cannot_be_written_is_one_line(results_copy, capsys):
+    (results_copy / "plots").write_text("a file where the plots folder goes")
+    assert main(["report", str(results_copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"raysearch-adapters report: error: RESULTS_DIR {results_copy}: cannot write the report (")
+    assert err.count("\n") == 1
+
+
 def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="nothing to report: No results yet"):
         write_report(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_report_command_without_torch_or_ray(results_copy):
+def test_report_command_without_torch_ray_or_transformers(results_copy):
     code = ("import sys\nfrom raysearch_adapters.cli import main\nrc = main(['report', sys.argv[1]])\n"
-            "print('imported:', sorted(m for m in ('torch', 'ray') if m in sys.modules))\nsys.exit(rc)")
+            "print('imported:', sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))\n"
+            "sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code, str(results_copy)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"report: {results_copy / 'report.html'}" in r.stdout and "7 PNG files" in r.stdout

@@ -5,31 +5,20 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from dash_helpers import METADATA, trial_rows
+from dash_helpers import METADATA, get, trial_rows
 
 from raysearch_adapters.cli import build_parser
 from raysearch_adapters.dashboard.page import plotly_js
 from raysearch_adapters.results import TRIALS_SCHEMA, write_table
 
 PY = sys.executable
-
-
-def get(served, path: str, method: str = "GET"):
-    """(status, headers, body) of a raw request: the path goes out exactly as written (no client normalising)."""
-    conn = http.client.HTTPConnection(served.host, served.port, timeout=30)
-    try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        conn.endheaders()
-        r = conn.getresponse()
-        return r.status, dict(r.getheaders()), r.read()
-    finally:
-        conn.close()
 
 
 def test_api_view_and_page(serve, finished_dir):
@@ -64,6 +53,78 @@ def test_nothing_outside_the_results_and_the_page_assets_is_served(serve, result
     (results_copy / ".trials.parquet.tmp").write_text("SECRET")
     status, _, body = get(serve(results_copy), path)
     assert status in (400, 404) and b"SECRET" not in body and b"import" not in body
+
+
+def _link_out(results_dir, name, outside):
+    """Replace results file ``name`` by a link to ``outside`` (a real copy of it there, or new content)."""
+    (results_dir / name).unlink(missing_ok=True)
+    (results_dir / name).symlink_to(outside)
+
+
+def test_links_out_of_the_results_folder_are_neither_served_nor_read(serve, results_copy, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.txt").write_text("SECRET")
+    _link_out(results_copy, "config.yaml", elsewhere / "secret.txt")
+    (results_copy / "trials.parquet").rename(elsewhere / "trials.parquet")  # a readable table, but outside
+    _link_out(results_copy, "trials.parquet", elsewhere / "trials.parquet")
+    (results_copy / "optuna.db").rename(elsewhere / "optuna.db")
+    _link_out(results_copy, "optuna.db", elsewhere / "optuna.db")
+    s = serve(results_copy)
+    for name in ("config.yaml", "trials.parquet", "optuna.db"):
+        status, _, body = get(s, f"/files/{name}")
+        assert status == 403 and body.decode() == (f"not served: {results_copy / name}: cannot be read: a link to "
+                                                   "outside the results folder (the dashboard reads only files "
+                                                   "inside it)")
+    view = json.loads(get(s, "/api/view")[2])
+    assert view["trials"]["rows"] == [] and b"SECRET" not in get(s, "/api/view")[2]
+    assert sorted(m.split(": ")[0] for m in view["errors"]) == sorted(
+        str(results_copy / n) for n in ("config.yaml", "trials.parquet", "optuna.db"))
+    assert "config.yaml" not in view["files"] and "summary.json" in view["files"]
+
+
+def test_links_inside_the_results_folder_and_a_linked_folder_are_served(serve, results_copy, tmp_path):
+    (results_copy / "best_adapter.pt").rename(results_copy / "adapter-real.pt")
+    (results_copy / "best_adapter.pt").symlink_to("adapter-real.pt")
+    linked = tmp_path / "linked-results"
+    linked.symlink_to(results_copy, target_is_directory=True)
+    s = serve(linked)
+    assert get(s, "/files/best_adapter.pt")[:3:2] == (200, b"adapter weights")
+    view = json.loads(get(s, "/api/view")[2])
+    assert view["errors"] == [] and len(view["trials"]["rows"]) == 8 and "best_adapter.pt" in view["files"]
+
+
+def test_a_fifo_in_place_of_a_results_file_is_reported_not_read(serve, results_copy):
+    (results_copy / "summary.json").unlink()
+    os.mkfifo(results_copy / "summary.json")  # reading it would block the view for ever
+    s = serve(results_copy)
+    view = json.loads(get(s, "/api/view")[2])
+    assert f"{results_copy / 'summary.json'}: cannot be read: not a regular file" in view["errors"]
+    assert view["state"] == "running" and get(s, "/files/summary.json")[0] == 403
+
+
+def test_host_header_must_name_the_server(serve, finished_dir):
+    s = serve(finished_dir)
+    port = s.port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
+        assert get(s, "/api/view", host=host)[0] == 200, host
+    # A rebound name (evil.example resolving to 127.0.0.1), another port, junk; no Host header (aiohttp: 400).
+    for host in (f"evil.example:{port}", "evil.example", f"localhost:{port + 1}", "localhost",
+                 f"127.0.0.1.evil.example:{port}", f"localhost:{port}x", f"[::1]x:{port}", ""):
+        for path in ("/api/view", "/files/summary.json", "/"):
+            status, _, body = get(s, path, host=host)
+            assert status == (400 if host == "" else 421) and b"fixture" not in body, (host, path)
+            if host:
+                assert body.decode() == (f"Host header {host!r} does not name this dashboard (DNS rebinding "
+                                         f"protection); open http://127.0.0.1:{port}/ or, on this machine, "
+                                         f"http://localhost:{port}/")
+
+
+def test_bound_to_every_address_the_machine_names_are_accepted_and_others_not(serve, finished_dir):
+    s = serve(finished_dir, "0.0.0.0")
+    assert get(s, "/api/view", host=f"{socket.gethostname()}:{s.port}")[0] == 200
+    assert get(s, "/api/view", host=f"127.0.0.1:{s.port}")[0] == 200
+    assert get(s, "/api/view", host=f"evil.example:{s.port}")[0] == 421
 
 
 def test_result_files_download_by_name(serve, finished_dir):
@@ -124,8 +185,8 @@ def test_cli_serves_on_loopback_without_importing_torch_or_ray(finished_dir):
     # The real command in its own process; the marker file records what it had imported while serving.
     code = ("import sys, atexit\n"
             "from raysearch_adapters.cli import main\n"
-            "atexit.register(lambda: open(sys.argv[1], 'w').write(' '.join(sorted(m for m in ('torch', 'ray') "
-            "if m in sys.modules))))\n"
+            "atexit.register(lambda: open(sys.argv[1], 'w').write(' '.join(sorted(m for m in ('torch', 'ray', "
+            "'transformers') if m in sys.modules))))\n"
             f"sys.exit(main(['dashboard', {str(finished_dir)!r}, '--port', '0']))\n")
     marker = finished_dir.parent / "imports.txt"
     proc = subprocess.Popen([PY, "-c", code, str(marker)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -136,6 +197,8 @@ def test_cli_serves_on_loopback_without_importing_torch_or_ray(finished_dir):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", "/api/view")
         assert json.loads(conn.getresponse().read())["state"] == "finished"
+        conn.request("GET", "/api/view", headers={"Host": f"evil.example:{port}"})
+        assert conn.getresponse().status == 421
     finally:
         proc.send_signal(2)  # Ctrl-C: a clean stop
         proc.wait(30)

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from dash_helpers import NUM_BLOCKS, PARETO, TRIALS, WINNER, trial_rows, write_results
+from dash_helpers import METADATA, NUM_BLOCKS, PARETO, TRIALS, WINNER, trial_rows, write_results
 
 from raysearch_adapters.dashboard.page import build_view
 from raysearch_adapters.results import TRIALS_SCHEMA, write_table
@@ -36,7 +36,7 @@ def test_trial_table_has_every_trial_with_status_and_column_docs(finished_dir):
     keys = [c["key"] for c in t["columns"]]
     assert {tuple(r[keys.index(k)] for k in ("trial_id", "status")) for r in t["rows"]} == {(x[0], x[5]) for x in TRIALS}
     doc = {c["key"]: c["doc"] for c in t["columns"]}
-    assert doc["feasible"] == "degradation <= kappa" and set(keys) <= set(TRIALS_SCHEMA.names)
+    assert doc["feasible"] == "degradation <= kappa (best evaluation)" and set(keys) <= set(TRIALS_SCHEMA.names)
 
 
 def test_tradeoff_chart_has_kappa_line_pareto_front_winner_and_base(finished_dir):
@@ -153,3 +153,16 @@ def test_importances_need_two_complete_trials(tmp_path):
     study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True), n_trials=1)
     imp = param_importances(tmp_path / "optuna.db", "other name: the only study is used")
     assert imp.values == {} and imp.complete_trials == 1 and "need at least 2" in imp.message
+
+
+def test_placement_draws_an_encoder_decoders_stacks_from_the_layout(tmp_path):
+    rows = trial_rows()
+    for i, r in enumerate(rows):
+        r["blocks"] = ["decoder:all", "encoder:top:1+decoder:top:1"][i % 2]
+    metadata = {**METADATA, "num_blocks": "8", "block_stacks": json.dumps([["encoder", 4], ["decoder", 4]])}
+    write_table(tmp_path / "s" / "trials.parquet", rows, TRIALS_SCHEMA, metadata)
+    chart = build_view(tmp_path / "s")["charts"]["placement"]
+    assert "note" not in chart  # every spec read against the two stacks
+    assert sorted({x for t in chart["data"] for x in t["x"]}) == [3, 4, 5, 6, 7]
+    assert "encoder blocks 0-3 and decoder blocks 4-7" in json.dumps(chart["layout"])
+    assert chart["layout"]["xaxis"]["range"] == [-0.5, 7.5]

@@ -1,17 +1,20 @@
 """The feature cache: built once, reused, rebuilt on change, safe under concurrent builds."""
 
+import json
 import pickle
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from raysearch_adapters.config import FrontendConfig
 from raysearch_adapters.data.audio import load_audio
 from raysearch_adapters.data.cache import FeatureSet, load_features
 from raysearch_adapters.data.features import LogMelFrontend
-from raysearch_adapters.data.manifest import read_manifest
+from raysearch_adapters.data.manifest import ManifestError, read_manifest
+from raysearch_adapters.errors import UserError
 
 
 class CountingFrontend(LogMelFrontend):
@@ -151,3 +154,38 @@ def test_two_processes_build_one_valid_file(corpus, tmp_path):
     assert len(files) == 1 and files[0].endswith(".arrow")  # no temp files left behind
     fs = FeatureSet(cache / files[0])
     assert len(fs) == 4 and fs.features(2).shape == (141, 40)
+
+
+def _bad_input_corpus(corpus, tone):
+    """The corpus manifest plus an empty WAV, a segment past the end and a Latin-1 line."""
+    folder = corpus.parent
+    tone(folder / "audio" / "empty.wav", 0.0)
+    extra = [json.dumps({"audio_filepath": "audio/empty.wav", "duration": 0.1, "text": "empty"}).encode(),
+             json.dumps({"audio_filepath": "audio/u0.wav", "duration": 0.1, "offset": 0.6, "text": "end"}).encode(),
+             '{"audio_filepath": "audio/u1.flac", "duration": 1.0, "text": "Stra\xdfe"}'.encode("latin-1")]
+    corpus.write_bytes(corpus.read_bytes() + b"\n".join(extra) + b"\n")
+    return corpus
+
+
+def test_empty_audio_and_other_encodings_are_bad_lines_not_tensor_errors(corpus, tone, tmp_path):
+    manifest = _bad_input_corpus(corpus, tone)
+    frontend = LogMelFrontend(FrontendConfig(n_mels=40)).eval()
+    with pytest.raises(ManifestError) as err:
+        load_features(manifest, frontend, {"n_mels": 40}, tmp_path / "cache", 16000, progress=False)
+    assert str(err.value).splitlines()[0] == (f"{manifest}: 3 of 7 lines are bad; fix them, or set "
+                                              "data.on_error=skip to drop them and get a report")
+    fs = load_features(manifest, frontend, {"n_mels": 40}, tmp_path / "cache", 16000, on_error="skip",
+                       progress=False)
+    assert len(fs) == 4
+
+
+def test_a_clip_shorter_than_the_front_end_window_is_one_line(tmp_path, tone):
+    tone(tmp_path / "click.wav", 100 / 16000)  # 100 samples; the centred STFT pads 256 on each side
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"audio_filepath": "click.wav", "duration": 100 / 16000, "text": "x"}) + "\n")
+    with pytest.raises(UserError) as err:
+        load_features(manifest, LogMelFrontend(), {"n_mels": 80}, tmp_path / "cache", 16000, progress=False)
+    msg = str(err.value)
+    assert msg.startswith(f"{manifest}: utterance '{tmp_path / 'click.wav'}': cannot compute features of audio ")
+    assert "(100 samples at 16000 Hz: " in msg and "\n" not in msg
+    assert not list((tmp_path / "cache").glob("*.arrow"))  # nothing half-written

@@ -11,7 +11,9 @@ from raysearch_adapters.errors import UserError
 
 
 def _lines(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    """A manifest of ``rows``: dicts as JSON, strings as they are, bytes as they are (another encoding)."""
+    path.write_bytes(b"".join((r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode())
+                              + b"\n" for r in rows))
     return path
 
 
@@ -68,12 +70,20 @@ BAD_CASES = {
                              "offset + duration = 1.400s"),
     "duplicate id": ({"audio_filepath": "a.wav", "duration": 1.0, "text": "x", "id": "ok"},
                      "duplicate id 'ok' (first at line 1)"),
+    "empty audio": ({"audio_filepath": "empty.wav", "duration": 0.1, "text": "x"}, "empty.wav has no samples"),
+    "empty audio, long duration": ({"audio_filepath": "empty.wav", "duration": 1.0, "text": "x"},
+                                   "empty.wav has no samples (the file has 0 at 16000 Hz)"),
+    "segment at the end": ({"audio_filepath": "a.wav", "duration": 0.2, "offset": 1.0, "text": "x"},
+                           "a.wav has no samples from offset 1.000s for 0.200s"),
+    "not UTF-8": ('{"audio_filepath": "a.wav", "duration": 1.0, "text": "stra\xdfe"}'.encode("latin-1"),
+                  "not UTF-8 text (byte 0xdf at column 59)"),
 }
 
 
 @pytest.fixture
 def audio_dir(tmp_path, tone):
     tone(tmp_path / "a.wav", 1.0)
+    tone(tmp_path / "empty.wav", 0.0)  # a valid WAV header and no samples
     (tmp_path / "junk.wav").write_text("not audio")
     return tmp_path
 
@@ -122,6 +132,30 @@ def test_skip_drops_exactly_the_bad_lines_and_reports_them(audio_dir, caplog):
     custom = audio_dir / "reports" / "r.jsonl"
     read_manifest(m, on_error="skip", report_path=custom)
     assert len(custom.read_text().splitlines()) == 2
+
+
+def test_skip_drops_empty_audio_and_lines_in_another_encoding(audio_dir):
+    m = _lines(audio_dir / "m.json", [GOOD, BAD_CASES["empty audio"][0], BAD_CASES["not UTF-8"][0],
+                                      BAD_CASES["segment at the end"][0]])
+    assert [u.id for u in read_manifest(m, on_error="skip")] == ["ok"]
+    report = [json.loads(line) for line in (audio_dir / "m.json.skipped.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["id"]) for r in report] == [(2, "empty.wav"), (3, None), (4, "a.wav")]
+    assert "has no samples" in report[0]["reason"] and "not UTF-8" in report[1]["reason"]
+
+
+def test_a_utf8_byte_order_mark_is_not_a_bad_line(audio_dir):
+    m = audio_dir / "m.json"
+    m.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    assert [u.id for u in read_manifest(m)] == ["ok"]
+
+
+def test_reading_reports_how_many_texts_normalisation_rewrote(audio_dir, caplog):
+    texts = ["Hello, world!", "stra\u00dfe", "$5 please", "room 101"]
+    m = _lines(audio_dir / "m.json", [{**GOOD, "id": str(i), "text": t} for i, t in enumerate(texts)])
+    with caplog.at_level(logging.INFO, logger="raysearch_adapters.data.manifest"):
+        read_manifest(m)
+    assert (f"{m}: normalised 3 of 4 texts beyond lower-casing (numbers, money, symbols, non-ASCII letters "
+            "spelled out)") in caplog.messages
 
 
 def test_skip_with_nothing_left_fails(audio_dir):

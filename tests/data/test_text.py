@@ -2,7 +2,7 @@
 
 import pytest
 
-from raysearch_adapters.data.text import normalize_text, number_to_words
+from raysearch_adapters.data.text import is_rewritten, normalize_text, number_to_words
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -19,9 +19,38 @@ from raysearch_adapters.data.text import normalize_text, number_to_words
     ("room 101", "room one hundred one"),
     ("2024", "two thousand twenty four"),
     ("---", ""),
+    # Non-ASCII letters are transliterated, never dropped (which split "stra e").
+    ("stra\u00dfe", "strasse"),
+    ("\u00d8resund Bridge", "oresund bridge"),
+    ("\u0141\u00f3d\u017a", "lodz"),
+    ("\u0395\u03bb\u03bb\u03ac\u03b4\u03b1", "ellada"),
+    ("done \u2713", "done"),  # a non-ASCII symbol is dropped, not transliterated ("v")
+    # Money reads in spoken order.
+    ("$5", "five dollars"),
+    ("$1 each", "one dollar each"),
+    ("\u20ac3.50", "three euros fifty"),
+    ("$0.99", "ninety nine cents"),
+    ("\u00a30.01", "one penny"),
+    ("$1,000", "one thousand dollars"),
+    ("\u00a32 million", "two million pounds"),
+    ("$3.5", "three point five dollars"),
+    ("$5.00", "five dollars"),
+    ("paid in \u20ac", "paid in euros"),
 ])
 def test_normalize_text(raw, expected):
     assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize("word", ["stra\u00dfe", "na\u00efve", "\u00d8resund", "\u0152uvre", "\ufb01ne",
+                                  "\u041c\u043e\u0441\u043a\u0432\u0430", "e\u0301te\u0301"])
+def test_normalisation_never_splits_a_word(word):
+    assert len(normalize_text(word).split()) == 1
+
+
+@pytest.mark.parametrize("raw, rewritten", [("Hello, World!", False), ("don't", False), ("stra\u00dfe", True),
+                                            ("$5", True), ("room 101", True), ("50%", True)])
+def test_is_rewritten_tells_more_than_lower_casing(raw, rewritten):
+    assert is_rewritten(raw) is rewritten
 
 
 def test_output_alphabet_is_closed():

@@ -10,7 +10,7 @@ import torch
 from raysearch_adapters.config import ModelConfig, load_config
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.metrics import char_error_rate, error_counts, word_error_rate
-from raysearch_adapters.models.base import greedy_ctc_decode
+from raysearch_adapters.models.ctc import greedy_ctc_decode
 from raysearch_adapters.models.checkpoint import CheckpointError, load_state_strict, save_checkpoint
 from raysearch_adapters.models.registry import load_base_model, load_checkpoint_model
 from raysearch_adapters.models.tokenizer import SentencePieceTokenizer, TokenizerError, tokenizer_from_dict
@@ -52,14 +52,23 @@ def test_padded_batch_matches_each_utterance_alone(factor):
         torch.testing.assert_close(batch[i, : int(alone_len)], alone[0], atol=1e-5, rtol=0)
 
 
-def test_prefix_split_equals_full_forward():
+def test_prefix_split_equals_a_forward_written_out_by_hand():
+    """The reference spells the model out module by module, not through encode_prefix/forward_from,
+    so a split that skipped, repeated or reordered a block (k = 0 included) fails."""
+    from raysearch_adapters.models.conformer import padding_mask
+
     model = tiny_conformer(num_layers=3)
     x, lengths = torch.randn(2, 80, 16), torch.tensor([80, 50])
-    full, _ = model(x, lengths)
+    h, out_lengths = model.encoder.subsampling(x, lengths)
+    mask = padding_mask(out_lengths, h.shape[1])
+    for layer in model.encoder.layers:
+        h = layer(h, mask)
+    reference = model.head(h).float().log_softmax(dim=-1)
+    assert torch.equal(model(x, lengths)[0], reference)
     for k in range(4):
         hidden, hl = model.encode_prefix(x, lengths, k)
-        split, _ = model.forward_from(hidden, hl, k)
-        assert torch.equal(full, split)
+        split, split_lengths = model.forward_from(hidden, hl, k)
+        assert torch.equal(split, reference) and torch.equal(split_lengths, out_lengths)
 
 
 def test_greedy_decode_and_wer_known_case():
@@ -120,10 +129,10 @@ def test_bad_checkpoint_files(tmp_path):
 
 
 def test_unknown_model_name_lists_available():
-    with pytest.raises(UserError, match="model.name: got 'whisper'; allowed: conformer_ctc, wav2vec2"):
-        load_config(overrides=["model.name=whisper"])
-    with pytest.raises(UserError, match="available: conformer_ctc, wav2vec2"):
-        load_base_model(dataclasses.replace(ModelConfig(), name="whisper"))
+    with pytest.raises(UserError, match="model.name: got 'nemo_rnnt'; allowed: conformer_ctc, wav2vec2, hf_ctc, whisper, nemo$"):
+        load_config(overrides=["model.name=nemo_rnnt"])
+    with pytest.raises(UserError, match="available: conformer_ctc, wav2vec2, hf_ctc, whisper, nemo$"):
+        load_base_model(dataclasses.replace(ModelConfig(), name="nemo_rnnt"))
 
 
 def test_sentencepiece_round_trip_and_unencodable_chars():

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torchaudio.models import wav2vec2_model
 
 from raysearch_adapters.errors import UserError
-from raysearch_adapters.models.base import greedy_ctc_decode
+from raysearch_adapters.models.ctc import greedy_ctc_decode
 from raysearch_adapters.models.wav2vec2 import Wav2Vec2CTC, asr_bundle_names
-from raysearch_adapters.testing import WAV2VEC2_LABELS, random_inputs, tiny_wav2vec2
+from raysearch_adapters.testing import WAV2VEC2_LABELS, padded_waves, random_inputs, tiny_wav2vec2
 
 
 @pytest.fixture(autouse=True)
@@ -25,20 +25,12 @@ def _reference(model: Wav2Vec2CTC):
     return ref.eval()
 
 
-def _waves(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    waves = torch.randn(2, 4000, generator=g)
-    lengths = torch.tensor([4000, 2600])
-    waves[1, 2600:] = 0
-    return waves, lengths
-
-
 @pytest.mark.parametrize("mode", ["group_norm", "layer_norm"])
 @torch.no_grad()
 def test_matches_torchaudio_per_utterance(mode):
     model = tiny_wav2vec2(extractor_mode=mode)
     ref = _reference(model)
-    waves, lengths = _waves()
+    waves, lengths = padded_waves()
     feats, feat_lengths = model.featurizer()(waves, lengths)
     log_probs, out_lengths = model(feats, feat_lengths)
     assert torch.equal(out_lengths, feat_lengths)
@@ -56,7 +48,7 @@ def test_matches_torchaudio_on_a_padded_batch():
     # so the whole padded batch (attention mask included) must agree.
     model = tiny_wav2vec2(extractor_mode="layer_norm")
     ref = _reference(model)
-    waves, lengths = _waves()
+    waves, lengths = padded_waves()
     log_probs, out_lengths = model(*model.featurizer()(waves, lengths))
     expected, ref_lengths = ref(waves, lengths)
     assert torch.equal(out_lengths, ref_lengths)
@@ -67,7 +59,7 @@ def test_matches_torchaudio_on_a_padded_batch():
 def test_featurizer_output_does_not_depend_on_the_batch():
     model = tiny_wav2vec2(extractor_mode="group_norm")
     fz = model.featurizer()
-    waves, lengths = _waves()
+    waves, lengths = padded_waves()
     batch, batch_lengths = fz(waves, lengths)
     alone, alone_len = fz(waves[1:, :2600], lengths[1:])
     assert batch.shape[-1] == model.input_dim == 8
@@ -79,7 +71,7 @@ def test_featurizer_output_does_not_depend_on_the_batch():
 @torch.no_grad()
 def test_normalize_waveform_makes_features_gain_invariant():
     model = tiny_wav2vec2(extractor_mode="layer_norm", normalize_waveform=True)
-    waves, lengths = _waves()
+    waves, lengths = padded_waves()
     a, _ = model.featurizer()(waves, lengths)
     b, _ = model.featurizer()(3 * waves + 0.5 * (waves != 0), lengths)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

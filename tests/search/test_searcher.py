@@ -15,8 +15,9 @@ from ray import cloudpickle, tune
 from raysearch_adapters.config import load_config
 from raysearch_adapters.results import TRIALS_SCHEMA, read_rows
 from raysearch_adapters.search.record import TablesRecorder
-from raysearch_adapters.search.searcher import TUNE_TRIAL_ID
-from raysearch_adapters.search.tuner import make_scheduler, make_searcher
+from raysearch_adapters.search.searcher import TUNE_TRIAL_ID, tell_finished_trials
+from raysearch_adapters.search.stored_state import StoredStateWatcher
+from raysearch_adapters.search.tuner import make_scheduler, make_searcher, objective
 from raysearch_adapters.train.objective import asha_score
 from raysearch_adapters.train.worker import ASHA_METRIC
 
@@ -26,11 +27,11 @@ EVALS = 3
 
 
 def fake_trial(config):
-    """dim 8 raises; otherwise WER falls with dim but degradation = dim / 4: dim 16 is best and infeasible."""
+    """dim 8 raises; otherwise WER falls with dim and degradation rises: dim 16 is best and far infeasible."""
     if config["dim"] == 8:
         raise RuntimeError("deliberate failure for dim 8")
     for i in range(1, EVALS + 1):
-        deg = config["dim"] / 4
+        deg = config["dim"] / 4 if config["dim"] < 16 else 12.0
         wer = 100.0 - 5.0 * config["dim"] + 5.0 / i
         tune.report({"eval_index": i, "step": i, "final": i == EVALS, "train_loss": 1.0, "lr": config["lr"],
                      "dev_wer_new": wer, "dev_wer_original": 10.0 + deg, "degradation": deg, "feasible": deg <= 1.0,
@@ -42,18 +43,23 @@ def searched(ray_session, tmp_path_factory):
     """A 10-trial random search over dim in {1, 2, 8, 16}, one trial at a time, kappa 1."""
     tmp_path = tmp_path_factory.mktemp("fake_search")
     cfg = load_config([], ["search.name=fake", "search.sampler=random", "search.num_trials=10", "search.seed=3",
+                           # every outcome, whatever the random draws: infeasible-but-best, failing, feasible
+                           "search.start_points=[{dim: 16}, {dim: 8}, {dim: 2}, {dim: 1}]",
                            "search.space.dim.choices=[1,2,8,16]", f"train.steps={EVALS}", "train.eval_every=1",
                            "search.asha.grace_period=1", "search.asha.reduction_factor=2", "search.kappa=1.0"])
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = make_searcher(cfg, storage)
     tuner = tune.Tuner(
         tune.with_resources(fake_trial, {"cpu": 0.01}),
-        tune_config=tune.TuneConfig(search_alg=make_searcher(cfg, storage), scheduler=make_scheduler(cfg),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg),
                                     num_samples=10, max_concurrent_trials=1, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="tune", verbose=0,
-                                  callbacks=[TablesRecorder(str(tmp_path), "fake", {})]))
+                                  callbacks=[TablesRecorder(str(tmp_path), "fake", {}), StoredStateWatcher(searcher)]))
     tuner.fit()
     rows = {r["trial_id"]: r for r in read_rows(tmp_path / "trials.parquet", TRIALS_SCHEMA)}
     study = optuna.load_study(study_name="fake", storage=storage)
+    # as the search does: what the run noted last is told from the state on storage
+    tell_finished_trials(study, tune.ExperimentAnalysis(str(tmp_path / "tune")).trials, objective(cfg), 1.0)
     return rows, {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}, study
 
 
@@ -102,24 +108,95 @@ def test_the_study_best_trial_is_the_best_feasible_one(searched):
     assert study.best_trial.user_attrs[TUNE_TRIAL_ID] == best_feasible["trial_id"]
 
 
-def test_asha_ranks_an_infeasible_trial_behind_a_feasible_one_whatever_its_wer():
-    """Two trials at the first rung: the infeasible one learns the new domain faster but is stopped."""
-    from ray.tune.schedulers import TrialScheduler
+class _RungTrial:  # what ASHA reads of a trial
+    def __init__(self, trial_id):
+        self.trial_id = trial_id
 
+
+def _first_rung(*trial_ids):
+    """ASHA as a search makes it (kappa 1), and trials it has been told about, for first-rung decisions."""
     cfg = load_config([], [f"train.steps={EVALS}", "train.eval_every=1", "search.asha.grace_period=1",
                            "search.asha.reduction_factor=2", "search.kappa=1.0"])
     scheduler = make_scheduler(cfg)
-
-    class FakeTrial:  # what ASHA reads of a trial
-        def __init__(self, trial_id):
-            self.trial_id = trial_id
-
-    careful, reckless = FakeTrial("careful"), FakeTrial("reckless")
-    for t in (careful, reckless):
+    trials = [_RungTrial(t) for t in trial_ids]
+    for t in trials:
         scheduler.on_trial_add(None, t)
 
-    def result(wer, deg):
-        return {"eval_index": 1, "dev_wer_new": wer, "degradation": deg, ASHA_METRIC: asha_score(wer, deg, 1.0)}
+    def decide(trial, wer, deg):
+        result = {"eval_index": 1, "dev_wer_new": wer, "degradation": deg, ASHA_METRIC: asha_score(wer, deg, 1.0)}
+        return scheduler.on_trial_result(None, trial, result)
 
-    assert scheduler.on_trial_result(None, careful, result(90.0, 0.5)) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, reckless, result(60.0, 8.0)) == TrialScheduler.STOP
+    return trials, decide
+
+
+def test_asha_ranks_a_trial_wrecking_the_original_domain_behind_a_feasible_one_whatever_its_wer():
+    """Two trials at the first rung: the reckless one learns the new domain faster but is stopped."""
+    from ray.tune.schedulers import TrialScheduler
+
+    (careful, reckless), decide = _first_rung("careful", "reckless")
+    assert decide(careful, 90.0, 0.5) == TrialScheduler.CONTINUE
+    assert decide(reckless, 60.0, 8.0) == TrialScheduler.STOP
+
+
+def test_asha_keeps_a_learner_slightly_over_the_limit_before_a_trial_that_learns_nothing():
+    """At an early (noisy) evaluation a trial learning the new domain sits 0.5 over the limit; it continues."""
+    from ray.tune.schedulers import TrialScheduler
+
+    (idle, learner, late), decide = _first_rung("idle", "learner", "late idle")
+    assert decide(idle, 99.0, 0.2) == TrialScheduler.CONTINUE
+    assert decide(learner, 90.0, 1.5) == TrialScheduler.CONTINUE
+    assert decide(late, 99.5, 0.1) == TrialScheduler.STOP
+
+
+def test_a_result_for_a_trial_the_searcher_never_suggested_is_not_told(tmp_path, caplog):
+    """E.g. a trial Tune restored that the restored searcher has no Optuna trial for: a warning, no crash."""
+    cfg = load_config([], ["search.name=unknown", "search.num_trials=2", "search.start_points=[]"])
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = make_searcher(cfg, storage)
+    searcher.on_trial_complete("never-suggested", {"dev_wer_new": 50.0, "degradation": 0.0, "final": True})
+    assert searcher.tell_recorded(float("inf")) == ["never-suggested"]
+    assert "never-suggested" in caplog.text and "not told" in caplog.text
+    assert optuna.load_study(study_name="unknown", storage=storage).trials == []
+
+
+def test_start_points_are_suggested_first_and_the_rest_is_sampled(tmp_path):
+    cfg = load_config([], ["search.name=start", "search.space.dim=[4,8,16]", "search.space.distill_weight.allow_zero=true",
+                           "search.start_points=[{dim: 16, distill_weight: 0.0}, {dim: 4, lr: 0.002}]"])
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = make_searcher(cfg, storage)
+    first, second, third = (searcher.suggest(f"t{i}") for i in range(3))
+    assert first["dim"] == 16 and first["distill_weight"] == 0.0 and first["distill_weight_on"] is False
+    assert cfg.search.space.lr.low <= first["lr"] <= cfg.search.space.lr.high  # not given: sampled
+    assert second["dim"] == 4 and second["lr"] == 0.002 and second["distill_weight"] > 0
+    assert third["dim"] in (4, 8, 16)
+    # a resumed study does not queue them again
+    again = make_searcher(cfg, storage)
+    assert len([t for t in optuna.load_study(study_name="start", storage=storage).trials
+                if t.state == optuna.trial.TrialState.WAITING]) == 0
+    assert again.suggest("t3")["dim"] in (4, 8, 16)
+
+
+@pytest.mark.parametrize("point, match", [
+    ("{dim: 5}", r"search.start_points\[0\].dim: got 5; allowed: one of search.space.dim.choices"),
+    ("{dropout: 0.1}", r"search.start_points\[0\].dropout: .*is not searched"),
+    ("{lr: 0.5}", r"search.start_points\[0\].lr: got 0.5; must be in search.space.lr's range"),
+    ("{colour: 3}", r"search.start_points\[0\].colour: got 3; not a searched parameter"),
+    ("{dim: abc}", r"search.start_points\[0\].dim: got 'abc'"),
+])
+def test_a_bad_start_point_names_the_key(point, match):
+    from raysearch_adapters.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        load_config([], [f"search.start_points=[{point}]"])
+
+
+def test_the_demos_start_point_is_used_by_the_demo_and_dropped_where_it_does_not_fit():
+    assert load_config([]).search.start_points == [{"dim": 64, "blocks": "all", "position": "post", "lr": 3e-3,
+                                                    "replay": 0.0, "distill_weight": 30.0}]
+    # another model's space (lr up to 1e-3): the built-in point does not fit and is not used
+    assert load_config([], ["search.space.lr={low: 1.0e-5, high: 1.0e-3, log: true}"]).search.start_points == []
+    # a point the user gave is checked strictly
+    from raysearch_adapters.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"start_points\[0\].lr"):
+        load_config([], ["search.space.lr={low: 1.0e-5, high: 1.0e-3, log: true}", "search.start_points=[{lr: 0.003}]"])

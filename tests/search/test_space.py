@@ -27,9 +27,10 @@ def test_searched_params_are_suggested_and_the_rest_fixed_or_defaulted():
     cfg = load_config([], ["search.space.dim.choices=[4,8]", "search.space.steps.low=10", "search.space.steps.high=20",
                            "search.space.dropout.value=0.1", "train.specaugment=false", "adapter.l2_lambda=0.01"])
     for params, fixed in _ask(cfg, 5):
-        assert set(params) == {"dim", "blocks", "position", "lr", "steps"}
+        assert set(params) == {"dim", "blocks", "position", "lr", "steps", "replay", "distill_weight"}
         assert params["dim"] in (4, 8) and isinstance(params["steps"], int) and 10 <= params["steps"] <= 20
-        assert 3e-5 <= params["lr"] <= 3e-3
+        assert cfg.search.space.lr.low <= params["lr"] <= cfg.search.space.lr.high
+        assert 0.0 <= params["replay"] <= 0.5 and 5.0 <= params["distill_weight"] <= 100.0
         # space value, space value (default 0.0), and train/adapter sections for 'unset'
         assert fixed["dropout"] == 0.1 and fixed["l2_lambda"] == 0.0 and fixed["specaugment"] is False
 
@@ -50,7 +51,17 @@ def test_space_errors_name_the_key():
     cfg = load_config([], ["search.space.blocks.choices=[all,top:9]"])
     with pytest.raises(ConfigError, match=r"search.space.blocks.choices\[1\].*top:9"):
         check_space(cfg.search.space, num_blocks=6)
-    cfg = load_config([], ["search.space.position.choices=null", "search.space.position.low=1",
-                           "search.space.position.high=2"])
-    with pytest.raises(ConfigError, match="search.space.position: got a low/high range"):
-        check_space(cfg.search.space, num_blocks=6)
+    with pytest.raises(ConfigError, match=r"search\.space\.blocks\.value: .*'window:2-9'.*the model has 6 blocks"):
+        check_space(load_config([], ["search.space.blocks=window:2-9"]).search.space, num_blocks=6)
+
+
+def test_a_range_that_allows_zero_switches_it_off_or_samples_it():
+    cfg = load_config([], ["search.space.distill_weight={low: 1.0, high: 50.0, log: true, allow_zero: true}"])
+    seen = set()
+    for params, fixed in _ask(cfg, 12):
+        if params["distill_weight_on"]:
+            assert 1.0 <= params["distill_weight"] <= 50.0 and "distill_weight" not in fixed
+        else:
+            assert "distill_weight" not in params and fixed["distill_weight"] == 0.0
+        seen.add(params["distill_weight_on"])
+    assert seen == {True, False}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,14 +11,15 @@ from raysearch_adapters.adapters.inject import AdapterWrapper, inject_adapters
 from raysearch_adapters.config import AdapterConfig, TrainConfig
 from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.errors import UserError
-from raysearch_adapters.testing import tiny_conformer, tiny_wav2vec2
+from raysearch_adapters.testing import tiny_conformer, tiny_hf_ctc, tiny_wav2vec2
 from raysearch_adapters.train.evaluate import evaluate
-from raysearch_adapters.train.loop import train_adapters
-from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set
+from raysearch_adapters.train.loop import TrainSets, train_adapters
+from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, load_teacher_set
 
-BACKENDS = {"conformer": tiny_conformer, "wav2vec2": tiny_wav2vec2}
+BACKENDS = {"conformer": tiny_conformer, "wav2vec2": tiny_wav2vec2, "hf_ctc": tiny_hf_ctc}
 # A module every encode_prefix call runs exactly once (to count prefix computations).
-FIRST_STAGE = {"conformer": "encoder.subsampling", "wav2vec2": "encoder.feature_projection"}
+FIRST_STAGE = {"conformer": "encoder.subsampling", "wav2vec2": "encoder.feature_projection",
+               "hf_ctc": "hf.wav2vec2.feature_projection"}
 K = 2
 
 
@@ -92,8 +95,8 @@ HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 4, "specaugment": False}
 def _train(model, handle, sets, batch_seconds):
     reports = []
     cfg = TrainConfig(steps=4, eval_every=2, max_batch_seconds=batch_seconds, warmup_ratio=0.25)
-    train_adapters(model, handle, sets["train"], {"new": sets["new"], "original": sets["original"]}, HP, cfg, 50.0,
-                   lambda m, s: reports.append(m), eval_batch_seconds=batch_seconds)
+    train_adapters(model, handle, TrainSets(sets["train"]), {"new": sets["new"], "original": sets["original"]}, HP,
+                   cfg, 50.0, lambda m, s: reports.append(m), eval_batch_seconds=batch_seconds)
     return reports
 
 
@@ -184,3 +187,45 @@ def test_adapters_below_k_are_refused(backend):
     TopOfModel(model, 1)
     with pytest.raises(UserError, match=r"got k=5; allowed: 0..4"):
         TopOfModel(model, 5)
+
+
+# Every adapter type: bottleneck, LoRA (the Conformer's fused attention weights and nn.Linear layers), parallel.
+ZERO_INIT = [AdapterConfig(dim=4), AdapterConfig(type="lora", rank=2, targets="all"),
+             AdapterConfig(type="parallel", dim=4, positions=["post", "mha", "ffn"])]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("cfg", ZERO_INIT, ids=lambda c: c.type)
+def test_a_zero_init_adapter_shows_degradation_exactly_zero_on_every_path_and_precision(backend, manifests, tmp_path,
+                                                                                      precision, cfg):
+    """The base is measured on the trial's own path (same k, same precision, adapters disabled)."""
+    from raysearch_adapters.train.evaluate import transcribe
+    from raysearch_adapters.train.loop import base_dev_wers, dev_wer
+    from raysearch_adapters.train.prefix import inputs_from, view_from
+
+    model = _base(backend)
+    fs = _sets(model, manifests, tmp_path / "cache")["original"]
+    paths = []
+    for blocks in ("all", "2,3", "3"):
+        handle = inject_adapters(model, dataclasses.replace(cfg, blocks=blocks))  # zero-initialised
+        for k in (None, handle.lowest_block):
+            view, inputs = view_from(model, k), inputs_from(fs, model, k, tmp_path / "cache")
+            base = base_dev_wers(view, handle, {"original": inputs}, 1.0, precision)["original"]
+            assert dev_wer(view, inputs, 1.0, precision) == base
+            adapted = transcribe(view, inputs, max_batch_seconds=1.0, precision=precision)
+            handle.disable()
+            assert transcribe(view, inputs, max_batch_seconds=1.0, precision=precision) == adapted
+            handle.enable()
+            paths.append(k)
+        handle.remove()
+    assert sorted(set(p for p in paths if p is not None)) == [0, 2, 3] and None in paths
+
+
+def test_the_teacher_from_the_prefix_cache_is_the_teacher_from_the_features(backend, manifests, tmp_path):
+    model = _base(backend)
+    fs = _sets(model, manifests, tmp_path / "cache")["original"]
+    plain = load_teacher_set(fs, model, tmp_path / "plain")
+    on_prefix = load_teacher_set(fs, model, tmp_path / "on-prefix", prefix=load_prefix_set(fs, model, K, tmp_path / "c"),
+                                 k=K)
+    assert on_prefix.path.name == plain.path.name  # one key: the same outputs
+    assert all(torch.equal(on_prefix.features(i), plain.features(i)) for i in range(len(fs)))

@@ -8,12 +8,19 @@
   const POLL_MS = 1000 * Number((script && script.dataset.pollSeconds) || 3);
   const embedded = document.getElementById("rsa-view");
   const PLOT_CONFIG = { responsive: true, displaylogo: false };
-  const TEXT_COLUMNS = new Set(["trial_id", "status", "blocks", "position", "device", "error"]);
+  const TEXT_COLUMNS = new Set(["trial_id", "status", "type", "targets", "blocks", "position", "device", "error"]);
   const FIXED_2 = new Set(["wer", "dev_wer_new", "dev_wer_original", "adapter_percent", "dropout", "stochastic_depth"]);
   let lastFingerprint = null;
   let renderCount = 0;
   let sortKey = null;
   let sortAsc = true;
+  // The trial table's adapter-type filter ("all" or a type) survives a redraw.
+  let typeFilter = "all";
+  // "Fixed and broken": the filters and how many utterances are shown survive a redraw.
+  const UTTERANCES_PER_PAGE = 25;
+  const fbFilter = { domain: "all", split: "all", outcome: "all" };
+  let fbShown = UTTERANCES_PER_PAGE;
+  const OP_TITLES = { "=": "right", S: "substituted", D: "deleted", I: "inserted", "": "" };
 
   function el(tag, attrs, text) {
     const node = document.createElement(tag);
@@ -77,12 +84,36 @@
         `trial ${w.trial_id}: ${hp}; adapter ${fmt(w.adapter_params)} params (${fmt(w.adapter_percent, "adapter_percent")} % of the ` +
         `base model); degradation ${fmt(w.degradation, "degradation")}`));
     }
+    if (s.per_type && s.per_type.length) parts.push(perTypeTable(s.per_type));
     if (s.note) parts.push(el("p", { class: "chart-note" }, s.note));
     if (s.versions) {
       parts.push(el("p", { class: "chart-note" }, "versions: " +
         Object.entries(s.versions).map(([k, v]) => `${k} ${v}`).join(", ")));
     }
     box.replaceChildren(...parts);
+  }
+
+  // The best feasible trial of each adapter type (dev): the types compared at their own best.
+  function perTypeTable(perType) {
+    const table = el("table", { id: "per-type-table" });
+    table.appendChild(el("caption", {}, "best feasible trial per adapter type (dev)"));
+    const head = el("tr");
+    ["type", "trial", "dev WER new", "degradation", "adapter params", "% of base", "config"].forEach((h, i) =>
+      head.appendChild(el("th", [0, 1, 6].includes(i) ? { class: "text" } : {}, h)));
+    table.appendChild(el("thead")).appendChild(head);
+    const body = table.appendChild(el("tbody"));
+    perType.forEach((r) => {
+      const tr = body.appendChild(el("tr"));
+      tr.appendChild(el("td", { class: "text" }, r.type));
+      tr.appendChild(el("td", { class: "text" }, r.trial_id));
+      tr.appendChild(el("td", {}, fmt(r.dev_wer_new, "wer")));
+      tr.appendChild(el("td", {}, fmt(r.degradation, "degradation")));
+      tr.appendChild(el("td", {}, fmt(r.adapter_params)));
+      tr.appendChild(el("td", {}, fmt(r.adapter_percent, "adapter_percent")));
+      tr.appendChild(el("td", { class: "text" },
+        Object.entries(r.hparams || {}).filter(([k]) => k !== "type").map(([k, v]) => `${k}=${fmt(v, k)}`).join(", ")));
+    });
+    return table;
   }
 
   function renderChart(key, fig) {
@@ -132,7 +163,9 @@
       head.appendChild(th);
     });
     table.tHead.replaceChildren(head);
-    const rows = t.rows.slice();
+    renderTypeFilter(t);
+    const typeIndex = t.columns.findIndex((c) => c.key === "type");
+    const rows = t.rows.filter((row) => typeFilter === "all" || row[typeIndex] === typeFilter);
     const index = t.columns.findIndex((c) => c.key === sortKey);
     if (index >= 0) rows.sort((a, b) => compare(a[index], b[index]));
     table.tBodies[0].replaceChildren(...rows.map((row) => {
@@ -151,6 +184,173 @@
     }));
   }
 
+  // A select of the adapter types in the table; shown when the search tried more than one.
+  function renderTypeFilter(t) {
+    const box = document.getElementById("trial-filter");
+    const typeIndex = t.columns.findIndex((c) => c.key === "type");
+    const types = [...new Set(t.rows.map((row) => row[typeIndex]).filter((v) => v !== null))].sort();
+    if (types.length < 2) {
+      typeFilter = "all";
+      box.replaceChildren();
+      return;
+    }
+    if (typeFilter !== "all" && !types.includes(typeFilter)) typeFilter = "all";
+    const select = el("select", { id: "trial-type", "aria-label": "adapter type" });
+    select.replaceChildren(...["all", ...types].map((v) => option(v, v, typeFilter)));
+    select.addEventListener("change", () => {
+      typeFilter = select.value;
+      renderTrials(t);
+    });
+    const wrap = el("label", {}, "adapter type ");
+    wrap.appendChild(select);
+    box.replaceChildren(wrap);
+  }
+
+  function option(value, label, selected) {
+    const node = el("option", { value: value }, label);
+    node.selected = value === selected;
+    return node;
+  }
+
+  function filterSelect(key, label, values) {
+    const select = el("select", { id: "fb-" + key, "aria-label": label });
+    select.replaceChildren(...["all", ...values].map((v) => option(v, v, fbFilter[key])));
+    select.addEventListener("change", () => {
+      fbFilter[key] = select.value;
+      fbShown = UTTERANCES_PER_PAGE;
+      renderFixedBroken(lastFixedBroken);
+    });
+    const wrap = el("label", {}, label + " ");
+    wrap.appendChild(select);
+    return wrap;
+  }
+
+  // One cell of an alignment row: the words a model has at a reference word or gap, how it got them.
+  function alignCell(op, words, ref, mark) {
+    const cls = ["op-" + ({ "=": "eq", S: "sub", D: "del", I: "ins", "": "none" })[op]];
+    if (mark) cls.push(mark);
+    const text = op === "D" ? "—" : op === "I" ? "+" + words : words;
+    const td = el("td", { class: cls.join(" ") }, text);
+    if (op === "S") td.title = `substituted: ${ref} → ${words}`;
+    if (op === "D") td.title = `deleted: ${ref}`;
+    if (op === "I") td.title = `inserted: ${words}`;
+    return td;
+  }
+
+  function alignment(u, hasWinner) {
+    const table = el("table", { class: "align" });
+    const rows = [["reference", (c) => {
+      const td = el("td", { class: ["ref", c[0] === null ? "gap" : "", c[5]].join(" ").trim() }, c[0] === null ? "" : c[0]);
+      if (c[5]) td.title = c[5] === "fixed" ? "fixed by the winner" : "broken by the winner";
+      return td;
+    }], ["base", (c) => alignCell(c[1], c[2], c[0], c[5] === "fixed" ? "was-wrong" : "")]];
+    if (hasWinner) rows.push(["winner", (c) => alignCell(c[3], c[4], c[0], c[5])]);
+    rows.forEach(([label, cell]) => {
+      const tr = table.appendChild(el("tr", { class: "align-" + label }));
+      tr.appendChild(el("th", { class: "text" }, label));
+      u.grid.forEach((c) => tr.appendChild(cell(c)));
+    });
+    return table;
+  }
+
+  function utteranceCard(u, set) {
+    const card = el("div", { class: "utt outcome-" + (u.outcome || "none"), "data-row": u.row, "data-id": u.id,
+      "data-outcome": u.outcome || "", "data-domain": u.domain || "", "data-split": u.split || "" });
+    const head = card.appendChild(el("div", { class: "utt-head" }));
+    head.appendChild(el("span", { class: "utt-id" }, u.id));
+    head.appendChild(el("span", { class: "utt-set" }, set.label));
+    if (u.outcome) head.appendChild(el("span", { class: "badge outcome " + u.outcome }, u.outcome));
+    const change = u.delta === null ? "" : ` → ${u.winner_errors} (${u.delta > 0 ? "+" : u.delta < 0 ? "−" : "±"}${Math.abs(u.delta)})`;
+    head.appendChild(el("span", { class: "utt-errors" }, `word errors ${u.base_errors}${change} of ${u.words} words`));
+    if (!embedded && u.audio) {
+      const end = u.duration ? "," + (u.offset + u.duration).toFixed(3) : "";
+      head.appendChild(el("audio", { controls: "", preload: "none", src: `audio/${u.row}#t=${u.offset.toFixed(3)}${end}` }));
+    }
+    const where = u.manifest.split("/").pop() + (u.line === null ? "" : `:${u.line}`);
+    head.appendChild(el("span", { class: "utt-where", title: `${u.manifest}, line ${u.line}` }, where));
+    card.appendChild(el("div", { class: "scroll-x" })).appendChild(alignment(u, set.has_winner));
+    return card;
+  }
+
+  function substitutionTables(set) {
+    const box = el("div", { class: "subs" });
+    box.appendChild(el("h3", {}, `${set.label}: WER ${fmt(set.wer.base, "wer")}` +
+      (set.has_winner ? ` → ${fmt(set.wer.winner, "wer")}` : "") + " %, most frequent substitutions"));
+    const pair = box.appendChild(el("div", { class: "pair" }));
+    [["base", "before: base model"], ["winner", "after: winner"]].forEach(([model, title]) => {
+      if (model === "winner" && !set.has_winner) return;
+      const table = pair.appendChild(el("table", { class: "subs-" + model }));
+      table.appendChild(el("caption", {}, title));
+      const head = el("tr");
+      ["ref → hyp", "base", "winner"].forEach((h, i) => head.appendChild(el("th", i ? {} : { class: "text" }, h)));
+      table.appendChild(el("thead")).appendChild(head);
+      const body = table.appendChild(el("tbody"));
+      set.substitutions[model].forEach(([ref, hyp, b, w]) => {
+        const tr = body.appendChild(el("tr"));
+        tr.appendChild(el("td", { class: "text" }, `${ref} → ${hyp}`));
+        tr.appendChild(el("td", {}, b));
+        tr.appendChild(el("td", {}, set.has_winner ? w : "–"));
+      });
+      if (!set.substitutions[model].length) body.appendChild(el("tr")).appendChild(el("td", { colspan: 3, class: "text" }, "none"));
+    });
+    return box;
+  }
+
+  let lastFixedBroken = null;
+
+  function renderFixedBroken(fb) {
+    lastFixedBroken = fb;
+    const box = document.getElementById("fixed-broken");
+    if (!fb || fb.message) {
+      box.replaceChildren(el("p", { class: "chart-message" }, fb ? fb.message : "no data"));
+      box.dataset.state = "message";
+      return;
+    }
+    box.dataset.state = "view";
+    const values = (key) => [...new Set(fb.sets.map((s) => s[key]).filter((v) => v !== null))];
+    const controls = el("div", { class: "fb-controls" });
+    controls.append(filterSelect("domain", "domain", values("domain")), filterSelect("split", "split", values("split")),
+      filterSelect("outcome", "show", ["changed", "fixed", "broken", "unchanged"]));
+    const sets = fb.sets.filter((s) => (fbFilter.domain === "all" || s.domain === fbFilter.domain) &&
+      (fbFilter.split === "all" || s.split === fbFilter.split));
+    let utterances = sets.flatMap((s) => s.utterances.map((u) => [u, s]))
+      .filter(([u]) => fbFilter.outcome === "all" || u.outcome === fbFilter.outcome ||
+        (fbFilter.outcome === "changed" && (u.outcome === "fixed" || u.outcome === "broken")));
+    // Sorted by the change in word errors: the most fixed first, or, when showing the broken ones, the most broken.
+    utterances.sort(([a], [b]) => (a.delta || 0) - (b.delta || 0) || b.base_errors - a.base_errors || (a.id < b.id ? -1 : 1));
+    if (fbFilter.outcome === "broken") utterances.reverse();
+    const shown = utterances.slice(0, fbShown);
+    const count = el("span", { id: "fb-count" }, `showing ${shown.length} of ${utterances.length} utterances` +
+      (embedded ? ` (this report keeps ${fb.shown})` : ""));
+    controls.appendChild(count);
+    const legend = el("p", { class: "hint legend" });
+    legend.append("Marks: ", el("span", { class: "op-sub" }, "substituted"), ", ", el("span", { class: "op-del" }, "— deleted"),
+      ", ", el("span", { class: "op-ins" }, "+inserted"), "; a word the winner ", el("span", { class: "fixed" }, "fixed"),
+      " (the base model got it wrong) or ", el("span", { class: "broken" }, "broke"), " (the base model got it right).");
+    const list = el("div", { id: "fb-utterances" });
+    list.replaceChildren(...shown.map(([u, s]) => utteranceCard(u, s)));
+    const parts = [el("p", { id: "fb-headline", class: "headline" }, fb.headline), controls, legend, list];
+    if (utterances.length > shown.length) {
+      const more = el("button", { id: "fb-more", type: "button" }, `show ${Math.min(UTTERANCES_PER_PAGE, utterances.length - shown.length)} more`);
+      more.addEventListener("click", () => {
+        fbShown += UTTERANCES_PER_PAGE;
+        renderFixedBroken(lastFixedBroken);
+      });
+      parts.push(more);
+    }
+    parts.push(el("div", { id: "fb-substitutions", class: "subs-grid" }));
+    parts[parts.length - 1].replaceChildren(...sets.map(substitutionTables));
+    box.replaceChildren(...parts);
+  }
+
+  function renderExports() {
+    const box = document.getElementById("trial-exports");
+    if (embedded) return;
+    box.replaceChildren("Download the table (these columns): ",
+      el("a", { href: "export/trials.csv", download: "trials.csv" }, "CSV"), " · ",
+      el("a", { href: "export/trials.parquet", download: "trials.parquet" }, "Parquet"));
+  }
+
   function renderFiles(view) {
     const footer = document.getElementById("files");
     const items = [el("span", {}, `results folder: ${view.results_dir}` + (embedded ? ` — report generated ${view.generated_at}` : "") + ". ")];
@@ -166,7 +366,9 @@
     setState(view.state, embedded ? "" : "updated " + new Date().toLocaleTimeString());
     renderMessages(view.errors, view.notes);
     renderSummary(view.summary);
+    renderFixedBroken(view.fixed_broken);
     renderTrials(view.trials);
+    renderExports();
     renderFiles(view);
     const drawn = Object.entries(view.charts).map(([key, fig]) => renderChart(key, fig));
     return Promise.all(drawn).then(() => {
@@ -176,7 +378,9 @@
   }
 
   function poll() {
-    fetch("api/view", { cache: "no-store" })
+    // With the fingerprint drawn, an unchanged view comes back as that fingerprint and the state only.
+    const known = lastFingerprint === null ? "" : "?known=" + encodeURIComponent(lastFingerprint);
+    fetch("api/view" + known, { cache: "no-store" })
       .then((r) => r.json())
       .then((view) => {
         if (view.error) throw new Error(view.error);

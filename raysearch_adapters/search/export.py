@@ -1,0 +1,178 @@
+"""``raysearch-adapters export RESULTS_DIR [--out DIR]``: a search's winner as a model to deploy.
+
+A LoRA winner is merged into the base weights and written in the backbone's own format
+(``Backbone.save_export``: the project's checkpoint for the built-in Conformer, torchaudio's state
+dict and the config that rebuilds it for wav2vec2, a ``save_pretrained`` folder with the tokenizer and
+feature extractor for the Hugging Face backbones). Merging can silently change outputs (peft#1035),
+so the export is checked, not assumed: the merged model, read back from the files written, and the
+unmerged adapter are both evaluated on the dev sets of both domains, through the path and precision
+the search measured the adapter on (its lowest adapted block on the frozen-prefix cache, the trial
+precision, the same batches), and ``export.json`` records the difference per precision: fp32, and
+bf16 where the search used it. Bottleneck and parallel adapters cannot merge: the export says so
+and writes the adapter-only file with how to load it.
+
+Reads the results folder only; needs neither Ray nor the search to be running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from raysearch_adapters.adapters.layers import not_mergeable_message
+from raysearch_adapters.adapters.state import FORMAT as ADAPTER_FORMAT, AdapterFileError, load_adapter
+from raysearch_adapters.config import Config, load_config
+from raysearch_adapters.errors import UserError
+from raysearch_adapters.fileio import atomic_write, atomic_write_text
+from raysearch_adapters.models.checkpoint import read_format_file
+from raysearch_adapters.models.registry import load_base_model
+from raysearch_adapters.search.summary import (BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE, load_instructions,
+                                               versions)
+from raysearch_adapters.train.evaluate import evaluate, load_feature_set, model_outputs, uses_bf16
+from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
+
+EXPORT_DIR = "export"  # default --out, inside the results folder
+EXPORT_JSON = "export.json"
+ADAPTER_COPY = "adapter.pt"  # the adapter-only file of a type that cannot merge
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot be read: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def winner_of(results_dir: Path) -> dict:
+    """The winner of the finished search in ``results_dir`` (``summary.json``'s ``winner``); fails naming the
+    file and key when there is none."""
+    if not results_dir.is_dir():
+        raise UserError(f"{results_dir}: not a folder; expected a search's results folder (results/<search name>/)")
+    summary_file = results_dir / SUMMARY_FILE
+    if not summary_file.is_file():
+        raise UserError(f"{summary_file}: not found; export takes the results folder of a finished search")
+    summary = _read_json(summary_file)
+    winner = summary.get("winner")
+    if not winner:
+        why = ("the search was interrupted (resume it with search --resume)" if summary.get("interrupted") else
+               f"every trial failed ({summary['all_failed']})" if summary.get("all_failed") else
+               "no trial was feasible" if summary.get("no_feasible_trial") else "no winner was chosen")
+        raise UserError(f"{summary_file}: winner is null: {why}; there is no {BEST_ADAPTER_FILE} to export")
+    if not (results_dir / BEST_ADAPTER_FILE).is_file():
+        raise UserError(f"{results_dir / BEST_ADAPTER_FILE}: not found, but {SUMMARY_FILE} names a winner (trial "
+                        f"{winner.get('trial_id')}); the results folder is incomplete")
+    return winner
+
+
+def _adapter_type(adapter_file: Path) -> str:
+    payload = read_format_file(adapter_file, ADAPTER_FORMAT, "adapter file", AdapterFileError)
+    return str(payload["adapter"].get("type", "bottleneck"))
+
+
+def _compare(unmerged: Dict[str, dict], merged: Dict[str, dict]) -> Dict[str, dict]:
+    """Per dev set: both WERs, their difference, how many transcripts and how large an output differs."""
+    out = {}
+    for domain, a in unmerged.items():
+        b = merged[domain]
+        diffs = [float((x - y).abs().amax()) if x.numel() else 0.0 for x, y in zip(a["outputs"], b["outputs"])]
+        out[domain] = {"unmerged_wer": a["wer"], "merged_wer": b["wer"], "wer_difference": b["wer"] - a["wer"],
+                       "changed_hypotheses": sum(x != y for x, y in zip(a["hypotheses"], b["hypotheses"])),
+                       "utterances": len(a["hypotheses"]), "max_abs_output_diff": max(diffs, default=0.0)}
+    return out
+
+
+def _measure(model, k: Optional[int], dev_sets: dict, cfg: Config, device: torch.device, precision: str) -> dict:
+    """WER, transcripts and outputs of ``model`` from block ``k`` on each dev set (``train.evaluate``'s batches)."""
+    view = view_from(model, k)
+    out = {}
+    for domain, features in dev_sets.items():
+        inputs = inputs_from(features, model, k, cfg.data.cache_dir)
+        # evaluate's WER: on the backbone's wer_text of references and hypotheses (Whisper normalises both)
+        scored = evaluate(view, inputs, None, cfg.data.max_batch_seconds, device, precision)
+        out[domain] = {"wer": scored["wer"], "hypotheses": scored["hypotheses"],
+                       "outputs": model_outputs(view, inputs, cfg.data.max_batch_seconds, device, precision)}
+    return out
+
+
+def export(results_dir: Path, out_dir: Optional[Path] = None, device: Optional[torch.device] = None) -> dict:
+    """Export the winner of ``results_dir`` into ``out_dir`` (default: ``results_dir/export``); returns
+    ``export.json``'s content (also written there)."""
+    results_dir = Path(results_dir)
+    winner = winner_of(results_dir)
+    adapter_file = results_dir / BEST_ADAPTER_FILE
+    cfg = load_config([results_dir / CONFIG_FILE])
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / EXPORT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    adapter_type = _adapter_type(adapter_file)
+    record = {"results_dir": str(results_dir), "winner_trial_id": winner.get("trial_id"), "type": adapter_type,
+              "adapter_file": str(adapter_file), "versions": versions()}
+    if adapter_type != "lora":
+        copy = out_dir / ADAPTER_COPY
+        atomic_write(copy, lambda tmp: shutil.copyfile(adapter_file, tmp))
+        record.update(merged=False, reason=not_mergeable_message(adapter_type), files={"adapter": str(copy)},
+                      load=load_instructions(cfg, copy))
+    else:
+        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        record.update(merged=True, **_merge_and_check(cfg, adapter_file, out_dir, winner, device))
+    atomic_write_text(out_dir / EXPORT_JSON, json.dumps(record, indent=2, default=str) + "\n")
+    record["files"]["export_json"] = str(out_dir / EXPORT_JSON)
+    return record
+
+
+def _merge_and_check(cfg: Config, adapter_file: Path, out_dir: Path, winner: dict, device: torch.device) -> dict:
+    model = load_base_model(cfg.model)
+    handle, _, extra = load_adapter(adapter_file, model)
+    k = measurement_block(handle, cfg.train.prefix_cache, bool(extra.get("hp", {}).get("specaugment")))
+    meta = {"exported_from": str(adapter_file), "winner_trial_id": str(winner.get("trial_id")),
+            "base_model": model.name, "adapter": f"lora rank {handle.cfg.rank}, alpha {handle.cfg.alpha:g}, "
+                                                 f"targets {handle.cfg.targets}, blocks {handle.cfg.blocks}"}
+    merged = load_base_model(cfg.model)
+    merged_handle, _, _ = load_adapter(adapter_file, merged)
+    path, how = merged_handle.merge_and_unload().save_export(out_dir, meta)
+    reloaded = type(merged).load_export(path)  # the files as a user gets them, not the object in memory
+    dev_sets = {domain: load_feature_set(cfg.data, model, getattr(cfg.data, f"{domain}_dev"), progress=False)
+                for domain in ("new", "original")}
+    model.to(device)
+    reloaded.to(device)
+    precisions: List[str] = ["fp32"] + (["bf16"] if uses_bf16(device, cfg.train.precision) else [])
+    dev = {p: _compare(_measure(model, k, dev_sets, cfg, device, p), _measure(reloaded, k, dev_sets, cfg, device, p))
+           for p in precisions}
+    return {"files": {"model": str(path)}, "load": how, "measured_from_block": k, "precisions": precisions,
+            "device": str(device), "search_dev_wer": winner.get("dev"), "dev": dev}
+
+
+def format_export(record: dict) -> str:
+    """What ``export`` prints: what was written, and for a merge the difference per precision and dev set."""
+    if not record["merged"]:
+        return (f"{record['reason']}.\nwrote the adapter-only file instead: {record['files']['adapter']}\n"
+                f"load it: {record['load']}\nexport record: {record['files']['export_json']}")
+    lines = [f"merged the lora winner (trial {record['winner_trial_id']}) into the base weights: "
+             f"{record['files']['model']}", f"load it: {record['load']}",
+             f"checked on the dev sets (measured from block {record['measured_from_block']}), merged vs unmerged:",
+             f"{'precision':<10}{'dev set':<10}{'WER unmerged':>14}{'WER merged':>12}{'changed hyps':>14}"
+             f"{'max |output diff|':>19}"]
+    for precision, sets in record["dev"].items():
+        for domain, r in sets.items():
+            lines.append(f"{precision:<10}{domain:<10}{r['unmerged_wer']:>14.2f}{r['merged_wer']:>12.2f}"
+                         f"{str(r['changed_hypotheses']) + '/' + str(r['utterances']):>14}"
+                         f"{r['max_abs_output_diff']:>19.2e}")
+    lines.append(f"export record: {record['files']['export_json']}")
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``raysearch-adapters export RESULTS_DIR [--out DIR]``."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    record = export(Path(args.results_dir), Path(args.out) if args.out else None)
+    print(format_export(record))
+    return 0

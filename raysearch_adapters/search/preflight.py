@@ -1,0 +1,178 @@
+"""Everything a search can check before it writes anything: the space against the model, the data.
+
+A search that would fail at its first trial, or after an hour at its final test evaluation,
+fails here instead, with the config key and file, and leaves no results folder behind (so
+the corrected rerun is not refused as "already holds a search").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from raysearch_adapters.config import Config, ConfigError
+from raysearch_adapters.data.manifest import read_manifest
+from raysearch_adapters.data.text import normalize_text
+from raysearch_adapters.models.base import Backbone, BlockInfo, block_layout
+from raysearch_adapters.results.placement import PlacementError, parse_blocks
+from raysearch_adapters.search.space import check_space, space_values
+from raysearch_adapters.space_values import parse_targets_spec
+from raysearch_adapters.train.hparams import default_hparams
+
+# Manifests a trial trains or is measured on, and the final evaluation's: they must exist and be valid.
+_REQUIRED = ("new_train", "new_dev", "original_dev", "new_test", "original_test")
+# Sets the original domain is measured on: replay and distillation audio must never come from them.
+_MEASURED = ("original_dev", "original_test", "new_dev", "new_test")
+
+
+def may_be_positive(cfg: Config, name: str) -> bool:
+    """Whether the hyperparameter ``name`` (replay, distill_weight) is > 0 in some trial of the search."""
+    spec = getattr(cfg.search.space, name)
+    kind = spec.kind()
+    if kind == "unset" or (cfg.search.sampler == "grid" and kind != "value"):
+        return float(default_hparams(cfg)[name]) > 0  # the grid keeps every unsearched param at its default
+    if kind == "value":
+        return float(spec.value) > 0
+    if kind == "choices":
+        return any(float(c) > 0 for c in spec.choices)
+    return float(spec.high) > 0
+
+
+def _trial_values(cfg: Config, name: str) -> list:
+    """The values hyperparameter ``name`` can take in a trial: the space's value or choices (the grid keeps
+    unsearched ones at their default), else the default."""
+    spec = getattr(cfg.search.space, name)
+    if spec.kind() == "value" or (spec.kind() == "choices" and cfg.search.sampler != "grid"):
+        return space_values(spec)
+    return [default_hparams(cfg)[name]]
+
+
+def shared_measurement_block(cfg: Config, model: Backbone) -> Optional[int]:
+    """The block every trial of the search trains and is measured from, when it is one block (else None).
+
+    A trial runs from where the frozen-prefix cache of its lowest adapted block starts
+    (``train.prefix.measurement_block``); when every block spec the search can pick gives the
+    same one (e.g. Whisper's decoder placements: the end of the encoder), the driver builds the
+    caches there before the trials and measures the base model on them."""
+    if not cfg.train.prefix_cache or any(bool(v) for v in _trial_values(cfg, "specaugment")):
+        return None
+    layout = block_layout(model.adaptable_blocks())
+    blocks = {model.prefix_block(min(parse_blocks(str(spec), layout))) for spec in _trial_values(cfg, "blocks")}
+    return blocks.pop() if len(blocks) == 1 else None
+
+
+def _check_blocks_and_positions(cfg: Config, model: Backbone) -> None:
+    """Every block spec fits the model, and every position a trial can pick exists in every block the
+    trial's block spec selects (an encoder block has no ``cross_attn``)."""
+    blocks = model.adaptable_blocks()
+    layout = block_layout(blocks)
+    check_space(cfg.search.space, layout)
+    for spec in _trial_values(cfg, "blocks"):
+        try:
+            selected = [blocks[i] for i in parse_blocks(str(spec), layout)]
+        except PlacementError as e:
+            raise ConfigError(str(e)) from None
+        for adapter_type in _trial_values(cfg, "type"):
+            if adapter_type == "lora":
+                _check_targets(cfg, model, selected, str(spec))
+            else:
+                _check_positions(cfg, model, selected, str(spec), parallel=adapter_type == "parallel")
+
+
+def _which_blocks(blocks: List[BlockInfo], spec: str, model: Backbone) -> str:
+    """How an error names the blocks a block spec selects: every block, or the spec's blocks."""
+    return "every block" if len(blocks) == len(model.adaptable_blocks()) else f"every block {spec!r} selects"
+
+
+def _check_positions(cfg: Config, model: Backbone, blocks: List[BlockInfo], spec: str, parallel: bool) -> None:
+    """Every position a trial can pick exists in every block its block spec selects (an encoder block has
+    no ``cross_attn``), beside a parallel branch's input for a parallel adapter."""
+    available = set.intersection(*(set(b.parallel if parallel else b.positions) & set(b.positions) for b in blocks))
+    wanted = _trial_values(cfg, "position") + list(cfg.adapter.positions)
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        p, kind = missing[0], "parallel position" if parallel else "position"
+        b = next(b for b in blocks if p not in b.positions or (parallel and p not in b.parallel))
+        raise ConfigError(f"search.space.position / adapter.positions: got {p!r}; model {model.name} has the {kind}s "
+                          f"{', '.join(sorted(available)) or 'none'} in {_which_blocks(blocks, spec, model)} (block "
+                          f"{b.index}, {b.stack} {b.name}, has no {kind} {p!r})")
+
+
+def _check_targets(cfg: Config, model: Backbone, blocks: List[BlockInfo], spec: str) -> None:
+    """LoRA targets every block a block spec selects has (the search may adapt any of them)."""
+    available = set.intersection(*(set(b.linears) for b in blocks))
+    where = _which_blocks(blocks, spec, model)
+    if not available:
+        raise ConfigError(f"search.space.type / adapter.type: got 'lora'; model {model.name} lists no linear layer "
+                          f"that {where} has (BlockInfo.linears); allowed types for it: bottleneck, parallel")
+    for targets in _trial_values(cfg, "targets"):
+        missing = [n for n in parse_targets_spec(targets) if n not in available]
+        if missing:
+            raise ConfigError(f"search.space.targets / adapter.targets: got {targets!r}; model {model.name} has no "
+                              f"linear layer {missing[0]!r} in {where}; it has: {', '.join(sorted(available))} "
+                              "(or: all)")
+
+
+def _check_texts(cfg: Config, model: Backbone, key: str) -> None:
+    """The transcripts a trial trains on, in the model's vocabulary (one error naming the lines and characters)."""
+    path = getattr(cfg.data, key)
+    utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance)
+    model.tokenizer.check_texts([normalize_text(u.text) for u in utterances], f"data.{key} {path}")
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_pool(cfg: Config, key: str, what: str, measured_audio: Dict[str, set], require_text: bool) -> None:
+    path_str = getattr(cfg.data, key)
+    if not path_str:
+        raise ConfigError(f"data.{key}: empty, but {what}; set data.{key} (default: data.original_train) to a "
+                          "manifest of original-domain audio")
+    path = Path(path_str)
+    if not path.is_file():
+        raise ConfigError(f"data.{key}: {path} not found, but {what}; set it (default: data.original_train) to a "
+                          "manifest of original-domain audio")
+    for other in _MEASURED:
+        other_path = Path(getattr(cfg.data, other))
+        if other_path.is_file() and (other_path.resolve() == path.resolve() or
+                                     _file_digest(other_path) == _file_digest(path)):
+            raise ConfigError(f"data.{key}: {path} is data.{other}; allowed: original-domain audio outside the dev and "
+                              "test sets (the constraint and the final evaluation are measured on those)")
+    utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance,
+                               require_text=require_text)
+    audio = {(u.audio_filepath, u.offset) for u in utterances}
+    for other, seen in measured_audio.items():
+        shared = audio & seen
+        if shared:
+            example = sorted(shared)[0][0]
+            raise ConfigError(f"data.{key}: {path} shares {len(shared)} utterances with data.{other} (e.g. {example}); "
+                              "allowed: original-domain audio outside the dev and test sets")
+
+
+def preflight(cfg: Config, model: Backbone) -> List[str]:
+    """Check the space against ``model`` and every manifest the search will read; returns the manifests checked.
+
+    Raises :class:`~raysearch_adapters.errors.UserError` subclasses naming the key or the file:line."""
+    _check_blocks_and_positions(cfg, model)
+    checked = []
+    measured_audio: Dict[str, set] = {}
+    for key in _REQUIRED:
+        path = Path(getattr(cfg.data, key))
+        if not path.is_file():
+            raise ConfigError(f"data.{key}: {path} not found; expected a .json/.jsonl or .parquet manifest")
+        utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance)
+        if key in _MEASURED:
+            measured_audio[key] = {(u.audio_filepath, u.offset) for u in utterances}
+        checked.append(str(path))
+    _check_texts(cfg, model, "new_train")
+    if may_be_positive(cfg, "replay"):
+        _check_pool(cfg, "replay_manifest", "train.replay / search.space.replay asks for replay", measured_audio, True)
+        _check_texts(cfg, model, "replay_manifest")
+        checked.append(cfg.data.replay_manifest)
+    if may_be_positive(cfg, "distill_weight"):
+        _check_pool(cfg, "distill_manifest", "train.distill_weight / search.space.distill_weight asks for "
+                    "distillation", measured_audio, False)
+        checked.append(cfg.data.distill_manifest)
+    return checked

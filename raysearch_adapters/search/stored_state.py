@@ -1,0 +1,123 @@
+"""What waits until the experiment state on storage, the one ``--resume`` reads, records it.
+
+Tune saves its experiment state to the driver's staging folder and copies it to the storage
+path afterwards, in a background thread. Two things must not run ahead of that copy:
+
+* Deleting a trial's older checkpoints. Tune's ``CheckpointConfig(num_to_keep=k)`` deletes one
+  the moment it registers a newer one; a driver killed before the copy leaves a stored state
+  naming a checkpoint that is gone, and the resumed trial fails ("Could not recover from
+  checkpoint as it does not exist on storage anymore"; seen in CI on a SIGKILLed driver). So
+  Tune keeps every checkpoint (``num_to_keep=None``) and this callback deletes the older ones.
+* Telling Optuna a trial's outcome. A driver killed after the tell but before the copy resumes
+  that trial and runs it again, and the rerun may end otherwise (ASHA's rungs are restored
+  from the older state too): the study then says PRUNED where the tables say COMPLETE (seen in
+  CI). The searcher notes outcomes and this callback has them told.
+
+Both happen once the state on storage is byte for byte the driver's latest snapshot and that
+snapshot was written after the checkpoint was registered or the outcome noted: from then on no
+resume can need the old checkpoint or run the trial again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+import pyarrow.fs
+from ray.tune import Callback
+
+if TYPE_CHECKING:
+    from raysearch_adapters.search.searcher import ConstrainedOptunaSearch
+
+CHECK_EVERY_S = 2.0  # how often, at most, the stored state is compared while something waits for it
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+def checkpoint_index(path: str) -> Optional[int]:
+    m = _CHECKPOINT_DIR.search(path.rstrip("/"))
+    return int(m.group(1)) if m else None
+
+
+def delete_older_checkpoints(fs: pyarrow.fs.FileSystem, checkpoint_path: str) -> List[str]:
+    """Delete the ``checkpoint_N`` folders beside ``checkpoint_path`` with a lower N; return their paths."""
+    newest = checkpoint_index(checkpoint_path)
+    if newest is None:
+        return []
+    parent = checkpoint_path.rstrip("/").rsplit("/", 1)[0]
+    deleted = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True)):
+        index = checkpoint_index(info.path)
+        if info.type == pyarrow.fs.FileType.Directory and index is not None and index < newest:
+            fs.delete_dir(info.path)
+            deleted.append(info.path)
+    return deleted
+
+
+class StoredStateWatcher(Callback):
+    """Deletes superseded checkpoints and has the searcher tell noted outcomes once the stored state records them."""
+
+    def __init__(self, searcher: Optional["ConstrainedOptunaSearch"] = None) -> None:
+        # The searcher Tune runs: the Tuner pickles both in one file, so a restored run keeps the pair.
+        self.searcher = searcher
+        # trial id -> checkpoints registered since its last pruning: (path, registration time, filesystem)
+        self._pending: Dict[str, List[Tuple[str, float, pyarrow.fs.FileSystem]]] = {}
+        self._storage = None
+        self._last_check = 0.0
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._storage = trial.storage
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        # Called just before Tune registers the checkpoint: a snapshot written after this moment names it.
+        self._pending.setdefault(trial.trial_id, []).append((checkpoint.path, time.time(), checkpoint.filesystem))
+        self._storage = trial.storage
+
+    def _waiting(self) -> bool:
+        return bool(self._pending) or (self.searcher is not None and self.searcher.has_untold())
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self._waiting() and time.monotonic() - self._last_check >= CHECK_EVERY_S:
+            self.check()
+
+    def check(self) -> Tuple[List[str], List[str]]:
+        """Act on what the stored state records now: the deleted checkpoint folders and the told trials."""
+        self._last_check = time.monotonic()
+        saved_at = self._stored_snapshot_time()
+        if saved_at is None:
+            return [], []
+        told = self.searcher.tell_recorded(saved_at) if self.searcher is not None else []
+        return self._prune(saved_at), told
+
+    def _prune(self, saved_at: float) -> List[str]:
+        deleted = []
+        for trial_id, registered in list(self._pending.items()):
+            known = [entry for entry in registered if entry[1] < saved_at]
+            if not known:
+                continue
+            path, _, fs = known[-1]
+            deleted += delete_older_checkpoints(fs, path)
+            self._pending[trial_id] = registered[len(known):]
+        return deleted
+
+    def _stored_snapshot_time(self) -> Optional[float]:
+        """When the driver wrote the snapshot that storage holds now, if storage holds its latest one."""
+        if self._storage is None:
+            return None
+        snapshots = sorted(Path(self._storage.experiment_driver_staging_path).glob("experiment_state-*.json"),
+                           key=lambda p: p.stat().st_mtime)
+        if not snapshots:
+            return None
+        latest = snapshots[-1]
+        # File times come from a coarse clock that never runs ahead: a snapshot whose time is after a
+        # registration was written after it.
+        saved_at = latest.stat().st_mtime
+        try:
+            with self._storage.storage_filesystem.open_input_stream(
+                    f"{self._storage.experiment_fs_path}/{latest.name}") as f:
+                stored = f.read()
+        except (FileNotFoundError, OSError):  # not copied yet
+            return None
+        # Unequal while the copy runs or before it starts; the next check sees it done.
+        return saved_at if stored == latest.read_bytes() else None

@@ -1,0 +1,1 @@
+"""Helper programs that are not part of a search: model conversion."""

@@ -1,0 +1,198 @@
+"""The Whisper backbone against transformers' own Whisper (tiny, random weights, a tiny tokenizer, offline)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from torch.nn.utils.rnn import pad_sequence
+
+from raysearch_adapters.config import ModelConfig
+from raysearch_adapters.data.cache import load_features
+from raysearch_adapters.errors import UserError
+from raysearch_adapters.models.registry import load_base_model
+from raysearch_adapters.models.whisper import TEACHER_TOP_K, Whisper
+from raysearch_adapters.testing import save_tiny_hf_ctc, save_tiny_whisper
+
+TEXTS = ["five three nine", "the lazy dog"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("whisper")
+    return {"en": save_tiny_whisper(root / "en"), "multi": save_tiny_whisper(root / "multi", seed=1, multilingual=True)}
+
+
+def _waves(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([48000, 30000])
+    waves = 0.1 * torch.randn(2, 48000, generator=g)
+    waves[1, 30000:] = 0
+    return waves, lengths
+
+
+def _features(model):
+    return model.featurizer()(*_waves())
+
+
+@torch.no_grad()
+def test_cached_frames_rebuild_the_extractors_30s_window_exactly(folders):
+    model = Whisper.from_pretrained(str(folders["en"]))
+    extractor = transformers.WhisperFeatureExtractor.from_pretrained(folders["en"])
+    waves, lengths = _waves()
+    feats, feat_lengths = model.featurizer()(waves, lengths)
+    assert feats.shape[-1] == 80 and feat_lengths.tolist() == [303, 190]  # ~100 frames per second + one padding frame
+    for i in range(2):
+        full = extractor(waves[i, : lengths[i]].numpy(), sampling_rate=16000, return_tensors="pt").input_features
+        assert torch.equal(model._window(feats[i:i + 1], feat_lengths[i:i + 1]), full)
+        assert torch.equal(model._window(feats, feat_lengths)[i], full[0])  # in a padded batch too
+
+
+@pytest.mark.parametrize("samples", [1000, 16000, 64123, 479000])
+def test_the_window_is_exact_for_any_length_up_to_30s(folders, samples):
+    model = Whisper.from_pretrained(str(folders["en"]))
+    wave = 0.1 * torch.randn(1, samples, generator=torch.Generator().manual_seed(samples))
+    feats, lengths = model.featurizer()(wave, torch.tensor([samples]))
+    assert int(lengths[0]) <= samples // 160 + 4  # the utterance's frames and one padding frame, not the window
+    full = model.extractor(wave[0].numpy(), sampling_rate=16000, return_tensors="pt").input_features
+    assert torch.equal(model._window(feats, lengths), full)
+
+
+@pytest.mark.parametrize("which", ["en", "multi"])
+@torch.no_grad()
+def test_encoder_and_greedy_decoding_match_transformers(folders, which):
+    language = "de" if which == "multi" else "en"
+    model = Whisper.from_pretrained(str(folders[which]), language=language, max_new_tokens=20)
+    ref = transformers.WhisperForConditionalGeneration.from_pretrained(folders[which]).eval()
+    extractor = transformers.WhisperFeatureExtractor.from_pretrained(folders[which])
+    feats, lengths = _features(model)
+    hidden, _ = model.encode_prefix(feats, lengths, 0)
+    encoded = model._encoded(hidden, 0)
+    ours = model.greedy(encoded)
+    waves, wave_lengths = _waves()
+    for i in range(2):
+        full = extractor(waves[i, : wave_lengths[i]].numpy(), sampling_rate=16000, return_tensors="pt").input_features
+        assert torch.equal(ref.model.encoder(full).last_hidden_state[0], encoded[i])
+        kwargs = {"language": language, "task": "transcribe"} if which == "multi" else {}
+        generated = ref.generate(full, max_new_tokens=20, **kwargs)[0].tolist()
+        assert generated[: len(ours[i])] == ours[i]
+
+
+def test_prompts_english_only_and_multilingual(folders):
+    en = Whisper.from_pretrained(str(folders["en"]))
+    tok = transformers.AutoTokenizer.from_pretrained(folders["en"])
+    assert tok.convert_ids_to_tokens(en.prompt) == ["<|startoftranscript|>", "<|notimestamps|>"]
+    multi = Whisper.from_pretrained(str(folders["multi"]), language="de")
+    assert tok.convert_ids_to_tokens(multi.prompt) == ["<|startoftranscript|>", "<|de|>", "<|transcribe|>",
+                                                       "<|notimestamps|>"]
+    with pytest.raises(UserError, match=r"model.language: the tokenizer has no <\|xx\|> token"):
+        Whisper.from_pretrained(str(folders["multi"]), language="xx")
+
+
+@torch.no_grad()
+def test_the_loss_is_transformers_teacher_forced_cross_entropy_after_the_prompt(folders):
+    model = Whisper.from_pretrained(str(folders["en"]))
+    ref = transformers.WhisperForConditionalGeneration.from_pretrained(folders["en"]).eval()
+    feats, lengths = _features(model)
+    losses = model.losses_from(*model.encode_prefix(feats, lengths, 0), 0, TEXTS)
+    tok = transformers.AutoTokenizer.from_pretrained(folders["en"])
+    for i, text in enumerate(TEXTS):
+        labels = tok.encode(" " + text, add_special_tokens=False) + [model.eot]
+        decoder_input = torch.tensor([model.prompt + labels[:-1]])
+        full = model._window(feats[i:i + 1], lengths[i:i + 1])
+        logits = ref(input_features=full, decoder_input_ids=decoder_input).logits[0, len(model.prompt) - 1:]
+        expected = torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+        torch.testing.assert_close(losses[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_blocks_are_encoder_then_decoder_and_decoder_placements_share_the_encoder_cache(folders):
+    model = Whisper.from_pretrained(str(folders["en"]))
+    blocks = model.adaptable_blocks()
+    assert [(b.index, b.stack, b.name) for b in blocks] == [
+        (0, "encoder", "hf.model.encoder.layers.0"), (1, "encoder", "hf.model.encoder.layers.1"),
+        (2, "decoder", "hf.model.decoder.layers.0"), (3, "decoder", "hf.model.decoder.layers.1")]
+    assert blocks[0].positions == {"post": "hf.model.encoder.layers.0", "mha": "hf.model.encoder.layers.0.self_attn",
+                                   "ffn": "hf.model.encoder.layers.0.fc2"}
+    assert blocks[3].positions == {"post": "hf.model.decoder.layers.1",
+                                   "self_attn": "hf.model.decoder.layers.1.self_attn",
+                                   "cross_attn": "hf.model.decoder.layers.1.encoder_attn",
+                                   "ffn": "hf.model.decoder.layers.1.fc2"}
+    assert [model.prefix_block(k) for k in range(5)] == [0, 1, 2, 2, 2]
+
+
+@torch.no_grad()
+def test_every_output_from_any_block_equals_the_whole_model(folders):
+    model = Whisper.from_pretrained(str(folders["en"]))
+    feats, lengths = _features(model)
+    whole = model.encode_prefix(feats, lengths, 0)
+    expected = (model.losses_from(*whole, 0, TEXTS), model.transcribe_from(*whole, 0), model.teacher_from(*whole, 0))
+    for k in (1, 2, 3):
+        hidden = model.encode_prefix(feats, lengths, k)
+        assert hidden[0].shape == (2, 1500, 16) and hidden[1].tolist() == [1500, 1500]
+        assert torch.equal(model.losses_from(*hidden, k, TEXTS), expected[0])
+        assert model.transcribe_from(*hidden, k) == expected[1]
+        assert all(torch.equal(a, b) for a, b in zip(model.teacher_from(*hidden, k), expected[2]))
+
+
+@torch.no_grad()
+def test_teacher_holds_the_greedy_transcript_and_its_top_k_and_distillation_is_zero_on_the_base(folders):
+    model = Whisper.from_pretrained(str(folders["en"]), max_new_tokens=10)
+    feats, lengths = _features(model)
+    hidden = model.encode_prefix(feats, lengths, 0)
+    teacher = model.teacher_from(*hidden, 0)
+    greedy = model.greedy(model._encoded(hidden[0], 0))
+    for rows, tokens in zip(teacher, greedy):
+        assert rows.shape == (len(tokens), 1 + 2 * TEACHER_TOP_K)
+        assert rows[:, 0].long().tolist() == tokens
+        logits = rows[:, 1 + TEACHER_TOP_K:]
+        assert bool((logits[:, :-1] >= logits[:, 1:]).all())  # the top k, best first
+    padded, teacher_lengths = pad_sequence(teacher, batch_first=True), torch.tensor([len(t) for t in teacher])
+    kd = model.distill_from(*hidden, 0, padded, teacher_lengths)
+    assert kd.shape == (2,) and float(kd.abs().max()) < 1e-6  # a padded batch: float rounding only
+    fc2 = model.hf.model.decoder.layers[1].fc2.weight
+    fc2.add_(torch.randn(fc2.shape, generator=torch.Generator().manual_seed(0)))
+    assert float(model.distill_from(*hidden, 0, padded, teacher_lengths).min()) > 1e-4
+
+
+@pytest.mark.parametrize("ref, hyp", [
+    ("five three nine", "539"), ("five three nine", "5, 3, 9."), ("five three nine", "5-3-9"),
+    ("zero zero seven", "007"), ("in one thousand nine hundred ninety nine we", "In 1999, we"),
+    ("r u b o u t", "R-U-B-O-U-T."), ("erase two one", "Erase 21."), ("well now there's help", "Well, now there's help."),
+    ("the twenty first", "The 21st."), ("five dollars off", "$5 off!"), ("hello", "[MUSIC] Hello <|0.00|>"),
+])
+def test_one_normaliser_makes_whispers_spellings_and_the_manifests_agree(folders, ref, hyp):
+    model = Whisper.from_pretrained(str(folders["en"]))
+    assert model.wer_text(ref) == model.wer_text(hyp)
+    assert model.wer_text("five three nine") == "5 3 9"  # one word per digit, as the manifest counts them
+
+
+def test_an_utterance_longer_than_the_window_names_the_utterance(folders, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "long.wav", np.zeros(16000 * 31, dtype=np.float32), 16000)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"audio_filepath": str(tmp_path / "long.wav"), "duration": 31.0, "text": "a"}))
+    model = Whisper.from_pretrained(str(folders["en"]))
+    with pytest.raises(UserError, match=r"utterance .*long.wav.*31.0 s of audio; Whisper's window holds 30 s"):
+        load_features(manifest, model.featurizer(), model.featurizer_key(), tmp_path / "cache", 16000, progress=False)
+
+
+def test_loads_through_the_registry_and_refuses_other_models(folders, tmp_path):
+    model = load_base_model(ModelConfig(name="whisper", checkpoint=str(folders["multi"]), language="de",
+                                        max_new_tokens=7))
+    assert isinstance(model, Whisper) and model.multilingual and model.max_new_tokens == 7 and not model.training
+    with pytest.raises(UserError, match=r"model.checkpoint: .* is a 'wav2vec2' model; model.name=whisper takes Whisper"):
+        Whisper.from_pretrained(str(save_tiny_hf_ctc(tmp_path / "ctc")))
+    from raysearch_adapters.models.hf_ctc import HFCTC
+
+    with pytest.raises(UserError, match=r"is a 'whisper' model; model.name=hf_ctc takes .*model.name=whisper takes "
+                                        r"Whisper"):
+        HFCTC.from_pretrained(str(folders["en"]))

@@ -1,0 +1,134 @@
+"""What a search checks before it writes anything: replay and distillation manifests, keys and ranges."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from raysearch_adapters.config import ConfigError, load_config
+from raysearch_adapters.errors import UserError
+from raysearch_adapters.models.checkpoint import save_checkpoint
+from raysearch_adapters.search.preflight import may_be_positive, preflight
+from raysearch_adapters.testing import tiny_conformer, tiny_search_overrides
+
+
+@pytest.fixture(scope="module")
+def model_and_overrides(search_data, tmp_path_factory):
+    corpus, checkpoint, cache = search_data
+    tmp = tmp_path_factory.mktemp("preflight")
+    return tiny_conformer(seed=0, num_layers=2), lambda *extra: tiny_search_overrides(corpus, checkpoint, cache, tmp,
+                                                                                       "pre", *extra)
+
+
+def _check(model_and_overrides, *extra):
+    model, overrides = model_and_overrides
+    return preflight(load_config([], overrides(*extra)), model)
+
+
+def test_the_default_pools_are_the_original_training_set(model_and_overrides):
+    checked = _check(model_and_overrides)
+    cfg = load_config([], model_and_overrides[1]())
+    assert cfg.data.replay_manifest == cfg.data.distill_manifest == cfg.data.original_train
+    assert checked[-2:] == [cfg.data.original_train, cfg.data.original_train]
+
+
+@pytest.mark.parametrize("key", ["replay_manifest", "distill_manifest"])
+def test_a_missing_pool_manifest_names_the_key_and_file(model_and_overrides, tmp_path, key):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ConfigError, match=rf"data.{key}: {missing} not found, but .* asks for"):
+        _check(model_and_overrides, f"data.{key}={missing}")
+
+
+@pytest.mark.parametrize("key", ["replay_manifest", "distill_manifest"])
+def test_an_empty_pool_manifest_names_the_file(model_and_overrides, tmp_path, key):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(UserError, match=rf"{empty}: the manifest is empty"):
+        _check(model_and_overrides, f"data.{key}={empty}")
+
+
+def test_replay_without_a_replay_manifest_names_both_keys(model_and_overrides):
+    with pytest.raises(ConfigError, match=r"data.replay_manifest: empty, but train.replay / search.space.replay asks "
+                                          r"for replay; set data.replay_manifest \(default: data.original_train\)"):
+        _check(model_and_overrides, "data.replay_manifest=", "search.space.replay=0.3")
+    # no replay asked for: no replay manifest needed
+    _check(model_and_overrides, "data.replay_manifest=", "search.space.replay=0.0")
+    assert not may_be_positive(load_config([], model_and_overrides[1]("search.space.replay=0.0")), "replay")
+
+
+def test_distillation_on_the_dev_set_is_refused(model_and_overrides):
+    cfg = load_config([], model_and_overrides[1]())
+    with pytest.raises(ConfigError, match=r"data.distill_manifest: .* is data.original_dev; allowed: original-domain "
+                                          r"audio outside the dev and test sets"):
+        _check(model_and_overrides, f"data.distill_manifest={cfg.data.original_dev}")
+
+
+def test_a_copy_of_the_dev_set_or_one_sharing_its_utterances_is_refused(model_and_overrides, tmp_path):
+    cfg = load_config([], model_and_overrides[1]())
+    copy = tmp_path / "copy.json"
+    shutil.copyfile(cfg.data.original_test, copy)  # same bytes, other path
+    with pytest.raises(ConfigError, match=r"data.replay_manifest: .*copy.json is data.original_test"):
+        _check(model_and_overrides, f"data.replay_manifest={copy}")
+    # one dev utterance mixed into the training pool, written with absolute audio paths
+    from raysearch_adapters.data.manifest import read_manifest
+
+    lines = [u.to_dict() for u in read_manifest(cfg.data.original_train)]
+    lines.append(read_manifest(cfg.data.original_dev)[0].to_dict())
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    with pytest.raises(ConfigError, match=r"data.distill_manifest: .*mixed.json shares 1 utterances with "
+                                          r"data.original_dev"):
+        _check(model_and_overrides, f"data.distill_manifest={mixed}")
+
+
+def test_untranscribed_audio_is_enough_for_distillation(model_and_overrides, tmp_path):
+    cfg = load_config([], model_and_overrides[1]())
+    from raysearch_adapters.data.manifest import read_manifest
+
+    lines = [{k: v for k, v in u.to_dict().items() if k != "text"} for u in read_manifest(cfg.data.original_train)]
+    untranscribed = tmp_path / "untranscribed.json"
+    untranscribed.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    assert str(untranscribed) in _check(model_and_overrides, f"data.distill_manifest={untranscribed}")
+    # but replay trains on transcripts
+    with pytest.raises(UserError, match=r"untranscribed.json:1: missing key 'text'"):
+        _check(model_and_overrides, f"data.replay_manifest={untranscribed}")
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.replay=1.0", r"train.replay: got 1.0; must be >= 0 and < 1"),
+    ("train.replay=-0.1", r"train.replay: got -0.1; must be >= 0 and < 1"),
+    ("train.distill_weight=-1", r"train.distill_weight: got -1"),
+    ("search.space.replay=[0.0, 1.5]", r"search.space.replay.choices\[1\]: got 1.5; must be a number in \[0, 1\)"),
+    ("search.space.distill_weight={low: -1.0, high: 5.0}", r"search.space.distill_weight.low: got -1.0; must be a "
+                                                          r"number >= 0"),
+    ("search.space.distill_weight={low: 0.0, high: 5.0, log: true}", r"search.space.distill_weight.low: got 0.0; "
+                                                                     r"must be > 0 \(log scale\)"),
+    ("search.space.dim={choices: [8], allow_zero: true}", r"search.space.dim.allow_zero: got True; applies to a "
+                                                         r"low/high range only"),
+    ("train.distill_seconds=0", r"train.distill_seconds: got 0"),
+    ("data.pool_hours=-1", r"data.pool_hours: got -1"),
+])
+def test_bad_protection_values_name_the_key_and_the_allowed_range(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config([], [override])
+
+
+def test_a_bad_pool_manifest_fails_the_search_before_anything_is_written(ray_session, search_data, tmp_path):
+    from raysearch_adapters.search import run
+
+    missing = tmp_path / "nope.json"
+    overrides = tiny_search_overrides(*search_data, tmp_path, "pool", f"data.distill_manifest={missing}")
+    with pytest.raises(ConfigError, match="data.distill_manifest"):
+        run.run_search(load_config([], overrides))
+    assert not (tmp_path / "pool").exists()
+
+
+def test_a_placement_the_model_cannot_take_is_refused_before_anything_is_written(search_data, tmp_path):
+    model = tiny_conformer(seed=0, num_layers=2)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model)
+    overrides = tiny_search_overrides(search_data[0], path, search_data[2], tmp_path, "x", "search.space.blocks=[top:3]")
+    with pytest.raises(ConfigError, match=r"search.space.blocks.choices\[0\].*'top:3'.*the model has 2 blocks"):
+        preflight(load_config([], overrides), model)
