@@ -42,21 +42,30 @@ def load_checkpoint_model(path: Path) -> Backbone:
 
 
 def load_base_model(cfg: ModelConfig) -> Backbone:
-    """The frozen base model described by ``cfg`` (in eval mode)."""
+    """The frozen base model described by ``cfg``: eval mode, no parameter needing a gradient.
+
+    Frozen for real, not only in eval mode: some kernels depend on whether a weight needs a gradient
+    even under ``no_grad`` (WavLM's attention, through ``F.multi_head_attention_forward``, differs in the
+    last bits), so the base WERs, the prefix and teacher caches and the adapted trials all run on
+    weights in one state, the state adapter injection leaves them in."""
+    return _load(cfg).eval().requires_grad_(False)
+
+
+def _load(cfg: ModelConfig) -> Backbone:
     if cfg.name == "conformer_ctc":
         return load_checkpoint_model(resolve_checkpoint(cfg.checkpoint))
     if cfg.name == "wav2vec2":
         from raysearch_adapters.models.wav2vec2 import Wav2Vec2CTC
 
-        return Wav2Vec2CTC.from_bundle(cfg.bundle).eval()
+        return Wav2Vec2CTC.from_bundle(cfg.bundle)
     if cfg.name == "hf_ctc":
         from raysearch_adapters.models.hf_ctc import HFCTC
 
-        return HFCTC.from_pretrained(cfg.checkpoint).eval()
+        return HFCTC.from_pretrained(cfg.checkpoint)
     if cfg.name == "whisper":
         from raysearch_adapters.models.whisper import Whisper
 
-        return Whisper.from_pretrained(cfg.checkpoint, cfg.language, cfg.max_new_tokens).eval()
+        return Whisper.from_pretrained(cfg.checkpoint, cfg.language, cfg.max_new_tokens)
     if cfg.name == "nemo":
         from raysearch_adapters.models.nemo import NemoASR
 
