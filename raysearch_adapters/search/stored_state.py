@@ -40,19 +40,36 @@ def checkpoint_index(path: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def delete_older_checkpoints(fs: pyarrow.fs.FileSystem, checkpoint_path: str) -> List[str]:
-    """Delete the ``checkpoint_N`` folders beside ``checkpoint_path`` with a lower N; return their paths."""
-    newest = checkpoint_index(checkpoint_path)
-    if newest is None:
-        return []
-    parent = checkpoint_path.rstrip("/").rsplit("/", 1)[0]
+def _delete_checkpoints(fs: pyarrow.fs.FileSystem, trial_dir: str, doomed) -> List[str]:
+    """Delete the ``checkpoint_N`` folders of ``trial_dir`` for which ``doomed(N)``; return their paths."""
     deleted = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True)):
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir.rstrip("/"), allow_not_found=True)):
         index = checkpoint_index(info.path)
-        if info.type == pyarrow.fs.FileType.Directory and index is not None and index < newest:
+        if info.type == pyarrow.fs.FileType.Directory and index is not None and doomed(index):
             fs.delete_dir(info.path)
             deleted.append(info.path)
     return deleted
+
+
+def delete_older_checkpoints(fs: pyarrow.fs.FileSystem, checkpoint_path: str) -> List[str]:
+    """Delete the ``checkpoint_N`` folders beside ``checkpoint_path`` with a lower N; return their paths.
+
+    Newer ones stay: while the search runs, a newer folder is one the trial is writing or has just reported."""
+    newest = checkpoint_index(checkpoint_path)
+    if newest is None:
+        return []
+    return _delete_checkpoints(fs, checkpoint_path.rstrip("/").rsplit("/", 1)[0], lambda index: index < newest)
+
+
+def keep_only_checkpoint(fs: pyarrow.fs.FileSystem, trial_dir: str, keep: Optional[str]) -> List[str]:
+    """After the search: delete every ``checkpoint_N`` folder of ``trial_dir`` but ``keep`` (None: all of them).
+
+    Once ``fit`` has returned, the stored state names each trial's ``keep`` and nothing else. A newer
+    folder is then an orphan: a killed driver's trial wrote it after the last stored state, and the
+    resumed trial, rerun from an older checkpoint (or from scratch), ended before its own numbering
+    reached that folder again (seen in CI)."""
+    kept = checkpoint_index(keep) if keep is not None else None
+    return _delete_checkpoints(fs, trial_dir, lambda index: index != kept)
 
 
 class StoredStateWatcher(Callback):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from ray import tune
 
 from raysearch_adapters.testing import tiny_search_overrides
 from raysearch_adapters.adapters.state import load_adapter
@@ -183,17 +184,19 @@ def _finished(out) -> int:
         return 0
 
 
-def _trial_pids(out) -> set:
-    """Processes of the trials that have reported (Tune's result.json lines carry the pid)."""
-    tune_dir = out / "tune"
-    if not tune_dir.is_dir():
+def _training_trial_pids(ray_session, out) -> set:
+    """Processes of the driver's live trial actors, once a trial has written a checkpoint of its own.
+
+    Asked of Ray's State API: Tune's result.json reaches the storage folder only when the driver syncs
+    it, so a short search can end before the folder ever names a trial's pid. The checkpoint folders
+    are written by the trials themselves, as they report."""
+    from ray.util.state import list_actors
+
+    if not (out / "tune").is_dir() or not any((out / "tune").glob("*/checkpoint_*")):
         return set()
-    pids = set()
-    for d in tune_dir.iterdir():
-        f = d / "result.json"
-        if f.is_file():
-            pids |= {json.loads(line)["pid"] for line in f.read_text().splitlines() if line.strip()}
-    return pids
+    me = ray_session.get_runtime_context().get_job_id()
+    return {a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+            if a.class_name == "ImplicitFunc" and a.job_id != me and a.pid}
 
 
 def _wait(condition, driver, seconds: float = 300) -> None:
@@ -217,9 +220,17 @@ def test_a_killed_search_ends_with_every_trial_exactly_once(ray_session, search_
     out = tmp_path / name
     if kill == "trial SIGKILL":
         # A trial's process dies mid-trial (OOM, a lost worker): Tune retries it from its checkpoint.
-        _wait(lambda: _trial_pids(out) and _finished(out) < 4, driver)
-        os.kill(next(iter(_trial_pids(out))), signal.SIGKILL)
+        pids = set()
+
+        def training() -> bool:
+            pids.update(_training_trial_pids(ray_session, out) if _finished(out) < 4 else ())
+            return bool(pids)
+
+        _wait(training, driver)
+        os.kill(next(iter(pids)), signal.SIGKILL)
         assert driver.wait(timeout=300) == 0, driver.stderr.read().decode()[-2000:]
+        # the process killed was running a trial, and Tune ran that trial again
+        assert sorted(t.num_failures for t in tune.ExperimentAnalysis(str(out / "tune")).trials) == [0, 0, 0, 1]
     else:
         _wait(lambda: _finished(out) >= 1, driver)
         os.kill(driver.pid, getattr(signal, kill.split()[1]))

@@ -14,7 +14,7 @@ from ray.train._internal.storage import StorageContext
 
 from raysearch_adapters.config import load_config
 from raysearch_adapters.search.searcher import TUNE_TRIAL_ID, tell_finished_trials
-from raysearch_adapters.search.stored_state import StoredStateWatcher, delete_older_checkpoints
+from raysearch_adapters.search.stored_state import StoredStateWatcher, delete_older_checkpoints, keep_only_checkpoint
 from raysearch_adapters.search.tuner import make_searcher, objective
 
 
@@ -73,6 +73,23 @@ def test_only_checkpoint_folders_older_than_the_named_one_go(tmp_path):
     assert sorted(deleted) == [str(trial_dir / "checkpoint_000000"), str(trial_dir / "checkpoint_000003")]
     assert sorted(p.name for p in trial_dir.iterdir()) == ["checkpoint_000007", "checkpoint_000012",
                                                            "checkpoint_notes", "result.json"]
+
+
+def test_after_the_search_a_killed_runs_newer_checkpoint_goes_too(tmp_path):
+    # CI's sequence: the killed driver's trial wrote checkpoint_000001 after the last stored state; the
+    # resumed trial reran from scratch and ASHA stopped it at its first evaluation (checkpoint_000000).
+    trial_dir = tmp_path / "trial"
+    for index in (0, 1):
+        _checkpoint(trial_dir, index)
+    (trial_dir / "result.json").write_text("{}")
+    fs = pyarrow.fs.LocalFileSystem()
+    assert delete_older_checkpoints(fs, str(trial_dir / "checkpoint_000000")) == []  # while it runs: kept
+    assert keep_only_checkpoint(fs, str(trial_dir), str(trial_dir / "checkpoint_000000")) == [
+        str(trial_dir / "checkpoint_000001")]
+    assert sorted(p.name for p in trial_dir.iterdir()) == ["checkpoint_000000", "result.json"]
+    # a trial the stored state names no checkpoint of keeps none
+    assert keep_only_checkpoint(fs, str(trial_dir), None) == [str(trial_dir / "checkpoint_000000")]
+    assert keep_only_checkpoint(fs, str(tmp_path / "never-started"), None) == []
 
 
 def _running_searcher(tmp_path, name):
