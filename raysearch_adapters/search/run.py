@@ -41,7 +41,7 @@ from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE, HYPOTHESES_SCHEMA, set_wers
 from raysearch_adapters.results.select import closest_infeasible, pareto_front, select_winner
 from raysearch_adapters.results.tables import EPOCHS_FILE, TRIALS_FILE, TRIALS_SCHEMA, read_rows, write_table
-from raysearch_adapters.search.stored_state import keep_only_checkpoint
+from raysearch_adapters.search.stored_state import checkpoint_folder, keep_only_checkpoint
 from raysearch_adapters.search.preflight import may_be_positive, preflight, shared_measurement_block
 from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
 from raysearch_adapters.search.searcher import fail_abandoned_trials, tell_finished_trials
@@ -268,7 +268,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     tell_finished_trials(study, trials, objective(cfg), limit)
     for trial in trials:  # the state just saved names each trial's newest checkpoint: the others can go
         if trial.checkpoint is not None:  # (a Ray Train trial's are in its Train run's folder)
-            keep_only_checkpoint(trial.checkpoint.filesystem, trial.checkpoint.path.rstrip("/").rsplit("/", 1)[0],
+            keep_only_checkpoint(trial.checkpoint.filesystem, checkpoint_folder(trial.checkpoint.path),
                                  trial.checkpoint.path)
         else:
             keep_only_checkpoint(trial.storage.storage_filesystem, trial.storage.trial_fs_path, None)

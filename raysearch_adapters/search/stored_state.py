@@ -40,6 +40,11 @@ def checkpoint_index(path: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def checkpoint_folder(checkpoint_path: str) -> str:
+    """The folder holding ``checkpoint_path`` (a trial's folder, or a Ray Train run's)."""
+    return checkpoint_path.rstrip("/").rsplit("/", 1)[0]
+
+
 def _delete_checkpoints(fs: pyarrow.fs.FileSystem, trial_dir: str, doomed) -> List[str]:
     """Delete the ``checkpoint_N`` folders of ``trial_dir`` for which ``doomed(N)``; return their paths."""
     deleted = []
@@ -58,7 +63,7 @@ def delete_older_checkpoints(fs: pyarrow.fs.FileSystem, checkpoint_path: str) ->
     newest = checkpoint_index(checkpoint_path)
     if newest is None:
         return []
-    return _delete_checkpoints(fs, checkpoint_path.rstrip("/").rsplit("/", 1)[0], lambda index: index < newest)
+    return _delete_checkpoints(fs, checkpoint_folder(checkpoint_path), lambda index: index < newest)
 
 
 def keep_only_checkpoint(fs: pyarrow.fs.FileSystem, trial_dir: str, keep: Optional[str]) -> List[str]:
