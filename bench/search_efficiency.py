@@ -29,7 +29,6 @@ from common import machine, run_demo_search  # noqa: E402
 from raysearch_adapters.config import load_config  # noqa: E402
 from raysearch_adapters.results.select import select_winner  # noqa: E402
 from raysearch_adapters.results.tables import TRIALS_SCHEMA, read_rows  # noqa: E402
-from raysearch_adapters.search.space import grid_size  # noqa: E402
 
 
 def _order(trial_id: str):
@@ -110,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write every run's curve as JSON here")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     args = parser.parse_args()
-    budget = args.budget or grid_size(load_config([], args.overrides).search.grid)
+    budget = args.budget or load_config([], args.overrides).search.grid.size()
     print(f"machine: {machine()}")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

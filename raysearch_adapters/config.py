@@ -22,6 +22,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from raysearch_adapters.errors import UserError, first_line
+from raysearch_adapters.halving import HalvingError, halving_plan
+from raysearch_adapters.schedule import HORIZON_FREE, SCHEDULES
 from raysearch_adapters.space_values import (ADAPTER_TYPES, BLOCK_FORMS, POSITIONS, RANGE_PARAMS, TYPE_PARAMS,
                                              applies_to, block_spec_problem, value_problem)
 
@@ -263,9 +265,12 @@ class AdapterConfig:
 class TrainConfig:
     """Adapter training of one trial (plain PyTorch loop)."""
 
-    steps: int = 800  # optimiser steps
+    steps: int = 800  # optimiser steps of a fixed-length trial (search.budget_steps=0); a budget decides otherwise
     lr: float = 3e-3  # peak learning rate (AdamW)
-    warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then cosine decay
+    # After a linear warm-up of warmup_steps: constant | inverse_sqrt (no horizon: a trial the budget lets
+    # go on continues as if planned that long) | cosine (decays to 0 at `steps`; fixed-length trials only).
+    lr_schedule: str = "constant"
+    warmup_steps: int = 100
     weight_decay: float = 0.0  # AdamW weight decay on adapter weights
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     max_batch_seconds: float = 10.0  # audio per training batch (new domain + replay)
@@ -287,7 +292,8 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         _check_range(f"{key}.steps", self.steps, 1, None)
         _check_range(f"{key}.lr", self.lr, 0, None, low_open=True)
-        _check_range(f"{key}.warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
+        _check_choice(f"{key}.lr_schedule", self.lr_schedule, SCHEDULES)
+        _check_range(f"{key}.warmup_steps", self.warmup_steps, 0, None)
         _check_range(f"{key}.weight_decay", self.weight_decay, 0, None)
         _check_range(f"{key}.grad_clip", self.grad_clip, 0, None)
         _check_range(f"{key}.max_batch_seconds", self.max_batch_seconds, 0, None, low_open=True)
@@ -442,6 +448,10 @@ class GridConfig:
     dim: List[int] = field(default_factory=lambda: [8, 32, 64])
     stochastic_depth: List[float] = field(default_factory=lambda: [0.0, 0.2])
 
+    def size(self) -> int:
+        """Number of configs of the grid."""
+        return math.prod(len(getattr(self, f.name)) for f in dataclasses.fields(self))
+
     def validate(self, key: str) -> None:
         for f in dataclasses.fields(self):
             values = getattr(self, f.name)
@@ -477,7 +487,15 @@ class SearchConfig:
     """The search: sampler, budget, the degradation limit kappa and the space."""
 
     name: str = "demo"  # search id; results go to results.dir/name
-    num_trials: int = 12  # trial budget (the grid sampler runs its whole grid, capped by this)
+    # The compute the search spends, in optimiser steps over all trials (0: no budget; every trial trains
+    # train.steps, and ASHA stops the weak ones). A cohort of trials is halved rung by rung, then the
+    # finalists train on while they improve (docs: "How a budget is spent").
+    budget_steps: int = 8000
+    # With a budget: the cohort size (0: as many as half the budget can halve). Without: the number of
+    # trials. The grid sampler runs its whole grid, capped by this when set.
+    num_trials: int = 0
+    finalists: int = 2  # trials that train on after the halving, each with an equal share of what is left
+    patience: int = 3  # evaluations without a better best evaluation after which a trial stops (0: never)
     sampler: str = "tpe"  # tpe (constrained) | random | grid | nsga2 (multi-objective)
     kappa: float = 1.0  # allowed degradation of original-domain dev WER
     kappa_mode: str = "absolute"  # absolute (WER points) | relative (fraction of base WER)
@@ -555,7 +573,10 @@ class SearchConfig:
         """``adapter_type``: adapter.type, the type of trials when the space leaves it unset."""
         if not self.name or "/" in self.name or self.name.startswith("."):
             _fail(f"{key}.name", self.name, "must be a non-empty folder name without '/'")
-        _check_range(f"{key}.num_trials", self.num_trials, 1, None)
+        _check_range(f"{key}.budget_steps", self.budget_steps, 0, None)
+        _check_range(f"{key}.num_trials", self.num_trials, 0 if self.budget_steps else 1, None)
+        _check_range(f"{key}.finalists", self.finalists, 1, None)
+        _check_range(f"{key}.patience", self.patience, 0, None)
         _check_choice(f"{key}.sampler", self.sampler, SAMPLERS)
         _check_range(f"{key}.kappa", self.kappa, 0, None)
         _check_choice(f"{key}.kappa_mode", self.kappa_mode, ("absolute", "relative"))
@@ -631,6 +652,41 @@ class Config:
                 self.search.validate(f.name, self.adapter.type)
             else:
                 getattr(self, f.name).validate(f.name)
+        if self.search.budget_steps:
+            self._validate_budget()
+
+    def _validate_budget(self) -> None:
+        """A budget the search can spend: horizon-free trials, rungs that fit, a grid that fits."""
+        s, t = self.search, self.train
+        if t.lr_schedule not in HORIZON_FREE:
+            _fail("train.lr_schedule", t.lr_schedule, f"with search.budget_steps a trial may be continued past any "
+                  f"length planned at its start; allowed: {', '.join(HORIZON_FREE)} (or search.budget_steps=0 for "
+                  "fixed-length trials)")
+        if s.space.steps.kind() != "unset":
+            _fail("search.space.steps", dataclasses.asdict(s.space.steps), "with search.budget_steps the budget "
+                  "decides how long each trial trains; leave it unset (or set search.budget_steps=0)")
+        grace = s.asha.grace_period * t.eval_every
+        if s.budget_steps < grace:
+            _fail("search.budget_steps", s.budget_steps, f"must be 0 (no budget) or at least one rung: "
+                  f"search.asha.grace_period x train.eval_every = {grace} steps")
+        cohort = self.cohort_size_asked()
+        try:
+            halving_plan(s.budget_steps, grace, s.asha.reduction_factor, s.finalists, t.eval_every, cohort)
+        except HalvingError as e:
+            if s.sampler == "grid":
+                _fail("search.sampler", s.sampler, f"the grid's {cohort} configs cannot be spent in "
+                      f"search.budget_steps={s.budget_steps}: {e}; allowed: a larger budget, a smaller grid "
+                      "(search.grid), or search.num_trials to cap it")
+            _fail("search.num_trials", s.num_trials, f"with search.budget_steps={s.budget_steps}: {e}; allowed: "
+                  "fewer trials, 0 (as many as the budget holds), or a larger budget")
+
+    def cohort_size_asked(self) -> Optional[int]:
+        """The cohort the config asks for: the grid's size (capped by search.num_trials), search.num_trials,
+        or None (the budget decides)."""
+        s = self.search
+        if s.sampler == "grid":
+            return min(s.grid.size(), s.num_trials) if s.num_trials else s.grid.size()
+        return s.num_trials or None
 
 
 # --------------------------------------------------------------------------- loading
@@ -646,7 +702,14 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+# Keys that were replaced: a config using one fails with the key to use instead.
+RENAMED_KEYS = {"train.warmup_ratio": "train.warmup_steps (a number of steps; the decay after it is "
+                                      "train.lr_schedule)"}
+
+
 def _unknown_key_error(full_key: str, where: str) -> ConfigError:
+    if full_key in RENAMED_KEYS:
+        return ConfigError(f"{where}'{full_key}' is no longer a key: use {RENAMED_KEYS[full_key]}")
     valid = _all_keys(Config())
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
     siblings = [k for k in valid if "." in k and k.rsplit(".", 1)[0] == parent] if parent else [

@@ -50,7 +50,8 @@ HPARAM_FIELDS = [
        "probability of skipping the adapter branch in training (bottleneck, parallel; null for lora)"),
     _f("l2_lambda", pa.float64(), "L2 penalty on the adapter output (bottleneck, parallel; null for lora)"),
     _f("weight_decay", pa.float64(), "AdamW weight decay"),
-    _f("steps", pa.int64(), "optimiser steps of the full trial"),
+    _f("steps", pa.int64(), "the most optimiser steps the trial could train (with a budget: the budget; column"
+       " `step` is how far it went)"),
     _f("specaugment", pa.bool_(), "SpecAugment on training batches"),
     _f("replay", pa.float64(), "share of each training batch's audio from the replay set (original domain)"),
     _f("distill_weight", pa.float64(), "weight of KL(p_base || p_adapted) on original-domain audio (0 = off)"),

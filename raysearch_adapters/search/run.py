@@ -19,6 +19,7 @@ import argparse
 import collections
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -78,6 +79,8 @@ def _ensure_demo_data(cfg: Config) -> None:
 
 
 def _init_ray() -> None:
+    # Tune warns that a resumed trial's result.json is not on storage yet: the driver's own copy goes on.
+    logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     # Each report waits for the controller's poll of the workers (default every 2 s).
@@ -324,6 +327,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = load_from_args(args.config)
     if args.resume:
         cfg = resumed_config(cfg, *split_config(args.config))
+        if cfg.search.budget_steps:
+            raise UserError(f"--resume: the search in {results_dir_of(cfg)} spends a budget (search.budget_steps="
+                            f"{cfg.search.budget_steps}), and the state of its halving is not saved; a budgeted search "
+                            "cannot be resumed yet: start it again under another search.name (its trials give the "
+                            "same results), or use fixed-length trials (search.budget_steps=0) for resumable searches")
     summary = run_search(cfg, resume=args.resume)
     if summary.get("interrupted"):
         return INTERRUPTED_EXIT

@@ -22,6 +22,7 @@ import warnings
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import optuna
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 # The trial's result (its best evaluation) kept on the Optuna trial (optuna-dashboard shows them).
@@ -92,11 +93,12 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
-        """An intermediate value for Optuna (pruned trials are ranked by their last one)."""
+        """An intermediate value for Optuna (pruned trials are ranked by their last one), at the trial's
+        evaluation index: Tune's iteration count starts again when a paused trial resumes."""
         try:
             with warnings.catch_warnings():  # a resumed trial repeats the evaluations after its checkpoint
                 warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
-                super().on_trial_result(trial_id, result)
+                super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: _optuna_step(result)})
         except optuna.exceptions.UpdateFinishedTrialError:
             self._already_told(trial_id)
 
@@ -132,6 +134,11 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+def _optuna_step(result: Dict) -> int:
+    """The step of an intermediate value: the evaluation's index (Tune's iteration for a result without one)."""
+    return int(result.get("eval_index") or result.get(TRAINING_ITERATION, 0))
+
+
 def tell_outcome(study: optuna.Study, ot_trial: optuna.trial.Trial, result: Optional[Dict], error: bool,
                  metric: Union[str, List[str]], limit: float) -> None:
     """Constraint and user attrs first, then COMPLETE (the final evaluation), PRUNED (stopped by the scheduler
@@ -148,7 +155,9 @@ def tell_outcome(study: optuna.Study, ot_trial: optuna.trial.Trial, result: Opti
         # Tune withholds the stopping result from on_trial_result, so report it here: TPE ranks pruned
         # trials by their last value.
         if not isinstance(metric, list) and result.get(metric) is not None:
-            ot_trial.report(float(result[metric]), int(result.get("training_iteration", 0)))
+            with warnings.catch_warnings():  # a trial paused at its rung reported this evaluation already
+                warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
+                ot_trial.report(float(result[metric]), _optuna_step(result))
         study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
     else:
         study.tell(ot_trial, [float(result[m]) for m in metric] if isinstance(metric, list) else float(result[metric]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import optuna
 
@@ -83,11 +83,6 @@ def define_grid(trial: optuna.Trial, grid: GridConfig, space: SpaceConfig, defau
             for name in HPARAM_NAMES if name not in GRID_PARAMS}
 
 
-def grid_size(grid: GridConfig) -> int:
-    """Number of configs of the grid."""
-    return math.prod(len(getattr(grid, name)) for name in GRID_PARAMS)
-
-
 def space_function(cfg: Config) -> Callable[[optuna.Trial], dict]:
     """The picklable define-by-run function of ``cfg.search`` (the grid for ``sampler=grid``)."""
     defaults = default_hparams(cfg)
@@ -124,8 +119,10 @@ class TuneGridSampler(optuna.samplers.GridSampler):
         """Nothing to do: the trial budget, not the sampler, ends the search."""
 
 
-def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
-    """Constrained TPE (default), random, the grid, or NSGA-II (multi-objective); seeded."""
+def make_sampler(search: SearchConfig, num_trials: Optional[int] = None) -> optuna.samplers.BaseSampler:
+    """Constrained TPE (default), random, the grid, or NSGA-II (multi-objective); seeded. ``num_trials``:
+    the trials the search will ask for (default ``search.num_trials``)."""
+    num_trials = search.num_trials if num_trials is None else num_trials
     if search.sampler == "tpe":
         # Optuna's default of 10 random start-up trials is most of a small budget. A searched adapter type
         # makes the space conditional (each type its own parameters): `group` lets multivariate TPE model
@@ -133,7 +130,7 @@ def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():  # `group` is experimental since Optuna 2.8 and unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=search.seed,
-                                              n_startup_trials=max(2, min(10, search.num_trials // 3)),
+                                              n_startup_trials=max(2, min(10, num_trials // 3)),
                                               multivariate=True, constant_liar=True,
                                               group=search.space.type.kind() == "choices")
     if search.sampler == "random":
@@ -141,5 +138,5 @@ def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
     if search.sampler == "grid":
         return TuneGridSampler({name: list(getattr(search.grid, name)) for name in GRID_PARAMS}, seed=search.seed)
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=max(4, min(50, search.num_trials // 2)))
+        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=max(4, min(50, num_trials // 2)))
     raise ConfigError(f"search.sampler: got {search.sampler!r}; allowed: tpe, random, grid, nsga2")

@@ -11,6 +11,7 @@ from typing import Optional
 import raysearch_adapters
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.config import Config
+from raysearch_adapters.search.budget import budget_plan
 from raysearch_adapters.results.select import best_per_type
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
@@ -86,6 +87,8 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
         "best_per_type": {t: _trial_brief(r) for t, r in best_per_type(rows, limit).items()},
         "trials": {"total": len(rows), **counts},
         "search": {"sampler": cfg.search.sampler, "num_trials": cfg.search.num_trials, "seed": cfg.search.seed,
+                   "budget_steps": cfg.search.budget_steps, "finalists": cfg.search.finalists,
+                   "patience": cfg.search.patience,
                    "asha": dataclasses.asdict(cfg.search.asha), "space": dataclasses.asdict(cfg.search.space),
                    "grid": dataclasses.asdict(cfg.search.grid), "train": dataclasses.asdict(cfg.train),
                    "resources": dataclasses.asdict(cfg.resources), "model": dataclasses.asdict(cfg.model)},
@@ -94,6 +97,8 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
         # wall seconds: setup (model, features, base WERs), trials (the Tune run), final test evaluation
         "timings_s": timings,
     }
+    if cfg.search.budget_steps:
+        out["budget"] = budget_report(cfg, rows)
     if winner is not None:
         out["winner"] = {**_trial_brief(winner), "test": winner_test, "test_from_block": test_from_block,
                          "test_degradation": winner_test["original"] - baseline["test"]["original"],
@@ -102,6 +107,18 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
     elif infeasible is not None:
         out["no_feasible_trial"] = {**_trial_brief(infeasible), "over_limit_by": infeasible["degradation"] - limit}
     return out
+
+
+def budget_report(cfg: Config, rows: list) -> dict:
+    """How the budget was spent: planned rungs, steps trained in all, and how far each finalist went."""
+    plan = budget_plan(cfg)
+    trained = {r["trial_id"]: int(r["step"] or 0) for r in rows}
+    finalists = [r for r in rows if r["status"] == "COMPLETE"]
+    return {"steps": plan.budget, "spent": sum(trained.values()), "cohort": plan.cohort,
+            "milestones": plan.milestones, "alive": plan.alive, "finalist_share": plan.finalist_share,
+            "trained_steps": trained,
+            "finalists": [{"trial_id": r["trial_id"], "steps": trained[r["trial_id"]], "best_step": r["best_step"]}
+                          for r in sorted(finalists, key=lambda r: -trained[r["trial_id"]])]}
 
 
 def write_summary(path: Path, summary: dict) -> None:
@@ -119,8 +136,10 @@ def format_summary(summary: dict) -> str:
     test = b.get("test") or {}
     units = "points" if summary["kappa_mode"] == "absolute" else "% of base"
     t = summary["trials"]
-    lines = [f"search {summary['search_id']}: {t['total']} trials ({t['COMPLETE']} complete, {t['PRUNED']} pruned by "
-             f"ASHA, {t['FAIL']} failed{', %d interrupted' % t['RUNNING'] if t.get('RUNNING') else ''}); feasible = "
+    budget = summary.get("budget")
+    pruned = "stopped at a rung" if budget else "pruned by ASHA"
+    lines = [f"search {summary['search_id']}: {t['total']} trials ({t['COMPLETE']} complete, {t['PRUNED']} {pruned}, "
+             f"{t['FAIL']} failed{', %d interrupted' % t['RUNNING'] if t.get('RUNNING') else ''}); feasible = "
              f"original-domain dev degradation <= {summary['degradation_limit']:g} {units}", "",
              f"{'WER %':<28}{'dev new':>10}{'dev orig':>10}{'test new':>10}{'test orig':>10}",
              f"{'base model':<28}" + "".join(f"{_fmt(v):>10}" for v in (
@@ -131,7 +150,9 @@ def format_summary(summary: dict) -> str:
     elif w is not None:
         lines.append(f"{'winner (trial ' + w['trial_id'] + ')':<28}" + "".join(f"{_fmt(v):>10}" for v in (
             w["dev"]["new"], w["dev"]["original"], w["test"]["new"], w["test"]["original"])))
-        hp = format_hparams(w["hparams"])
+        hp = format_hparams({k: v for k, v in w["hparams"].items() if not (budget and k == "steps")})
+        if budget:  # with a budget, `steps` is the most a trial could train; this is what it did
+            hp += f", trained {budget['trained_steps'][w['trial_id']]:,} steps"
         lines += ["", f"winner: {hp}; {w['adapter_params']} adapter params ({w['adapter_percent']:.2f} % of base); "
                       f"best evaluation at step {w['best_step']}; degradation {w['degradation']:+.2f} {units} on dev "
                       f"(chosen there), {w['test_degradation']:+.2f} on test (evaluated once)"]
@@ -151,6 +172,11 @@ def format_summary(summary: dict) -> str:
             lines.append(f"closest: trial {c['trial_id']} with degradation {c['degradation']:+.2f} {units} "
                          f"({c['over_limit_by']:.2f} over the limit), dev WER new {c['dev']['new']:.2f}; try a "
                          "larger search.kappa, smaller dims or learning rates, or adapters in fewer blocks")
+    if budget:
+        ends = ", ".join(f"{f['steps']:,} (best at {f['best_step']:,})" for f in budget["finalists"]) or "none"
+        lines += ["", f"budget: {budget['spent']:,} of {budget['steps']:,} optimiser steps spent; {budget['cohort']} "
+                      f"trials halved at steps {', '.join(f'{m:,}' for m in budget['milestones'])}; the finalists "
+                      f"trained to steps {ends}"]
     p = summary["paths"]
     lines += ["", f"results:      {p['results_dir']}",
               f"tables:       {p['trials']}, {p['epochs']}",

@@ -25,10 +25,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from raysearch_adapters.config import Config, from_dict, to_dict
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.results.tables import HPARAM_NAMES
+from raysearch_adapters.search.budget import BudgetScheduler, FinalMarker, budget_plan
 from raysearch_adapters.search.stored_state import StoredStateWatcher
 from raysearch_adapters.search.record import TablesRecorder
 from raysearch_adapters.search.searcher import ConstrainedOptunaSearch
-from raysearch_adapters.search.space import grid_size, make_sampler, space_function, start_points
+from raysearch_adapters.search.space import make_sampler, space_function, start_points
 from raysearch_adapters.train.hparams import default_hparams
 from raysearch_adapters.train.loop import num_evals
 from raysearch_adapters.train.objective import degradation_limit
@@ -84,9 +85,12 @@ def max_concurrent_trials(cfg: Config, cluster: dict) -> int:
 
 
 def num_trials(cfg: Config) -> int:
-    """The trial budget: ``search.num_trials``, and at most the grid's size for the grid baseline."""
+    """The trials of the search: the budget's cohort, or ``search.num_trials`` (at most the grid's size for the
+    grid baseline)."""
+    if cfg.search.budget_steps:
+        return budget_plan(cfg).cohort
     if cfg.search.sampler == "grid":
-        return min(cfg.search.num_trials, grid_size(cfg.search.grid))
+        return min(cfg.search.num_trials, cfg.search.grid.size())
     return cfg.search.num_trials
 
 
@@ -113,16 +117,18 @@ def make_searcher(cfg: Config, storage: optuna.storages.BaseStorage) -> Constrai
     fresh = cfg.search.name not in optuna.study.get_all_study_names(storage)
     return ConstrainedOptunaSearch(space=space_function(cfg), metric=metric,
                                    mode=["min"] * len(metric) if isinstance(metric, list) else "min",
-                                   sampler=make_sampler(cfg.search),
+                                   sampler=make_sampler(cfg.search, num_trials(cfg)),
                                    study_name=cfg.search.name, storage=storage,
                                    points_to_evaluate=(start_points(cfg.search) if fresh else None) or None,
                                    limit=degradation_limit(cfg.search.kappa, cfg.search.kappa_mode))
 
 
 def make_scheduler(cfg: Config):
-    """ASHA on dev new-domain WER with infeasible trials ranked last, one rung per evaluation (FIFO when
-    ``search.asha.enabled=false``)."""
+    """With a budget, synchronous halving and the finalists (``search.budget``); else ASHA on dev new-domain
+    WER with infeasible trials ranked last, one rung per evaluation (FIFO when ``search.asha.enabled=false``)."""
     a = cfg.search.asha
+    if cfg.search.budget_steps:
+        return BudgetScheduler(budget_plan(cfg), a.reduction_factor, cfg.train.eval_every, ASHA_METRIC)
     if not a.enabled:
         return FIFOScheduler()
     top = max_evals(cfg)
@@ -156,16 +162,22 @@ def make_tuner(cfg: Config, storage_path: str, study_storage: optuna.storages.Ba
                                   resume_errored=False)
     concurrent = max_concurrent_trials(cfg, ray.cluster_resources())
     searcher = make_searcher(cfg, study_storage)
+    scheduler = make_scheduler(cfg)
+    budget = isinstance(scheduler, BudgetScheduler)
     return tune.Tuner(
         fn,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg),
-                                    num_samples=num_trials(cfg), max_concurrent_trials=concurrent,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_trials(cfg),
+                                    # A trial paused at a rung still counts for Tune's concurrency limiter, which
+                                    # would then never let the rest of the cohort start: with a budget, the
+                                    # trials' resources alone bound how many run at once.
+                                    max_concurrent_trials=None if budget else concurrent,
                                     # Trials training in their own actor run one after another in it.
                                     reuse_actors=not cfg.resources.uses_ray_train()),
         # A trial whose process dies (OOM, a killed worker) is retried once from its last checkpoint.
         run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=storage_path,
                                   # Checkpoints are deleted and outcomes told once the stored state has them.
-                                  callbacks=[recorder, StoredStateWatcher(searcher)],
+                                  callbacks=[*([FinalMarker(scheduler)] if budget else []), recorder,
+                                             StoredStateWatcher(searcher)],
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=1),
                                   # Tune deletes no checkpoint itself (it would delete one the stored state
                                   # still names); StoredStateWatcher deletes them once no resume can need them.

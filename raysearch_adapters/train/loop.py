@@ -1,6 +1,6 @@
 """Adapter training and dev evaluation of one trial: plain PyTorch, no Ray.
 
-Only the adapter parameters train (AdamW, linear warm-up then cosine decay, gradient
+Only the adapter parameters train (AdamW, linear warm-up then ``train.lr_schedule``, gradient
 clipping, bf16 autocast when asked). A step's loss protects the original domain while the
 adapters learn the new one (DESIGN.md, "Protecting the original domain")::
 
@@ -37,9 +37,9 @@ from raysearch_adapters.data.batching import SecondsSampler, duration_batches
 from raysearch_adapters.data.cache import FeatureSet, concat_padded
 from raysearch_adapters.data.features import SpecAugment
 from raysearch_adapters.models.base import BackboneView, as_view
+from raysearch_adapters.schedule import lr_factor
 from raysearch_adapters.train.evaluate import autocast_context, evaluate
 from raysearch_adapters.train.objective import degradation, evaluation_rank, is_feasible
-from raysearch_adapters.train.pretrain import warmup_cosine
 
 AllReduce = Callable[[torch.Tensor], object]  # sums a tensor over ranks, in place
 Report = Callable[[dict, dict], None]  # (metrics, train state to checkpoint beside the adapter weights)
@@ -225,7 +225,7 @@ def _better(a: dict, b: Optional[dict], limit: float) -> bool:
 
 def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, dev_sets: Dict[str, FeatureSet],
                    hp: dict, train_cfg: TrainConfig, base_original_wer: float, report: Report, *,
-                   limit: float = math.inf,
+                   limit: float = math.inf, patience: int = 0,
                    kappa_mode: str = "absolute", eval_batch_seconds: float = 120.0,
                    specaugment_cfg: SpecAugmentConfig = SpecAugmentConfig(), resume: Optional[dict] = None,
                    rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> dict:
@@ -237,6 +237,8 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     ``original`` dev sets. ``hp`` gives ``lr``, ``weight_decay``, ``steps``, ``specaugment``,
     ``replay`` and ``distill_weight``. ``resume`` is a train state passed to an earlier
     ``report``; the adapter weights must already be loaded. Returns the last report's metrics.
+    ``patience`` (> 0): the trial ends, its last report ``final``, after that many evaluations in a row
+    that did not improve on its best one.
 
     Each report's metrics hold this evaluation's values (``eval_*``) and the trial's best
     evaluation so far (``dev_wer_new``, ``degradation``, ``best_step``, ...); the train state
@@ -245,7 +247,6 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     device = _device_of(view)
     steps, lr = int(hp["steps"]), float(hp["lr"])
     replay, distill_weight = float(hp.get("replay", 0.0)), float(hp.get("distill_weight", 0.0))
-    warmup = int(train_cfg.warmup_ratio * steps)  # linear warm-up, then cosine decay to 0 at the last step
     params = list(handle.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(hp["weight_decay"]))
     specaugment = SpecAugment(specaugment_cfg).train() if hp["specaugment"] else None
@@ -259,7 +260,8 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     plan = BatchPlan(sets, train_cfg, replay, distill_weight > 0, rank, world_size)
     for _ in range(step):  # the same batch sequence as an uninterrupted run
         plan.next()
-    if step >= steps:  # the run had finished when its trial was interrupted: report its result again
+    if step >= steps or (resume is not None and resume["metrics"].get("final")):
+        # the run had finished when its trial was interrupted: report its result again
         report(resume["metrics"], resume)
         return resume["metrics"]
     probe = dev_sets["new"].collate(range(min(2, len(dev_sets["new"]))))[:2]
@@ -269,7 +271,7 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     metrics: dict = {}
     handle.train()
     while step < steps:
-        current_lr = lr * warmup_cosine(step, warmup, (step - warmup) / max(steps - warmup, 1), floor=0.0)
+        current_lr = lr * lr_factor(train_cfg.lr_schedule, step, train_cfg.warmup_steps, steps)
         for group in optimizer.param_groups:
             group["lr"] = current_lr
         loss, terms = step_loss(view, handle, sets, plan.next(), distill_weight, device, train_cfg.precision,
@@ -304,7 +306,9 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
                        "dev_wer_original": wers["original"], "degradation": deg, "feasible": is_feasible(deg, limit)}
             if _better(current, best, limit):
                 best, best_state = current, handle.state_dict()
-            metrics = {"final": step == steps, "step": step, "eval_index": eval_index, "lr": current_lr,
+            # Patience: this many evaluations since the best one, none better: the trial has stopped improving.
+            stalled = patience > 0 and eval_index - best["eval_index"] >= patience
+            metrics = {"final": step == steps or stalled, "step": step, "eval_index": eval_index, "lr": current_lr,
                        "train_loss": means["loss"], "supervised_loss": means["supervised"],
                        "distill_loss": means.get("distill"), "time_s": time.monotonic() - start,
                        "base_dev_wer_original": base_original_wer,
@@ -315,6 +319,8 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             report(metrics, {"optimizer": optimizer.state_dict(), "step": step, "eval_index": eval_index,
                              "metrics": metrics, "best": best, "best_state_dict": best_state,
                              "rng": torch.get_rng_state()})
+            if stalled:
+                break
     handle.eval()
     return metrics
 

@@ -226,6 +226,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
             send_report(metrics, d)
 
     train_adapters(view, handle, sets, dev_sets, hp, cfg.train, _BASE_WERS[base_key], report, limit=limit,
+                   patience=cfg.search.patience,
                    kappa_mode=cfg.search.kappa_mode, eval_batch_seconds=cfg.data.max_batch_seconds,
                    specaugment_cfg=cfg.data.specaugment, resume=resume, rank=rank, world_size=world_size,
                    all_reduce=all_reduce)

@@ -18,7 +18,7 @@ from raysearch_adapters.train.loop import (AdapterNoOpError, BatchPlan, TrainSet
 from raysearch_adapters.train.prefix import load_teacher_set
 
 HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 5, "specaugment": True, "replay": 0.0, "distill_weight": 0.0}
-CFG = TrainConfig(steps=5, eval_every=2, max_batch_seconds=2.0, warmup_ratio=0.2)
+CFG = TrainConfig(steps=5, eval_every=2, max_batch_seconds=2.0, warmup_steps=1, lr_schedule="cosine")
 
 
 def _train(model, handle, sets, reports, hp=HP, **kw):
@@ -220,3 +220,43 @@ def test_teacher_cache_is_built_once_and_keyed_by_the_base_weights(model, featur
         model.head.weight.mul_(1.01)
     other = load_teacher_set(feature_sets["original"], model, tmp_path / "cache")
     assert other.path != first.path and len(calls) == len(feature_sets["original"])
+
+
+def test_patience_ends_a_trial_that_stopped_improving(model, feature_sets):
+    """A learning rate too small to change any transcript: the best evaluation stays the first one, so with
+    patience 2 the trial ends at its third evaluation, that report final, far before its 20 steps."""
+    handle = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1"))
+    hp = {**HP, "lr": 1e-9, "steps": 20, "specaugment": False}
+    reports = []
+    _, last = _train(model, handle, feature_sets, reports, hp=hp, patience=2)
+    assert [m["step"] for m, _ in reports] == [2, 4, 6]
+    assert [m["final"] for m, _ in reports] == [False, False, True] and last["final"]
+    assert [m["best_eval_index"] for m, _ in reports] == [1, 1, 1]
+    # Without patience the same trial trains all its steps.
+    handle.remove()
+    handle = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1"))
+    reports = []
+    _train(model, handle, feature_sets, reports, hp=hp)
+    assert reports[-1][0]["step"] == 20 and [m["final"] for m, _ in reports].count(True) == 1
+
+
+def test_a_horizon_free_schedule_gives_the_same_rates_whatever_the_trial_length(feature_sets):
+    """With train.lr_schedule=constant the rate at a step does not depend on the trial's planned length, so a
+    trial continued past its first plan trains as if planned that long; with cosine it does."""
+    from raysearch_adapters.testing import tiny_conformer
+
+    def lrs(steps: int, schedule: str, warmup: int) -> list:
+        m = tiny_conformer(seed=0, num_layers=2)
+        handle = inject_adapters(m, AdapterConfig(dim=4, blocks="top:1"))
+        cfg = TrainConfig(steps=steps, eval_every=2, max_batch_seconds=2.0, warmup_steps=warmup, lr_schedule=schedule)
+        reports = []
+        train_adapters(m, handle, TrainSets(feature_sets["train"]),
+                       {"new": feature_sets["new"], "original": feature_sets["original"]},
+                       {**HP, "steps": steps, "specaugment": False}, cfg, 0.0, lambda r, s: reports.append(r))
+        return [(r["step"], r["lr"]) for r in reports]
+
+    short, long = lrs(4, "constant", 3), lrs(8, "constant", 3)
+    assert long[:len(short)] == short
+    # a report's rate is its last step's: step index 1 of a 3-step warm-up (2/3 of the peak), then the peak
+    assert short == [(2, pytest.approx(HP["lr"] * 2 / 3)), (4, pytest.approx(HP["lr"]))]
+    assert lrs(8, "cosine", 1)[:2] != lrs(4, "cosine", 1)

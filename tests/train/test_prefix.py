@@ -94,7 +94,7 @@ HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 4, "specaugment": False}
 
 def _train(model, handle, sets, batch_seconds):
     reports = []
-    cfg = TrainConfig(steps=4, eval_every=2, max_batch_seconds=batch_seconds, warmup_ratio=0.25)
+    cfg = TrainConfig(steps=4, eval_every=2, max_batch_seconds=batch_seconds, warmup_steps=1, lr_schedule="cosine")
     train_adapters(model, handle, TrainSets(sets["train"]), {"new": sets["new"], "original": sets["original"]}, HP,
                    cfg, 50.0, lambda m, s: reports.append(m), eval_batch_seconds=batch_seconds)
     return reports

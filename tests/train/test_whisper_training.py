@@ -84,7 +84,7 @@ def test_distillation_is_exactly_zero_at_initialisation_and_the_teacher_is_the_b
 
 def _train(view, handle, train_sets, dev, batch_seconds=0.4):
     reports = []
-    cfg = TrainConfig(steps=4, eval_every=2, max_batch_seconds=batch_seconds, warmup_ratio=0.25, distill_seconds=0.6)
+    cfg = TrainConfig(steps=4, eval_every=2, max_batch_seconds=batch_seconds, warmup_steps=1, lr_schedule="cosine", distill_seconds=0.6)
     train_adapters(view, handle, train_sets, dev, HP, cfg, 50.0, lambda m, s: reports.append(m),
                    eval_batch_seconds=batch_seconds)
     return reports

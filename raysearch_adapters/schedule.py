@@ -1,0 +1,35 @@
+"""The learning rate of an adapter trial at each step.
+
+``constant`` and ``inverse_sqrt`` have no horizon: the rate at step s does not depend on how
+long the trial will train, so a trial that the budget scheduler lets go on continues exactly as
+if it had been planned that long (its step counter, optimizer state and rate carry on), and a
+trial stopped early was trained exactly like the first steps of a long one. ``cosine`` decays to
+0 at the trial's ``steps`` (a horizon fixed when the trial starts); only a search of fixed-length
+trials (no ``search.budget_steps``) may use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+SCHEDULES = ("constant", "inverse_sqrt", "cosine")
+HORIZON_FREE = ("constant", "inverse_sqrt")
+
+
+def lr_factor(schedule: str, step: int, warmup_steps: int, horizon: int) -> float:
+    """The multiplier of the peak rate for optimiser step ``step`` (0-based).
+
+    Every schedule starts with a linear warm-up over ``warmup_steps`` (the first step at
+    1/warmup of the peak); then ``constant`` stays at the peak, ``inverse_sqrt`` decays as
+    sqrt(warmup / (step + 1)) (continuous at the end of the warm-up), and ``cosine`` follows half
+    a cosine from the peak to 0 at step ``horizon``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "inverse_sqrt":
+        return math.sqrt(max(warmup_steps, 1) / (step + 1))
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(horizon - warmup_steps, 1))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
