@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from raysearch_adapters.errors import UserError, first_line
-from raysearch_adapters.halving import HalvingError, halving_plan
+from raysearch_adapters.halving import HalvingError, HalvingPlan, halving_plan
 from raysearch_adapters.schedule import HORIZON_FREE, SCHEDULES
 from raysearch_adapters.space_values import (ADAPTER_TYPES, BLOCK_FORMS, POSITIONS, RANGE_PARAMS, TYPE_PARAMS,
                                              applies_to, block_spec_problem, value_problem)
@@ -267,10 +267,13 @@ class TrainConfig:
 
     steps: int = 800  # optimiser steps of a fixed-length trial (search.budget_steps=0); a budget decides otherwise
     lr: float = 3e-3  # peak learning rate (AdamW)
-    # After a linear warm-up of warmup_steps: constant | inverse_sqrt (no horizon: a trial the budget lets
-    # go on continues as if planned that long) | cosine (decays to 0 at `steps`; fixed-length trials only).
-    lr_schedule: str = "constant"
+    # After a linear warm-up of warmup_steps: wsd (constant, then a linear cool-down to 0 over decay_steps,
+    # started before the trial's last possible step or once it stops improving) | constant | inverse_sqrt
+    # (no horizon: a trial the budget lets go on continues as if planned that long) | cosine (decays to 0 at
+    # `steps`; fixed-length trials only).
+    lr_schedule: str = "wsd"
     warmup_steps: int = 100
+    decay_steps: int = 400  # wsd: length of the cool-down (a multiple of eval_every)
     weight_decay: float = 0.0  # AdamW weight decay on adapter weights
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     max_batch_seconds: float = 10.0  # audio per training batch (new domain + replay)
@@ -294,6 +297,10 @@ class TrainConfig:
         _check_range(f"{key}.lr", self.lr, 0, None, low_open=True)
         _check_choice(f"{key}.lr_schedule", self.lr_schedule, SCHEDULES)
         _check_range(f"{key}.warmup_steps", self.warmup_steps, 0, None)
+        _check_range(f"{key}.decay_steps", self.decay_steps, 0, None)
+        if self.lr_schedule == "wsd" and self.decay_steps % self.eval_every:
+            _fail(f"{key}.decay_steps", self.decay_steps, f"must be a multiple of {key}.eval_every "
+                  f"({self.eval_every}): a cool-down ends on an evaluation")
         _check_range(f"{key}.weight_decay", self.weight_decay, 0, None)
         _check_range(f"{key}.grad_clip", self.grad_clip, 0, None)
         _check_range(f"{key}.max_batch_seconds", self.max_batch_seconds, 0, None, low_open=True)
@@ -671,7 +678,7 @@ class Config:
                   f"search.asha.grace_period x train.eval_every = {grace} steps")
         cohort = self.cohort_size_asked()
         try:
-            halving_plan(s.budget_steps, grace, s.asha.reduction_factor, s.finalists, t.eval_every, cohort)
+            plan = self.budget_plan()
         except HalvingError as e:
             if s.sampler == "grid":
                 _fail("search.sampler", s.sampler, f"the grid's {cohort} configs cannot be spent in "
@@ -679,6 +686,23 @@ class Config:
                       "(search.grid), or search.num_trials to cap it")
             _fail("search.num_trials", s.num_trials, f"with search.budget_steps={s.budget_steps}: {e}; allowed: "
                   "fewer trials, 0 (as many as the budget holds), or a larger budget")
+        if t.lr_schedule == "wsd" and t.decay_steps > plan.finalist_share:
+            _fail("train.decay_steps", t.decay_steps, f"the cool-down must fit in the finalists' share of the budget "
+                  f"({plan.finalist_share} steps each after the halving); allowed: at most {plan.finalist_share}, or "
+                  "a larger search.budget_steps")
+
+    def budget_plan(self) -> HalvingPlan:
+        """How ``search.budget_steps`` is spent (raises HalvingError when it cannot be)."""
+        s, t = self.search, self.train
+        return halving_plan(s.budget_steps, s.asha.grace_period * t.eval_every, s.asha.reduction_factor,
+                            s.finalists, t.eval_every, self.cohort_size_asked())
+
+    def trial_steps(self) -> int:
+        """The most steps a trial may train: train.steps, or with a budget the finalists' end."""
+        if not self.search.budget_steps:
+            return self.train.steps
+        plan = self.budget_plan()
+        return plan.milestones[-1] + plan.finalist_share
 
     def cohort_size_asked(self) -> Optional[int]:
         """The cohort the config asks for: the grid's size (capped by search.num_trials), search.num_trials,

@@ -6,14 +6,27 @@ if it had been planned that long (its step counter, optimizer state and rate car
 trial stopped early was trained exactly like the first steps of a long one. ``cosine`` decays to
 0 at the trial's ``steps`` (a horizon fixed when the trial starts); only a search of fixed-length
 trials (no ``search.budget_steps``) may use it.
+
+``wsd`` (warm-up, stable, decay) is ``constant`` plus a cool-down: the rate falls linearly to 0
+over ``decay_steps`` steps, starting either ``decay_steps`` before the trial's last possible step
+or as soon as the trial stops improving (``search.patience``), whichever comes first. A trial is
+only cooled down once it is sure to end, so no trial the halving may still continue has decayed.
 """
 
 from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "inverse_sqrt", "cosine")
-HORIZON_FREE = ("constant", "inverse_sqrt")
+SCHEDULES = ("wsd", "constant", "inverse_sqrt", "cosine")
+HORIZON_FREE = ("wsd", "constant", "inverse_sqrt")
+
+
+def cooldown_factor(step: int, decay_start: int, decay_steps: int) -> float:
+    """The multiplier of a ``wsd`` cool-down that starts at step ``decay_start``: from 1 there down to
+    1 / decay_steps at its last step (``decay_start + decay_steps - 1``), linearly; 1 before it."""
+    if step < decay_start:
+        return 1.0
+    return max(0.0, (decay_start + decay_steps - step) / decay_steps)
 
 
 def lr_factor(schedule: str, step: int, warmup_steps: int, horizon: int) -> float:
@@ -25,7 +38,7 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, horizon: int) -> floa
     a cosine from the peak to 0 at step ``horizon``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    if schedule == "constant":
+    if schedule in ("constant", "wsd"):  # wsd's cool-down is cooldown_factor's
         return 1.0
     if schedule == "inverse_sqrt":
         return math.sqrt(max(warmup_steps, 1) / (step + 1))

@@ -23,11 +23,18 @@ def measured(rows: Sequence[dict]) -> List[dict]:
             and r.get("degradation") is not None]
 
 
+def _order(row: dict) -> tuple:
+    """Ties go to the trial the search started first (trial ids are random: a tie broken on them would not
+    repeat from one run to the next)."""
+    number = row.get("trial_number")
+    return (0, number, row["trial_id"]) if number is not None else (1, 0, row["trial_id"])
+
+
 def select_winner(rows: Sequence[dict], limit: float) -> Optional[dict]:
     """The COMPLETE feasible trial (degradation <= ``limit``) with the lowest dev new WER; ties: lower degradation,
-    then trial id; None if none."""
+    then the earlier trial; None if none."""
     feasible = [r for r in measured(rows) if r["status"] in WINNER_STATUSES and r["degradation"] <= limit]
-    return min(feasible, key=lambda r: (r["dev_wer_new"], r["degradation"], r["trial_id"]), default=None)
+    return min(feasible, key=lambda r: (r["dev_wer_new"], r["degradation"], *_order(r)), default=None)
 
 
 def best_per_type(rows: Sequence[dict], limit: float) -> Dict[str, dict]:
@@ -52,4 +59,4 @@ def pareto_front(rows: Sequence[dict]) -> List[dict]:
 def closest_infeasible(rows: Sequence[dict], limit: float) -> Optional[dict]:
     """The infeasible trial nearest to the limit (lowest degradation; ties: lower dev new WER)."""
     infeasible = [r for r in measured(rows) if r["degradation"] > limit]
-    return min(infeasible, key=lambda r: (r["degradation"], r["dev_wer_new"], r["trial_id"]), default=None)
+    return min(infeasible, key=lambda r: (r["degradation"], r["dev_wer_new"], *_order(r)), default=None)

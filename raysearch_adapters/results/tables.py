@@ -61,6 +61,7 @@ HPARAM_NAMES = tuple(f.name for f in HPARAM_FIELDS)
 TRIALS_SCHEMA = pa.schema([
     _f("search_id", pa.string(), "search.name", nullable=False),
     _f("trial_id", pa.string(), "Ray Tune trial id", nullable=False),
+    _f("trial_number", pa.int64(), "1-based order in which the search created its trials"),
     *HPARAM_FIELDS,
     _f("adapter_params", pa.int64(), "trainable adapter parameters"),
     _f("adapter_percent", pa.float64(), "adapter parameters as % of the base model's"),

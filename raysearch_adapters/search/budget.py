@@ -20,6 +20,7 @@ ended on its own; a trial stopped at a rung is PRUNED.
 
 from __future__ import annotations
 
+import copy
 from typing import Dict, List, Optional, Set
 
 from ray.tune.callback import Callback
@@ -27,24 +28,26 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from raysearch_adapters.config import Config
-from raysearch_adapters.halving import HalvingPlan, halving_plan, next_alive
+from raysearch_adapters.halving import HalvingPlan, next_alive
 
 
 def budget_plan(cfg: Config) -> HalvingPlan:
     """The halving plan of a search with ``search.budget_steps`` (validated at config load)."""
-    s, t = cfg.search, cfg.train
-    return halving_plan(s.budget_steps, s.asha.grace_period * t.eval_every, s.asha.reduction_factor, s.finalists,
-                        t.eval_every, cfg.cohort_size_asked())
+    return cfg.budget_plan()
 
 
 class BudgetScheduler(TrialScheduler):
     """Synchronous successive halving over a cohort of trials, then the finalists' shares (module docstring)."""
 
-    def __init__(self, plan: HalvingPlan, eta: int, eval_every: int, metric: str):
+    def __init__(self, plan: HalvingPlan, eta: int, eval_every: int, metric: str, sink=None):
         super().__init__()
         self._metric, self._mode = metric, "min"
         self.plan, self._eta, self._eval_every = plan, eta, eval_every
-        self._trials: Dict[str, Trial] = {}  # in the order Tune added them: the cohort
+        # Where the state goes with each experiment snapshot: the searcher, which Tune saves with the trials'
+        # states in one snapshot and restores on --resume (the scheduler itself is not saved).
+        self._sink = sink
+        self._restoring = False  # a resumed search's trials are being added again
+        self._trials: Dict[str, Trial] = {}  # in the order the search created them: the cohort
         self._milestone: Dict[str, int] = {}  # the step a trial in the halving trains to
         self._score: Dict[str, float] = {}  # its score there, once it has reached it
         self._steps: Dict[str, int] = {}  # steps each trial has trained
@@ -63,12 +66,36 @@ class BudgetScheduler(TrialScheduler):
     def _live(self) -> List[str]:
         return [t for t in self._trials if t not in self._out]
 
+    _STATE = ("_milestone", "_score", "_steps", "_allowance", "_out", "_to_unpause", "finished")
+
+    def _publish(self) -> None:
+        """Hand the state to the searcher, so that the next experiment snapshot holds it."""
+        if self._sink is not None:
+            self._sink.scheduler_state = {"order": list(self._trials),
+                                          **{k: copy.deepcopy(getattr(self, k)) for k in self._STATE}}
+
+    def _restore(self, state: dict) -> None:
+        for k in self._STATE:
+            setattr(self, k, copy.deepcopy(state[k]))
+        self._trials = dict.fromkeys(state["order"])  # Trial objects come back as Tune adds them
+        self._restoring = True
+
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        if trial.trial_id in self._trials:
+        state = getattr(self._sink, "scheduler_state", None)
+        if not self._trials and state:  # a resumed search: Tune adds its trials again
+            self._restore(state)
+        tid = trial.trial_id
+        if self._trials.get(tid) is None and tid in self._trials:  # a restored trial
+            self._trials[tid] = trial
+            if tid in self._score and trial.status == Trial.PENDING:
+                trial.set_status(Trial.PAUSED)  # it waits at its rung, as when the search stopped
             return
-        self._trials[trial.trial_id] = trial
-        self._milestone[trial.trial_id] = self.plan.milestones[0]
-        self._steps[trial.trial_id] = 0
+        if tid in self._trials:
+            return
+        self._trials[tid] = trial
+        self._milestone[tid] = self.plan.milestones[0]
+        self._steps[tid] = 0
+        self._publish()
 
     def _leave(self, tune_controller, trial: Trial, result: Optional[dict]) -> None:
         """A trial ended by itself (patience, its last step), failed, or was stopped: the others may go on."""
@@ -81,6 +108,7 @@ class BudgetScheduler(TrialScheduler):
         self._to_unpause.discard(tid)
         if tid not in self._allowance:
             self._decide(tune_controller, current=None)
+        self._publish()
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: Optional[dict]) -> None:
         self._leave(tune_controller, trial, result)
@@ -98,6 +126,11 @@ class BudgetScheduler(TrialScheduler):
     # ---------------------------------------------------------------- decisions
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        decision = self._on_result(tune_controller, trial, result)
+        self._publish()
+        return decision
+
+    def _on_result(self, tune_controller, trial: Trial, result: dict) -> str:
         tid = trial.trial_id
         self._note_steps(tid, result)
         self._to_unpause.discard(tid)
@@ -130,8 +163,11 @@ class BudgetScheduler(TrialScheduler):
                 self._milestone[t] *= self._eta
                 del self._score[t]
             return self._act(tune_controller, current, go=ranked[:keep], stop=ranked[keep:])
-        # The finalists: an equal share each of what is left of the budget, in whole evaluation intervals.
-        share = (self.plan.budget - self.steps_spent) // len(live) // self._eval_every * self._eval_every
+        # The finalists: each may train the plan's share after its milestone (the end every trial was given as
+        # its length, so that a cool-down lands there), and less if trials dropped out before, so that the
+        # budget holds; budget a trial that dropped out left is not handed on (it would depend on when).
+        share = min(self.plan.finalist_share,
+                    (self.plan.budget - self.steps_spent) // len(live) // self._eval_every * self._eval_every)
         for t in live:
             self._score.pop(t)
             self._allowance[t] = self._steps[t] + share
@@ -151,6 +187,7 @@ class BudgetScheduler(TrialScheduler):
             if t in self.finished:  # a paused finalist whose share is nothing: it trained all it could
                 trial.last_result["final"] = True
             tune_controller.stop_trial(trial)
+            _save_with_next_state(tune_controller, trial)
         for t in go:
             if t == current:
                 decision = TrialScheduler.CONTINUE
@@ -159,6 +196,11 @@ class BudgetScheduler(TrialScheduler):
         return decision
 
     def choose_trial_to_run(self, tune_controller) -> Optional[Trial]:
+        if self._restoring and all(t is not None for t in self._trials.values()):
+            # Every trial of the resumed search is back: a rung that was complete when it stopped is decided now.
+            self._restoring = False
+            self._decide(tune_controller, current=None)
+            self._publish()
         trials = tune_controller.get_trials()
         for trial in trials:
             if trial.status == Trial.PAUSED and trial.trial_id in self._to_unpause:
@@ -171,6 +213,18 @@ class BudgetScheduler(TrialScheduler):
     def debug_string(self) -> str:
         return (f"Budget: {self.steps_spent} of {self.plan.budget} steps spent; "
                 f"{len(self._live())} of {len(self._trials)} trials in the race")
+
+
+def _save_with_next_state(tune_controller, trial: Trial) -> None:
+    """Have the next experiment state record the trial as stopped. Tune writes a stopped trial's new status
+    only when it had an actor; a trial paused at a rung has none, and its stored status would stay PAUSED:
+    a run that looks interrupted. The scheduler's handle on the controller does not expose this (ray 2.60)."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    mark = getattr(controller, "_mark_trial_to_checkpoint", None)
+    if mark is None:
+        raise RuntimeError("this Ray Tune version cannot record a paused trial as stopped (no "
+                           "TuneController._mark_trial_to_checkpoint); run with search.budget_steps=0")
+    mark(trial)
 
 
 class FinalMarker(Callback):

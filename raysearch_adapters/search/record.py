@@ -52,7 +52,9 @@ class TablesRecorder(Callback):
     def _row(self, trial) -> dict:
         row = self.trials.get(trial.trial_id)
         if row is None:
+            number = trial.experiment_tag.split("_", 1)[0]  # Tune's tag starts with its trial counter
             row = {"search_id": self.search_id, "trial_id": trial.trial_id, "evals": 0,
+                   "trial_number": int(number) if number.isdigit() else None,
                    **{k: trial.config.get(k) for k in HPARAM_NAMES}}
             self.trials[trial.trial_id] = row
         return row

@@ -327,11 +327,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = load_from_args(args.config)
     if args.resume:
         cfg = resumed_config(cfg, *split_config(args.config))
-        if cfg.search.budget_steps:
-            raise UserError(f"--resume: the search in {results_dir_of(cfg)} spends a budget (search.budget_steps="
-                            f"{cfg.search.budget_steps}), and the state of its halving is not saved; a budgeted search "
-                            "cannot be resumed yet: start it again under another search.name (its trials give the "
-                            "same results), or use fixed-length trials (search.budget_steps=0) for resumable searches")
     summary = run_search(cfg, resume=args.resume)
     if summary.get("interrupted"):
         return INTERRUPTED_EXIT

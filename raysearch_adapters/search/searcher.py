@@ -42,6 +42,11 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._orphans: Optional[List[int]] = None
         # trial id -> (result, error, when noted): outcomes Tune has, not yet on storage, so not told
         self._untold: Dict[str, Tuple[Optional[Dict], bool, float]] = {}
+        # each running trial's latest result: Tune stops a trial paused at a rung without passing its result
+        self._latest: Dict[str, Dict] = {}
+        # the budget scheduler's state, kept here because Tune saves (and restores) the searcher with each
+        # experiment snapshot and not the scheduler (search.budget.BudgetScheduler)
+        self.scheduler_state: Optional[Dict] = None
 
     def _setup_study(self, mode) -> None:
         """Ray's study, with its objectives named (optuna-dashboard shows "Objective 0" otherwise)."""
@@ -95,6 +100,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
         """An intermediate value for Optuna (pruned trials are ranked by their last one), at the trial's
         evaluation index: Tune's iteration count starts again when a paused trial resumes."""
+        self._latest[trial_id] = result
         try:
             with warnings.catch_warnings():  # a resumed trial repeats the evaluations after its checkpoint
                 warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
@@ -103,9 +109,11 @@ class ConstrainedOptunaSearch(OptunaSearch):
             self._already_told(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
-        """Note the outcome; ``tell_recorded`` tells it once the stored experiment state has the trial finished."""
+        """Note the outcome; ``tell_recorded`` tells it once the stored experiment state has the trial finished.
+        A trial stopped while paused at a rung comes without its result: its latest one is it."""
+        latest = self._latest.pop(trial_id, None)
         if trial_id not in self._completed_trials and trial_id not in self._untold:
-            self._untold[trial_id] = (result, error, time.time())
+            self._untold[trial_id] = (result if result or error else latest, error, time.time())
 
     def has_untold(self) -> bool:
         return bool(self._untold)

@@ -12,7 +12,7 @@ running trial's workers fit.
 
 from __future__ import annotations
 
-from typing import List, Union
+from typing import List, Optional, Union
 
 import optuna
 import ray
@@ -123,12 +123,13 @@ def make_searcher(cfg: Config, storage: optuna.storages.BaseStorage) -> Constrai
                                    limit=degradation_limit(cfg.search.kappa, cfg.search.kappa_mode))
 
 
-def make_scheduler(cfg: Config):
+def make_scheduler(cfg: Config, searcher: Optional[ConstrainedOptunaSearch] = None):
     """With a budget, synchronous halving and the finalists (``search.budget``); else ASHA on dev new-domain
     WER with infeasible trials ranked last, one rung per evaluation (FIFO when ``search.asha.enabled=false``)."""
     a = cfg.search.asha
     if cfg.search.budget_steps:
-        return BudgetScheduler(budget_plan(cfg), a.reduction_factor, cfg.train.eval_every, ASHA_METRIC)
+        return BudgetScheduler(budget_plan(cfg), a.reduction_factor, cfg.train.eval_every, ASHA_METRIC,
+                               sink=searcher)
     if not a.enabled:
         return FIFOScheduler()
     top = max_evals(cfg)
@@ -162,7 +163,7 @@ def make_tuner(cfg: Config, storage_path: str, study_storage: optuna.storages.Ba
                                   resume_errored=False)
     concurrent = max_concurrent_trials(cfg, ray.cluster_resources())
     searcher = make_searcher(cfg, study_storage)
-    scheduler = make_scheduler(cfg)
+    scheduler = make_scheduler(cfg, searcher)  # its state travels with the searcher's (resume)
     budget = isinstance(scheduler, BudgetScheduler)
     return tune.Tuner(
         fn,

@@ -11,8 +11,8 @@ def default_hparams(cfg: Config) -> dict:
     """Every hyperparameter at the value of the ``adapter`` and ``train`` sections (the unsearched default); a
     trial's ``steps`` is the most it may train."""
     a, t = cfg.adapter, cfg.train
-    # With a budget a trial may train at most the whole budget: the scheduler decides how far it goes.
-    steps = cfg.search.budget_steps or t.steps
+    # With a budget a trial may train at most to the finalists' end: the scheduler decides how far it goes.
+    steps = cfg.trial_steps()
     return {"type": a.type, "dim": a.dim, "rank": a.rank, "alpha": a.alpha, "targets": a.targets, "blocks": a.blocks,
             "position": a.positions[0], "lr": t.lr, "dropout": a.dropout, "stochastic_depth": a.stochastic_depth,
             "l2_lambda": a.l2_lambda, "weight_decay": t.weight_decay, "steps": steps, "specaugment": t.specaugment,

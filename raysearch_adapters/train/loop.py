@@ -37,7 +37,7 @@ from raysearch_adapters.data.batching import SecondsSampler, duration_batches
 from raysearch_adapters.data.cache import FeatureSet, concat_padded
 from raysearch_adapters.data.features import SpecAugment
 from raysearch_adapters.models.base import BackboneView, as_view
-from raysearch_adapters.schedule import lr_factor
+from raysearch_adapters.schedule import cooldown_factor, lr_factor
 from raysearch_adapters.train.evaluate import autocast_context, evaluate
 from raysearch_adapters.train.objective import degradation, evaluation_rank, is_feasible
 
@@ -237,8 +237,9 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     ``original`` dev sets. ``hp`` gives ``lr``, ``weight_decay``, ``steps``, ``specaugment``,
     ``replay`` and ``distill_weight``. ``resume`` is a train state passed to an earlier
     ``report``; the adapter weights must already be loaded. Returns the last report's metrics.
-    ``patience`` (> 0): the trial ends, its last report ``final``, after that many evaluations in a row
-    that did not improve on its best one.
+    ``patience`` (> 0): after that many evaluations in a row that did not improve on its best one the
+    trial ends (its last report ``final``), or with ``train.lr_schedule=wsd`` cools down over
+    ``train.decay_steps`` steps and then ends.
 
     Each report's metrics hold this evaluation's values (``eval_*``) and the trial's best
     evaluation so far (``dev_wer_new``, ``degradation``, ``best_step``, ...); the train state
@@ -251,16 +252,20 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(hp["weight_decay"]))
     specaugment = SpecAugment(specaugment_cfg).train() if hp["specaugment"] else None
     step, eval_index, best, best_state = 0, 0, None, None
+    # wsd: the step its cool-down starts (None: not yet), and the step the trial then ends
+    decay_steps = train_cfg.decay_steps if train_cfg.lr_schedule == "wsd" else 0
+    decay_start, end = None, steps
     torch.manual_seed(train_cfg.seed)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         step, eval_index = int(resume["step"]), int(resume["eval_index"])
         best, best_state = resume["best"], resume["best_state_dict"]
+        decay_start, end = resume.get("decay_start"), int(resume.get("end", steps))
         torch.set_rng_state(resume["rng"])  # SpecAugment, dropout, stochastic depth continue as uninterrupted
     plan = BatchPlan(sets, train_cfg, replay, distill_weight > 0, rank, world_size)
     for _ in range(step):  # the same batch sequence as an uninterrupted run
         plan.next()
-    if step >= steps or (resume is not None and resume["metrics"].get("final")):
+    if step >= end or (resume is not None and resume["metrics"].get("final")):
         # the run had finished when its trial was interrupted: report its result again
         report(resume["metrics"], resume)
         return resume["metrics"]
@@ -270,8 +275,12 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     count = 0
     metrics: dict = {}
     handle.train()
-    while step < steps:
+    while step < end:
+        if decay_steps and decay_start is None and step >= steps - decay_steps:
+            decay_start = max(0, steps - decay_steps)  # the trial's last possible steps: cool down before them
         current_lr = lr * lr_factor(train_cfg.lr_schedule, step, train_cfg.warmup_steps, steps)
+        if decay_start is not None:
+            current_lr *= cooldown_factor(step, decay_start, end - decay_start)
         for group in optimizer.param_groups:
             group["lr"] = current_lr
         loss, terms = step_loss(view, handle, sets, plan.next(), distill_weight, device, train_cfg.precision,
@@ -293,7 +302,7 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             sums[name] = sums.get(name, 0.0) + value
         count += 1
         step += 1
-        if step % train_cfg.eval_every == 0 or step == steps:
+        if step % train_cfg.eval_every == 0 or step == end:
             eval_index += 1
             handle.eval()
             check_in_forward_path(view, handle, *probe)
@@ -307,8 +316,12 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             if _better(current, best, limit):
                 best, best_state = current, handle.state_dict()
             # Patience: this many evaluations since the best one, none better: the trial has stopped improving.
-            stalled = patience > 0 and eval_index - best["eval_index"] >= patience
-            metrics = {"final": step == steps or stalled, "step": step, "eval_index": eval_index, "lr": current_lr,
+            # It ends now, or (wsd) cools down first; once cooling down it finishes the cool-down.
+            stalled = patience > 0 and eval_index - best["eval_index"] >= patience and decay_start is None
+            if stalled and decay_steps:
+                decay_start, end = step, min(steps, step + decay_steps)
+            final = step >= end or (stalled and not decay_steps)
+            metrics = {"final": final, "step": step, "eval_index": eval_index, "lr": current_lr,
                        "train_loss": means["loss"], "supervised_loss": means["supervised"],
                        "distill_loss": means.get("distill"), "time_s": time.monotonic() - start,
                        "base_dev_wer_original": base_original_wer,
@@ -318,8 +331,8 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             sums, count = {}, 0
             report(metrics, {"optimizer": optimizer.state_dict(), "step": step, "eval_index": eval_index,
                              "metrics": metrics, "best": best, "best_state_dict": best_state,
-                             "rng": torch.get_rng_state()})
-            if stalled:
+                             "rng": torch.get_rng_state(), "decay_start": decay_start, "end": end})
+            if final:
                 break
     handle.eval()
     return metrics

@@ -31,3 +31,9 @@ def test_pareto_front_is_the_non_dominated_trials():
     front = [r["trial_id"] for r in pareto_front(ROWS)]
     assert front == ["best-but-infeasible", "pruned-feasible", "feasible", "feasible-worse"]
     assert "feasible" not in [r["trial_id"] for r in pareto_front(ROWS + [_row("dominates", 19.0, 0.4)])]
+
+
+def test_a_tie_goes_to_the_trial_started_first_not_to_the_random_trial_id():
+    first, second = {**_row("ffff", 40.0, 0.5), "trial_number": 1}, {**_row("0000", 40.0, 0.5), "trial_number": 2}
+    assert select_winner([second, first], limit=1.0)["trial_id"] == "ffff"
+    assert closest_infeasible([{**second, "degradation": 3.0}, {**first, "degradation": 3.0}], 1.0)["trial_id"] == "ffff"

@@ -18,6 +18,7 @@ BUDGET = 40  # eval_every 2, grace 1: a cohort of 4 halved at steps 2 and 4; 2 f
 def _search(search_data, root, name: str, *extra: str):
     cfg = load_config([], tiny_search_overrides(*search_data, root, name, f"search.budget_steps={BUDGET}",
                                                 "search.num_trials=0", "search.kappa=1000", "train.warmup_steps=1",
+                                                "train.lr_schedule=constant",
                                                 "search.space.lr={low: 0.001, high: 0.01, log: true}", *extra))
     summary = run.run_search(cfg)
     out = root / name
@@ -32,7 +33,7 @@ def _search(search_data, root, name: str, *extra: str):
 def budget_runs(ray_session, search_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("budget")
     return {name: _search(search_data, root, name, *extra) for name, extra in
-            (("first", ["search.patience=0"]), ("again", ["search.patience=0"]), ("patient", ["search.patience=1"]))}
+            (("first", ["search.patience=0"]), ("again", ["search.patience=0"]), ("patient", ["search.patience=1", "train.lr_schedule=wsd", "train.decay_steps=4"]))}
 
 
 def test_the_budget_is_spent_exactly_and_never_exceeded(budget_runs):
@@ -74,14 +75,58 @@ def test_two_runs_of_one_config_give_the_same_trials_evaluations_and_winner(budg
     assert s1["winner"]["test"] == s2["winner"]["test"]
 
 
-def test_patience_stops_a_finalist_that_no_longer_improves(budget_runs):
-    """With patience 1 a finalist ends at its first evaluation that is not better than its best one, so the
-    search spends less than its budget; the finalist still counts as complete (it trained all it could use)."""
+def test_patience_cools_down_and_stops_a_finalist_that_no_longer_improves(budget_runs):
+    """Patience 1 with the wsd schedule: a trial whose evaluation at step s is no better than its best cools
+    down (the rate falls linearly to 0 over train.decay_steps = 4 steps) and ends at s + 4, before its share
+    is spent; it still counts as complete. The search then spends less than its budget."""
     summary, trials, epochs = budget_runs["patient"]
     finalists = [(t, rows) for t, rows in zip(trials, epochs) if t["status"] == "COMPLETE"]
-    assert finalists and summary["budget"]["spent"] <= BUDGET
-    for t, rows in finalists:
-        last = rows[-1]
-        if t["step"] < 18:  # it stopped early: the evaluation before was its best, this one no better
-            assert last["eval_index"] - t["best_step"] // 2 == 1
-    assert any(t["step"] < 18 for t, _ in finalists), "no finalist stopped on patience"
+    stopped = [(t, rows) for t, rows in finalists if t["step"] < 18]
+    assert stopped, "no finalist stopped on patience"
+    assert summary["budget"]["spent"] < BUDGET
+    for t, rows in stopped:
+        stall = rows[-3]
+        assert stall["eval_index"] - 1 >= 1 and t["best_step"] < stall["step"] and t["step"] == stall["step"] + 4
+        # each report's rate is its last step's: s-1 at the peak, s+1 at 3/4 of it, s+3 at 1/4
+        assert [r["lr"] for r in rows[-3:]] == [pytest.approx(t["lr"] * f) for f in (1.0, 0.75, 0.25)]
+
+
+def test_a_killed_budgeted_search_resumes_to_the_same_trials_and_winner(ray_session, search_data, budget_runs,
+                                                                          tmp_path):
+    """SIGKILL the driver once a trial has ended, then --resume: the halving's state comes back with the
+    experiment snapshot (trials waiting at a rung wait again, decisions already taken stand), every trial is
+    counted once in the tables and the study, the budget holds, and the search ends as the uninterrupted one."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_search_e2e import _finished, _wait, assert_study_equals_tables
+
+    overrides = tiny_search_overrides(*search_data, tmp_path, "killed", f"search.budget_steps={BUDGET}",
+                                      "search.num_trials=0", "search.kappa=1000", "train.warmup_steps=1",
+                                      "train.lr_schedule=constant", "search.space.lr={low: 0.001, high: 0.01, log: true}",
+                                      "search.patience=0")
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters.cli", "search", *overrides], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    out = tmp_path / "killed"
+    _wait(lambda: _finished(out) >= 1, driver)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=120)
+    assert not (out / "summary.json").exists()
+    from ray import tune
+
+    # killed mid-search: the snapshot it left has trials still to train (waiting at a rung, or finalists)
+    assert {t.status for t in tune.ExperimentAnalysis(str(out / "tune")).trials} - {"TERMINATED"}
+    summary = run.run_search(run.resumed_config(load_config([], overrides), [], overrides), resume=True)
+    rows = assert_study_equals_tables(out, "killed", 1000.0)
+    assert len(rows) == 4 and sum(r["step"] for r in rows) <= BUDGET
+    _, first, _ = budget_runs["first"]
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{out / 'optuna.db'}")
+    by_id = {r["trial_id"]: r for r in rows}
+    resumed = [by_id[t.user_attrs[TUNE_TRIAL_ID]] for t in sorted(study.trials, key=lambda t: t.number)]
+    keys = ("dim", "blocks", "position", "lr", "replay", "distill_weight", "status", "step", "dev_wer_new")
+    assert [[t[k] for k in keys] for t in resumed] == [[t[k] for k in keys] for t in first]
+    assert json.loads((out / "summary.json").read_text())["budget"]["spent"] == summary["budget"]["spent"] == BUDGET

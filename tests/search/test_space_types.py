@@ -37,7 +37,7 @@ def _asked(cfg, n: int):
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_each_trial_has_its_types_parameters_and_none_of_the_others(sampler):
-    cfg = load_config([], [*TYPED, f"search.sampler={sampler}", "search.num_trials=30"])
+    cfg = load_config([], [*TYPED, f"search.sampler={sampler}", "search.budget_steps=0", "search.num_trials=30"])
     configs = _asked(cfg, 30)
     assert {c["type"] for c in configs} == {"bottleneck", "lora", "parallel"}
     for c in configs:
