@@ -1,7 +1,7 @@
 """Bench: is the search worth running? Its winner against hand-picking and random search at equal budget.
 
-    python bench/search_value.py [--budget 8000] [--seeds 0 1 2] [--only a c] [--out bench/search_value.json]
-                                 [key=value ...]
+    python bench/search_value.py [--budget 8000] [--seeds 0 1 2] [--only c a b d] [--out bench/search_value.json]
+                                 [--results-dir DIR] [key=value ...]
 
 Every run is a real demo search (``raysearch-adapters search`` with overrides), each given the
 same number of optimiser steps in all (``--budget``), on the demo corpus:
@@ -70,14 +70,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=8000, help="optimiser steps per run, all trials together")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS),
+                        help="variants to run, in this order for each seed")
     parser.add_argument("--out", default="bench/search_value.json", help="every run's figures (JSON)")
+    parser.add_argument("--results-dir", help="keep every run's results folder here (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     cohort = num_trials(load_config([], [f"search.budget_steps={args.budget}", *args.overrides]))
     print(f"machine: {machine()}; budget {args.budget} steps; search cohort {cohort}", flush=True)
     runs = []
-    with tempfile.TemporaryDirectory() as results:
+    with tempfile.TemporaryDirectory() as scratch:
+        results = args.results_dir or scratch  # each run's results folder: results_dir/value_<variant>_<seed>
         for seed in args.seeds:
             for key in args.only:
                 variant = VARIANTS[key]
@@ -94,7 +97,9 @@ def main() -> None:
                        "best_step": w["best_step"] if w else None, "hparams": w["hparams"] if w else None}
                 runs.append(run)
                 print(json.dumps(run), flush=True)
-    Path(args.out).write_text(json.dumps({"machine": machine(), "budget": args.budget, "runs": runs}, indent=1))
+                # after every run: a long bench stopped part way keeps what it measured
+                Path(args.out).write_text(json.dumps({"machine": machine(), "budget": args.budget, "runs": runs},
+                                                     indent=1))
     print(f"\n{'variant':<10}{'new test WER med (min-max)':>30}{'test degradation med':>24}{'wall min med':>15}")
     for key in args.only:
         rs = [r for r in runs if r["variant"] == VARIANTS[key] and r["test_new"] is not None]

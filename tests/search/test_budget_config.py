@@ -21,7 +21,11 @@ BAD = [
     (["search.num_trials=20", "search.budget_steps=4000"],
      r"search\.num_trials: got 20; with search\.budget_steps=4000: 20 trials need \d+ steps.*at most \d+ trial"),
     (["train.lr_schedule=cosine"], r"train\.lr_schedule: got 'cosine'; with search\.budget_steps .*allowed: "
-                                   r"constant, inverse_sqrt"),
+                                   r"wsd, constant, inverse_sqrt"),
+    (["train.decay_steps=300"], r"train\.decay_steps: got 300; must be a multiple of train\.eval_every \(200\)"),
+    # 4000 steps: a cohort of 4 halved to 2 finalists by step 400 (1,200 steps), 1,400 steps each after it
+    (["search.budget_steps=4000", "train.decay_steps=1600"],
+     r"train\.decay_steps: got 1600; the cool-down must fit in the finalists' share of the budget \(1400 steps"),
     (["search.space.steps=[400,800]"], r"search\.space\.steps: .*the budget decides how long each trial trains"),
     (["search.budget_steps=0"], r"search\.num_trials: got 0; must be >= 1"),
     (["train.warmup_ratio=0.1"], r"'train\.warmup_ratio' is no longer a key: use train\.warmup_steps"),

@@ -42,7 +42,8 @@ def fake_trial(config):
 def searched(ray_session, tmp_path_factory):
     """A 10-trial random search over dim in {1, 2, 8, 16}, one trial at a time, kappa 1."""
     tmp_path = tmp_path_factory.mktemp("fake_search")
-    cfg = load_config([], ["search.name=fake", "search.sampler=random", "search.num_trials=10", "search.seed=3",
+    cfg = load_config([], ["search.name=fake", "search.sampler=random", "search.budget_steps=0", "search.num_trials=10",
+                           "search.seed=3",
                            # every outcome, whatever the random draws: infeasible-but-best, failing, feasible
                            "search.start_points=[{dim: 16}, {dim: 8}, {dim: 2}, {dim: 1}]",
                            "search.space.dim.choices=[1,2,8,16]", f"train.steps={EVALS}", "train.eval_every=1",
@@ -115,7 +116,8 @@ class _RungTrial:  # what ASHA reads of a trial
 
 def _first_rung(*trial_ids):
     """ASHA as a search makes it (kappa 1), and trials it has been told about, for first-rung decisions."""
-    cfg = load_config([], [f"train.steps={EVALS}", "train.eval_every=1", "search.asha.grace_period=1",
+    cfg = load_config([], ["search.budget_steps=0", "search.num_trials=4", f"train.steps={EVALS}", "train.eval_every=1",
+                           "search.asha.grace_period=1",
                            "search.asha.reduction_factor=2", "search.kappa=1.0"])
     scheduler = make_scheduler(cfg)
     trials = [_RungTrial(t) for t in trial_ids]
