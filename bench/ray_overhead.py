@@ -38,6 +38,8 @@ def measure(mode: str, args, results_dir: Path) -> dict:
     name = f"overhead-{mode}"
     summary = run_demo_search([
         f"search.name={name}", f"results.dir={results_dir}", "search.sampler=random", f"search.seed={args.seed}",
+        # fixed-length trials (no budget): each trains train.steps, the figure this bench compares
+        "search.budget_steps=0", "train.lr_schedule=cosine",
         f"search.num_trials={args.trials}", "search.asha.enabled=false", "resources.max_concurrent_trials=1",
         f"train.steps={args.steps}", f"train.eval_every={args.steps}", *MODES[mode], *args.overrides])
     epochs = read_rows(results_dir / name / "epochs.parquet", EPOCHS_SCHEMA)

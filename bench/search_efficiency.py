@@ -50,6 +50,8 @@ def best_so_far(rows: list, limit: float) -> list:
 def run(sampler: str, seed: int, budget: int, overrides: list, results_dir: Path) -> dict:
     name = f"eff-{sampler}-{seed}"
     summary = run_demo_search([f"search.name={name}", f"results.dir={results_dir}", f"search.sampler={sampler}",
+                               # fixed-length trials, as measured: the trial count is the budget here
+                               "search.budget_steps=0", "train.lr_schedule=cosine", "train.warmup_steps=80",
                                f"search.seed={seed}", f"search.num_trials={budget}", *overrides])
     rows = read_rows(results_dir / name / "trials.parquet", TRIALS_SCHEMA)
     w = summary["winner"]
@@ -109,7 +111,8 @@ def main() -> None:
     parser.add_argument("--out", help="also write every run's curve as JSON here")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     args = parser.parse_args()
-    budget = args.budget or load_config([], args.overrides).search.grid.size()
+    budget = args.budget or load_config([], ["search.budget_steps=0", "search.num_trials=1",
+                                             "train.lr_schedule=cosine", *args.overrides]).search.grid.size()
     print(f"machine: {machine()}")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -76,7 +76,8 @@ def tiny_search_overrides(corpus, checkpoint, cache, results_dir, name: str, *ex
             "search.space.dim.choices=[2,4]", "search.space.blocks.choices=[all,top:1]",
             "search.space.position.choices=[post,ffn]", "search.space.replay=[0.0,0.5]",
             "search.space.distill_weight=[0.0,2.0]", "train.distill_seconds=3", "data.pool_hours=0",
-            "train.steps=4", "train.eval_every=2", "train.lr_schedule=cosine", "train.warmup_steps=0", "train.max_batch_seconds=12", "data.max_batch_seconds=60",
+            "train.steps=4", "train.eval_every=2", "train.lr_schedule=cosine", "train.warmup_steps=0",
+            "train.max_batch_seconds=12", "data.max_batch_seconds=60",
             "resources.max_concurrent_trials=2", *extra]
 
 

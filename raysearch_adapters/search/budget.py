@@ -163,15 +163,20 @@ class BudgetScheduler(TrialScheduler):
                 self._milestone[t] *= self._eta
                 del self._score[t]
             return self._act(tune_controller, current, go=ranked[:keep], stop=ranked[keep:])
-        # The finalists: each may train the plan's share after its milestone (the end every trial was given as
-        # its length, so that a cool-down lands there), and less if trials dropped out before, so that the
-        # budget holds; budget a trial that dropped out left is not handed on (it would depend on when).
-        share = min(self.plan.finalist_share,
-                    (self.plan.budget - self.steps_spent) // len(live) // self._eval_every * self._eval_every)
+        # The finalists: each trains to the plan's end (the length every trial was given, so that its cool-down
+        # lands there) when what is left of the budget holds that for all of them, as it does when no trial
+        # dropped out early; else each gets an equal share of what is left.
+        end = self.plan.milestones[-1] + self.plan.finalist_share
+        left = self.plan.budget - self.steps_spent
+        if sum(end - self._steps[t] for t in live) <= left:
+            allowance = {t: end for t in live}
+        else:
+            share = left // len(live) // self._eval_every * self._eval_every
+            allowance = {t: self._steps[t] + share for t in live}
         for t in live:
             self._score.pop(t)
-            self._allowance[t] = self._steps[t] + share
-        if share > 0:
+            self._allowance[t] = allowance[t]
+        if any(allowance[t] > self._steps[t] for t in live):
             return self._act(tune_controller, current, go=live, stop=[])
         self.finished.update(live)
         return self._act(tune_controller, current, go=[], stop=live)

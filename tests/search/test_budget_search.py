@@ -32,8 +32,9 @@ def _search(search_data, root, name: str, *extra: str):
 @pytest.fixture(scope="module")
 def budget_runs(ray_session, search_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("budget")
-    return {name: _search(search_data, root, name, *extra) for name, extra in
-            (("first", ["search.patience=0"]), ("again", ["search.patience=0"]), ("patient", ["search.patience=1", "train.lr_schedule=wsd", "train.decay_steps=4"]))}
+    runs = (("first", ["search.patience=0"]), ("again", ["search.patience=0"]),
+            ("patient", ["search.patience=1", "train.lr_schedule=wsd", "train.decay_steps=4"]))
+    return {name: _search(search_data, root, name, *extra) for name, extra in runs}
 
 
 def test_the_budget_is_spent_exactly_and_never_exceeded(budget_runs):
@@ -53,12 +54,12 @@ def test_a_promoted_trial_continues_where_it_paused(budget_runs):
     counter and evaluation index go on (no step is trained twice), its learning rate stays the horizon-free
     schedule's, and its process-local clock restarted (it really was paused and resumed)."""
     _, trials, epochs = budget_runs["first"]
-    for t, rows in zip(trials, epochs):
-        if t["status"] != "COMPLETE":
-            continue
+    finalists = [rows for t, rows in zip(trials, epochs) if t["status"] == "COMPLETE"]
+    for rows in finalists:
         assert [e["eval_index"] for e in rows] == list(range(1, len(rows) + 1))
-        assert all(e["lr"] == pytest.approx(t["lr"]) for e in rows)  # warm-up of 1 step, then constant
-        assert any(later["time_s"] < earlier["time_s"] for earlier, later in zip(rows, rows[1:]))
+        assert all(e["lr"] == pytest.approx(rows[0]["lr"]) for e in rows)  # warm-up of 1 step, then constant
+    # the last trial to reach a rung goes on without a pause; the others waited there and were resumed
+    assert any(later["time_s"] < earlier["time_s"] for rows in finalists for earlier, later in zip(rows, rows[1:]))
 
 
 def test_two_runs_of_one_config_give_the_same_trials_evaluations_and_winner(budget_runs):
@@ -67,7 +68,8 @@ def test_two_runs_of_one_config_give_the_same_trials_evaluations_and_winner(budg
             "dev_wer_new", "dev_wer_original", "degradation")
     assert [[t[k] for k in keys] for t in t1] == [[t[k] for k in keys] for t in t2]
     evals = ("step", "eval_index", "dev_wer_new", "dev_wer_original", "degradation", "lr")
-    assert [[[e[k] for k in evals] for e in rows] for rows in e1] == [[[e[k] for k in evals] for e in rows] for rows in e2]
+    assert [[[e[k] for k in evals] for e in rows] for rows in e1] == [[[e[k] for k in evals] for e in rows]
+                                                                      for rows in e2]
     assert [[e["train_loss"] for e in rows] for rows in e1] == [[pytest.approx(e["train_loss"], rel=1e-6) for e in rows]
                                                                for rows in e2]
     index = {t["trial_id"]: i for i, t in enumerate(t1)}
@@ -106,8 +108,8 @@ def test_a_killed_budgeted_search_resumes_to_the_same_trials_and_winner(ray_sess
 
     overrides = tiny_search_overrides(*search_data, tmp_path, "killed", f"search.budget_steps={BUDGET}",
                                       "search.num_trials=0", "search.kappa=1000", "train.warmup_steps=1",
-                                      "train.lr_schedule=constant", "search.space.lr={low: 0.001, high: 0.01, log: true}",
-                                      "search.patience=0")
+                                      "train.lr_schedule=constant", "search.patience=0",
+                                      "search.space.lr={low: 0.001, high: 0.01, log: true}")
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters.cli", "search", *overrides], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

@@ -25,7 +25,7 @@ def _ask(cfg, n=1, with_study=False):
 
 def test_searched_params_are_suggested_and_the_rest_fixed_or_defaulted():
     cfg = load_config([], ["search.space.dim.choices=[4,8]", "search.space.steps.low=10", "search.space.steps.high=20",
-                           "search.space.dropout.value=0.1", "train.specaugment=false", "adapter.l2_lambda=0.01"])
+                           "search.budget_steps=0", "search.num_trials=5", "search.space.dropout.value=0.1", "train.specaugment=false", "adapter.l2_lambda=0.01"])
     for params, fixed in _ask(cfg, 5):
         assert set(params) == {"dim", "blocks", "position", "lr", "steps", "replay", "distill_weight"}
         assert params["dim"] in (4, 8) and isinstance(params["steps"], int) and 10 <= params["steps"] <= 20
@@ -37,7 +37,8 @@ def test_searched_params_are_suggested_and_the_rest_fixed_or_defaulted():
 
 def test_grid_sweeps_lr_dim_stochastic_depth_with_everything_else_at_defaults():
     cfg = load_config([], ["search.sampler=grid", "search.grid.lr=[0.001]", "search.grid.dim=[4,8]",
-                           "search.grid.stochastic_depth=[0.0]", "adapter.blocks=top:2"])
+                           "search.grid.stochastic_depth=[0.0]", "adapter.blocks=top:2", "search.budget_steps=0",
+                           "search.num_trials=10", "train.lr_schedule=cosine"])
     asked, study = _ask(cfg, 2, with_study=True)
     assert sorted(p["dim"] for p, _ in asked) == [4, 8]
     # the end of the grid must not leave the last trial RUNNING (GridSampler's study.stop() raises in tell)

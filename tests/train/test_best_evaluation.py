@@ -17,7 +17,7 @@ from raysearch_adapters.train.evaluate import evaluate, load_feature_set
 from raysearch_adapters.train.loop import TrainSets, train_adapters
 
 HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 40, "specaugment": False, "replay": 0.0, "distill_weight": 0.0}
-CFG = TrainConfig(steps=40, eval_every=10, max_batch_seconds=10.0)
+CFG = TrainConfig(steps=40, eval_every=10, max_batch_seconds=10.0, lr_schedule="cosine", warmup_steps=4)
 
 
 @pytest.fixture(scope="module")
