@@ -27,13 +27,7 @@ from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from raysearch_adapters.config import Config
 from raysearch_adapters.halving import HalvingPlan, next_alive
-
-
-def budget_plan(cfg: Config) -> HalvingPlan:
-    """The halving plan of a search with ``search.budget_steps`` (validated at config load)."""
-    return cfg.budget_plan()
 
 
 class BudgetScheduler(TrialScheduler):

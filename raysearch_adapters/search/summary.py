@@ -11,7 +11,6 @@ from typing import Optional
 import raysearch_adapters
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.config import Config
-from raysearch_adapters.search.budget import budget_plan
 from raysearch_adapters.results.select import best_per_type
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
@@ -111,7 +110,7 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
 
 def budget_report(cfg: Config, rows: list) -> dict:
     """How the budget was spent: planned rungs, steps trained in all, and how far each finalist went."""
-    plan = budget_plan(cfg)
+    plan = cfg.budget_plan()
     trained = {r["trial_id"]: int(r["step"] or 0) for r in rows}
     finalists = [r for r in rows if r["status"] == "COMPLETE"]
     return {"steps": plan.budget, "spent": sum(trained.values()), "cohort": plan.cohort,

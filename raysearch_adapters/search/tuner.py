@@ -25,7 +25,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from raysearch_adapters.config import Config, from_dict, to_dict
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.results.tables import HPARAM_NAMES
-from raysearch_adapters.search.budget import BudgetScheduler, FinalMarker, budget_plan
+from raysearch_adapters.search.budget import BudgetScheduler, FinalMarker
 from raysearch_adapters.search.stored_state import StoredStateWatcher
 from raysearch_adapters.search.record import TablesRecorder
 from raysearch_adapters.search.searcher import ConstrainedOptunaSearch
@@ -88,7 +88,7 @@ def num_trials(cfg: Config) -> int:
     """The trials of the search: the budget's cohort, or ``search.num_trials`` (at most the grid's size for the
     grid baseline)."""
     if cfg.search.budget_steps:
-        return budget_plan(cfg).cohort
+        return cfg.budget_plan().cohort
     if cfg.search.sampler == "grid":
         return min(cfg.search.num_trials, cfg.search.grid.size())
     return cfg.search.num_trials
@@ -128,7 +128,7 @@ def make_scheduler(cfg: Config, searcher: Optional[ConstrainedOptunaSearch] = No
     WER with infeasible trials ranked last, one rung per evaluation (FIFO when ``search.asha.enabled=false``)."""
     a = cfg.search.asha
     if cfg.search.budget_steps:
-        return BudgetScheduler(budget_plan(cfg), a.reduction_factor, cfg.train.eval_every, ASHA_METRIC,
+        return BudgetScheduler(cfg.budget_plan(), a.reduction_factor, cfg.train.eval_every, ASHA_METRIC,
                                sink=searcher)
     if not a.enabled:
         return FIFOScheduler()
