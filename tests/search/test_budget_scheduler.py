@@ -86,3 +86,27 @@ def test_a_trial_that_ends_early_does_not_take_the_finalists_cool_down_away():
     assert _report(scheduler, controller, b, 4, 2.0) == CONTINUE
     assert _report(scheduler, controller, b, 16, 2.0) == CONTINUE
     assert _report(scheduler, controller, b, 18, 2.0) == STOP and scheduler.finished == {"b"}
+
+
+def test_the_limit_widens_at_early_rungs_and_is_kappa_where_the_finalists_are_picked():
+    """kappa 1, rungs at steps 2 and 4 (the finalists' start): at step 2 degradation up to 2 costs nothing, so a
+    trial over kappa that learned most goes on; past the widened limit each point costs INFEASIBLE_PENALTY."""
+    plan = halving_plan(40, grace=2, eta=2, finalists=1, eval_every=2, cohort=4)
+    assert plan.milestones == [2, 4, 8]
+    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="unused", limit=1.0)
+    assert [scheduler.rung_limit(m) for m in plan.milestones] == [4.0, 2.0, 1.0]
+    # 60 + 10 x (4.5 - 4): the same trial's price at step 2 is 5 points; at step 8 it is 10 x 3.5
+    assert scheduler.rung_score({"dev_wer_new": 60.0, "degradation": 4.5}, 2) == 65.0
+    assert scheduler.rung_score({"dev_wer_new": 60.0, "degradation": 4.5}, 8) == 95.0
+    assert scheduler.rung_score({"dev_wer_new": 60.0, "degradation": 1.0}, 8) == 60.0
+    trials = [_Trial(t) for t in "abcd"]
+    controller = _Controller(trials)
+    for t in trials:
+        scheduler.on_trial_add(controller, t)
+    a, b, c, d = trials
+    rows = {a: (85.5, 1.95), b: (88.0, 0.5), c: (90.0, 0.2), d: (70.0, 30.0)}  # d wrecks the original domain
+    for t, (wer, deg) in rows.items():
+        decision = scheduler.on_trial_result(controller, t, {"step": 2, "dev_wer_new": wer, "degradation": deg})
+        t.status = Trial.PAUSED if decision == PAUSE else t.status
+    assert decision == STOP and controller.stopped == ["c"]  # d (the current one) and c stop; a and b go on
+    assert scheduler.choose_trial_to_run(controller) in (a, b) and scheduler._milestone["a"] == 4
