@@ -9,9 +9,10 @@ left of the budget, unless it stops improving first (``search.patience``, in the
 
 Waiting for the whole rung makes every decision a function of the trials' own evaluations,
 never of which trial happened to report first; and the cohort is suggested before any trial
-finishes, so the sampler sees the same study whatever the timing. Trials are ranked by their
-best evaluation so far: dev new-domain WER plus a price per point of degradation over a limit
-(:func:`~raysearch_adapters.train.objective.asha_score`); ties go to the earlier trial.
+finishes, so the sampler sees the same study whatever the timing. A trial is ranked by its best
+evaluation so far, each scored as dev new-domain WER plus a price per point of degradation over
+the rung's limit (:func:`~raysearch_adapters.train.objective.asha_score`); ties go to the
+earlier trial.
 
 The limit widens at the early rungs: at a rung of ``m`` steps it is kappa x (last milestone / m),
 so kappa itself at the rung that picks the finalists, twice kappa one rung before (eta 2), and
@@ -29,7 +30,7 @@ ended on its own; a trial stopped at a rung is PRUNED.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
@@ -57,6 +58,7 @@ class BudgetScheduler(TrialScheduler):
         self._trials: Dict[str, Trial] = {}  # in the order the search created them: the cohort
         self._milestone: Dict[str, int] = {}  # the step a trial in the halving trains to
         self._score: Dict[str, float] = {}  # its score there, once it has reached it
+        self._evals: Dict[str, List[Tuple[float, float]]] = {}  # every evaluation's (dev new WER, degradation)
         self._steps: Dict[str, int] = {}  # steps each trial has trained
         self._allowance: Dict[str, int] = {}  # finalists: the step each may train to
         self._out: Set[str] = set()  # trials no longer in the race (stopped, ended, failed)
@@ -73,7 +75,7 @@ class BudgetScheduler(TrialScheduler):
     def _live(self) -> List[str]:
         return [t for t in self._trials if t not in self._out]
 
-    _STATE = ("_milestone", "_score", "_steps", "_allowance", "_out", "_to_unpause", "finished")
+    _STATE = ("_milestone", "_score", "_evals", "_steps", "_allowance", "_out", "_to_unpause", "finished")
 
     def _publish(self) -> None:
         """Hand the state to the searcher, so that the next experiment snapshot holds it."""
@@ -144,6 +146,9 @@ class BudgetScheduler(TrialScheduler):
         step = int(result["step"])
         if result.get("final"):  # it ends by itself (patience, or its last step): on_trial_complete follows
             return TrialScheduler.CONTINUE
+        if "eval_dev_wer_new" in result:
+            self._evals.setdefault(tid, []).append((float(result["eval_dev_wer_new"]),
+                                                    float(result["eval_degradation"])))
         if tid in self._allowance:
             if step >= self._allowance[tid]:
                 self.finished.add(tid)
@@ -152,7 +157,7 @@ class BudgetScheduler(TrialScheduler):
             return TrialScheduler.CONTINUE
         if step < self._milestone[tid]:
             return TrialScheduler.CONTINUE
-        self._score[tid] = self.rung_score(result, self._milestone[tid])
+        self._score[tid] = self.rung_score(result, self._milestone[tid], self._evals.get(tid, ()))
         return self._decide(tune_controller, current=tid)
 
     def rung_limit(self, milestone: int) -> float:
@@ -160,11 +165,18 @@ class BudgetScheduler(TrialScheduler):
         docstring): the limit times how many times further the finalists' start is."""
         return self._limit * self.plan.milestones[-1] / milestone
 
-    def rung_score(self, result: dict, milestone: int) -> float:
-        """What ranks a trial at a rung (lower is better)."""
+    def rung_score(self, result: dict, milestone: int, evaluations=()) -> float:
+        """What ranks a trial at a rung (lower is better): the best score of its evaluations against the rung's
+        limit (``evaluations``: (dev new WER, degradation) of each; ``result``'s best evaluation among them).
+
+        Scored against the rung's limit, not the one the trial's reported best was chosen by: with kappa, a
+        trial whose every evaluation is over kappa reports its least degraded one, often its first, while a
+        later one that learned far more and sits within the rung's limit is what it will build on."""
         if self._limit is None:
             return float(result[self._metric])
-        return asha_score(float(result["dev_wer_new"]), float(result["degradation"]), self.rung_limit(milestone))
+        limit = self.rung_limit(milestone)
+        reported = [(float(result["dev_wer_new"]), float(result["degradation"]))]
+        return min(asha_score(wer, deg, limit) for wer, deg in [*reported, *evaluations])
 
     def _decide(self, tune_controller, current: Optional[str]) -> str:
         """Halve (or start the finalists) once every trial in the race has reached its rung; the decision

@@ -110,3 +110,33 @@ def test_the_limit_widens_at_early_rungs_and_is_kappa_where_the_finalists_are_pi
         t.status = Trial.PAUSED if decision == PAUSE else t.status
     assert decision == STOP and controller.stopped == ["c"]  # d (the current one) and c stop; a and b go on
     assert scheduler.choose_trial_to_run(controller) in (a, b) and scheduler._milestone["a"] == 4
+
+
+def test_a_rung_scores_every_evaluation_against_its_own_limit_not_only_the_reported_best():
+    """Every evaluation of a is over kappa, so a reports its least degraded one (step 2: 85.5 / +1.95); at the
+    step-4 rung (limit 2 x kappa) its step-4 evaluation (75 / +2.2: 75 + 10 x 0.2 = 77) is what ranks it, ahead
+    of b (79.3 / +0.9). Scored on the reported best (85.5), a would stop there."""
+    plan = halving_plan(60, grace=2, eta=2, finalists=1, eval_every=2, cohort=3)
+    assert plan.milestones == [2, 4, 8] and plan.alive == [3, 2, 1]
+    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="unused", limit=1.0)
+    trials = [_Trial(t) for t in "abc"]
+    controller = _Controller(trials)
+    for t in trials:
+        scheduler.on_trial_add(controller, t)
+    a, b, c = trials
+
+    def report(trial, step, wer, deg, best=None):
+        best = best or (wer, deg)
+        decision = scheduler.on_trial_result(controller, trial, {
+            "step": step, "eval_dev_wer_new": wer, "eval_degradation": deg,
+            "dev_wer_new": best[0], "degradation": best[1]})
+        trial.status = Trial.PAUSED if decision == PAUSE else trial.status
+        return decision
+
+    assert report(a, 2, 85.5, 1.95) == PAUSE
+    assert report(b, 2, 92.1, 0.65) == PAUSE
+    assert report(c, 2, 99.0, 0.0) == STOP  # the rung's limit at step 2 is 4: a and b go on
+    assert scheduler.choose_trial_to_run(controller) in (a, b)
+    assert report(b, 4, 79.3, 0.9) == PAUSE
+    assert report(a, 4, 75.0, 2.2, best=(85.5, 1.95)) == CONTINUE
+    assert controller.stopped == ["b"]
