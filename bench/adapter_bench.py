@@ -15,8 +15,8 @@ from raysearch_adapters.config import ConformerConfig, FrontendConfig
 from raysearch_adapters.data.batching import duration_batches
 from raysearch_adapters.data.manifest import read_manifest, write_manifest
 from raysearch_adapters.data.text import normalize_text
-from raysearch_adapters.train.evaluate import autocast_context
 from raysearch_adapters.models.ctc import ctc_loss
+from raysearch_adapters.train.evaluate import autocast_context
 
 # Adapter placements every benchmark compares: name -> block-set spec for a model of n blocks.
 PLACEMENTS = {"bottom": lambda n: "all", "middle": lambda n: f"window:{n // 2}-{n}", "top": lambda n: "top:1"}
@@ -56,7 +56,8 @@ def load_bench_model(checkpoint: Optional[str], manifests: Sequence[Path]):
     Conformer has the same shapes; a character tokenizer over the corpus, padded to the
     default vocabulary size, gives it the default head."""
     from raysearch_adapters.models.conformer import ConformerCTC
-    from raysearch_adapters.models.registry import DEMO_MODEL, load_checkpoint_model, resolve_checkpoint
+    from raysearch_adapters.models.registry import DEMO_MODEL, resolve_checkpoint
+    from raysearch_adapters.models.conformer import load_checkpoint_model
     from raysearch_adapters.models.tokenizer import CharTokenizer
 
     if checkpoint or DEMO_MODEL.is_file():

@@ -39,7 +39,7 @@ def fixed(args, overrides: list) -> None:
     from raysearch_adapters.adapters.inject import inject_adapters
     from raysearch_adapters.config import AdapterConfig, TrainConfig, load_config
     from raysearch_adapters.models.registry import load_base_model
-    from raysearch_adapters.train.evaluate import load_feature_set
+    from raysearch_adapters.data.cache import load_feature_set
     from raysearch_adapters.train.loop import TrainSets, base_dev_wers, train_adapters
     from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, load_teacher_set
 
@@ -93,7 +93,8 @@ def step_parts(args, overrides: list) -> None:
     from raysearch_adapters.adapters.inject import inject_adapters
     from raysearch_adapters.config import AdapterConfig, load_config
     from raysearch_adapters.models.registry import load_base_model
-    from raysearch_adapters.train.evaluate import evaluate, load_feature_set
+    from raysearch_adapters.data.cache import load_feature_set
+    from raysearch_adapters.train.evaluate import evaluate
     from raysearch_adapters.train.loop import BatchPlan, TrainSets, step_inputs
     from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, load_teacher_set
 

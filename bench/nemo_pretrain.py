@@ -22,13 +22,14 @@ import torch
 
 from raysearch_adapters.config import load_config
 from raysearch_adapters.data.batching import duration_batches
+from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.data.features import SpecAugment
 from raysearch_adapters.data.manifest import read_manifest
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.models.nemo import NemoASR
 from raysearch_adapters.models.nemo_build import build_model, train_tokenizer
-from raysearch_adapters.train.evaluate import evaluate, load_feature_set
-from raysearch_adapters.train.pretrain import warmup_cosine
+from raysearch_adapters.schedule import warmup_cosine
+from raysearch_adapters.train.evaluate import evaluate
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "nemo_demo.yaml"
 SETS = ("original_dev", "original_test", "new_dev", "new_test")

@@ -1,4 +1,4 @@
-"""The learning rate of an adapter trial at each step.
+"""Learning-rate schedules: an adapter trial's at each step, and the base model's pretraining (:func:`warmup_cosine`).
 
 ``constant`` and ``inverse_sqrt`` have no horizon: the rate at step s does not depend on how
 long the trial will train, so a trial that the budget scheduler lets go on continues exactly as
@@ -46,3 +46,11 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, horizon: int) -> floa
         progress = min(1.0, (step - warmup_steps) / max(horizon - warmup_steps, 1))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+
+
+def warmup_cosine(step: int, warmup: int, progress: float, floor: float = 0.01) -> float:
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``floor``
+    as ``progress`` (fraction of the budget spent, 0..1) reaches 1."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

@@ -38,7 +38,7 @@ def small_demo(tmp_path_factory):
 def search_data(small_demo, tmp_path_factory):
     """(demo corpus folder, tiny checkpoint path, feature cache folder), built once per session."""
     from raysearch_adapters.models.checkpoint import save_checkpoint
-    from raysearch_adapters.testing import tiny_conformer
+    from builders import tiny_conformer
 
     root = tmp_path_factory.mktemp("search_data")
     checkpoint = root / "tiny.pt"
@@ -71,10 +71,10 @@ def tiny_nemo(small_demo, tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_model_search(ray_session, small_demo, tmp_path_factory):
     """(config, summary, results folder) of one real search whose winner fixes and breaks utterances
-    (:func:`raysearch_adapters.testing.demo_model_search_overrides`), run once per test session."""
+    (:func:`builders.demo_model_search_overrides`), run once per test session."""
     from raysearch_adapters.config import load_config
     from raysearch_adapters.search import run
-    from raysearch_adapters.testing import demo_model_search_overrides
+    from builders import demo_model_search_overrides
 
     root = tmp_path_factory.mktemp("demo_model_search")
     cfg = load_config([], demo_model_search_overrides(small_demo, root / "features", root, "fixed-broken"))

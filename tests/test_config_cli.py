@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from raysearch_adapters.cli import split_config, main, parse_args
+from raysearch_adapters.commands.args import split_config
+from raysearch_adapters.commands.main import main, parse_args
 from raysearch_adapters.config import ConfigError, load_config
 from raysearch_adapters.results import read_rows
 from raysearch_adapters.results.hypotheses import HYPOTHESES_SCHEMA
@@ -18,18 +19,18 @@ SUBCOMMANDS = ("demo-data", "pretrain", "evaluate", "search", "submit", "dashboa
 
 
 def test_help_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "raysearch_adapters.cli", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "raysearch_adapters", "--help"], capture_output=True,
                          text=True, check=True).stdout
     for name in SUBCOMMANDS:
         assert f"    {name}" in out
     for name in SUBCOMMANDS:
-        sub = subprocess.run([sys.executable, "-m", "raysearch_adapters.cli", name, "--help"],
+        sub = subprocess.run([sys.executable, "-m", "raysearch_adapters", name, "--help"],
                              capture_output=True, text=True)
         assert sub.returncode == 0 and "usage: raysearch-adapters " + name in sub.stdout
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys\nfrom raysearch_adapters.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+    code = ("import sys\nfrom raysearch_adapters.commands.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
             "    pass\nprint('imported:', sorted(m for m in ('torch', 'ray', 'transformers', 'nemo') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "imported: []"
@@ -111,7 +112,7 @@ def test_unknown_key_hints_point_at_a_real_key(override, hint):
 
 @pytest.mark.parametrize("port", ["99999", "-1", "abc", "65536"])
 def test_dashboard_port_out_of_range_is_one_line_naming_port(tmp_path, port):
-    r = subprocess.run([sys.executable, "-m", "raysearch_adapters.cli", "dashboard", str(tmp_path), "--port", port],
+    r = subprocess.run([sys.executable, "-m", "raysearch_adapters", "dashboard", str(tmp_path), "--port", port],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.splitlines()[-1] == (f"raysearch-adapters dashboard: error: argument --port: got {port!r}; "
@@ -173,7 +174,7 @@ def test_evaluate_without_a_manifest_among_the_words_is_one_line(capsys):
 
 def test_a_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
     (tmp_path / "afile").write_text("a file where a folder should be")
-    r = subprocess.run([sys.executable, "-m", "raysearch_adapters.cli", "demo-data", "--small", "--out",
+    r = subprocess.run([sys.executable, "-m", "raysearch_adapters", "demo-data", "--small", "--out",
                         str(tmp_path / "afile" / "corpus")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("raysearch-adapters demo-data: error: [Errno 17] File exists: ")

@@ -21,12 +21,11 @@ from raysearch_adapters.errors import UserError
 from raysearch_adapters.results import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES, TRIALS_FILE, TRIALS_SCHEMA,
                                         read_table)
 from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE
+from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, OPTUNA_DB, SUMMARY_FILE
 from raysearch_adapters.results.select import best_per_type, select_winner
 
-SUMMARY_FILE = "summary.json"
-OPTUNA_DB = "optuna.db"
 # What the dashboard offers for download: these names only, never a path from the request.
-DOWNLOADS = (SUMMARY_FILE, TRIALS_FILE, EPOCHS_FILE, HYPOTHESES_FILE, "config.yaml", "best_adapter.pt", OPTUNA_DB)
+DOWNLOADS = (SUMMARY_FILE, TRIALS_FILE, EPOCHS_FILE, HYPOTHESES_FILE, CONFIG_FILE, BEST_ADAPTER_FILE, OPTUNA_DB)
 # The files whose change means the page must be rebuilt (the study's journal included).
 _WATCHED = (TRIALS_FILE, EPOCHS_FILE, SUMMARY_FILE, HYPOTHESES_FILE, OPTUNA_DB, OPTUNA_DB + "-journal",
             OPTUNA_DB + "-wal")

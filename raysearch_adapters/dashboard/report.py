@@ -5,15 +5,14 @@ set (all of them would make a large file; the dashboard shows every one, with it
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.dashboard.page import build_view, render_page
 from raysearch_adapters.dashboard.png import write_png
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.fileio import atomic_write_text
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
@@ -48,15 +47,3 @@ def write_report(results_dir: Path) -> Report:
     except OSError as e:  # a read-only folder, a full disk, a file where plots/ should be
         raise UserError(f"RESULTS_DIR {results_dir}: cannot write the report ({e})") from None
     return Report(html=html, pngs=pngs, errors=view["errors"], notes=view["notes"])
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    """``raysearch-adapters report RESULTS_DIR``."""
-    report = write_report(Path(args.results_dir))
-    for m in report.errors:
-        print(f"warning: {m}")
-    for m in report.notes:
-        print(f"note: {m}")
-    print(f"report: {report.html.absolute()} (self-contained, opens offline)")
-    print(f"plots:  {len(report.pngs)} PNG files in {(report.html.parent / PLOTS_DIR).absolute()}")
-    return 0

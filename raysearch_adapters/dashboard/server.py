@@ -15,7 +15,6 @@ a page that polls with the fingerprint it drew gets only that fingerprint back w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import json
@@ -224,9 +223,3 @@ def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
         asyncio.run(_serve_forever(results_dir, host, port))
     except KeyboardInterrupt:
         print("dashboard stopped", flush=True)
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    """``raysearch-adapters dashboard RESULTS_DIR [--host 127.0.0.1] [--port N]``."""
-    serve(Path(args.results_dir), host=args.host, port=args.port)
-    return 0

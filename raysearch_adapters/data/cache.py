@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from raysearch_adapters.data.audio import load_audio
 from raysearch_adapters.data.manifest import Utterance, read_manifest
-from raysearch_adapters.fileio import atomic_write
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.errors import UserError, first_line
+from raysearch_adapters.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -263,3 +263,13 @@ def load_features(manifest_path: os.PathLike | str, featurizer: Featurizer, feat
     rows = _feature_rows(manifest_path, utterances, featurizer, sample_rate, progress)
     with eval_mode(featurizer):
         return open_or_build(path, key, rows)
+
+
+def load_feature_set(data, model, manifest: str, progress: bool = True, max_hours: float = 0.0,
+                     require_text: bool = True):
+    """The cached features of ``manifest`` for ``model``'s featurizer (computed on the first call only);
+    ``max_hours`` > 0: only the fixed pool subset of that much audio (``data.pool_hours``);
+    ``require_text=False``: transcripts may be missing (distillation audio)."""
+    return load_features(manifest, model.featurizer().eval(), model.featurizer_key(), data.cache_dir,
+                         model.sample_rate, data.on_error, data.duration_tolerance, progress=progress,
+                         max_hours=max_hours, require_text=require_text)

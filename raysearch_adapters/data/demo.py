@@ -13,7 +13,6 @@ builds into a hidden folder beside DIR and renames it, so DIR is never half-writ
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import logging
@@ -27,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+
+from tqdm import tqdm
 
 from raysearch_adapters.data.demo_synth import DemoDataError, Job, Voice, check_tools, synthesise
 from raysearch_adapters.data.demo_text import (FORTUNE_CATEGORIES, FORTUNE_DIR, an4_like_texts,
@@ -144,8 +145,6 @@ def _plan_new(root: Path, size: CorpusSize, rng: random.Random) -> dict:
 
 def _synthesise_all(planned: list[Planned], jobs: int) -> dict[str, float]:
     """Durations by uid; chunks of one voice run in a process pool with a progress bar."""
-    from tqdm import tqdm
-
     by_voice: dict[str, list[Planned]] = {}
     for p in planned:
         by_voice.setdefault(p.job.voice.name, []).append(p)
@@ -310,17 +309,3 @@ def corpus_summary(out_dir: os.PathLike | str) -> str:
     """The sizes table of a built corpus's datasheet."""
     text = (Path(out_dir) / "DATASHEET.md").read_text(encoding="utf-8")
     return text.split("## Sizes\n\n", 1)[1].split("\n\n", 1)[0]
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    """``raysearch-adapters demo-data``."""
-    if args.jobs < 0:
-        raise DemoDataError(f"--jobs {args.jobs}: expected 0 (all cores) or a positive number of processes")
-    out = args.out
-    if out is None:
-        from raysearch_adapters.config import load_config
-        out = load_config().data.demo_dir
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = build_demo_corpus(out, small=args.small, seed=args.seed, jobs=args.jobs, force=args.force)
-    print(f"demo corpus: {path}\n{corpus_summary(path)}")
-    return 0

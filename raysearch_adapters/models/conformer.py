@@ -18,9 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysearch_adapters.config import ConformerConfig, FrontendConfig
+from raysearch_adapters.data.features import LogMelFrontend
+from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import BlockInfo, FusedWeight
+from raysearch_adapters.models.checkpoint import load_state_strict, read_checkpoint, save_checkpoint
 from raysearch_adapters.models.ctc import CTCBackbone
-from raysearch_adapters.models.tokenizer import Tokenizer
+from raysearch_adapters.models.tokenizer import Tokenizer, tokenizer_from_dict
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -158,8 +161,6 @@ class ConformerCTC(CTCBackbone):
         self.head = nn.Linear(cfg.d_model, tokenizer.vocab_size + 1)  # +1: CTC blank at index 0
 
     def featurizer(self) -> nn.Module:
-        from raysearch_adapters.data.features import LogMelFrontend
-
         return LogMelFrontend(self.frontend_cfg)
 
     def featurizer_key(self) -> dict:
@@ -203,8 +204,6 @@ class ConformerCTC(CTCBackbone):
 
     def save_export(self, out_dir: Path, meta: dict) -> Tuple[Path, str]:
         """The project's own checkpoint (fp32), loadable as ``model.checkpoint`` or ``evaluate --model``."""
-        from raysearch_adapters.models.checkpoint import save_checkpoint
-
         path = Path(out_dir) / "model.pt"
         save_checkpoint(path, self, meta)
         return path, (f"raysearch-adapters evaluate --model {path} --manifest M (a raysearch-adapters checkpoint: "
@@ -212,11 +211,21 @@ class ConformerCTC(CTCBackbone):
 
     @classmethod
     def load_export(cls, path: Path) -> "ConformerCTC":
-        from raysearch_adapters.models.registry import load_checkpoint_model
-
         return load_checkpoint_model(Path(path))
 
     @classmethod
     def from_config_dict(cls, d: dict, tokenizer: Tokenizer) -> "ConformerCTC":
         """Rebuild (random weights) from :meth:`config_dict`."""
         return cls(ConformerConfig(**d["conformer"]), FrontendConfig(**d["frontend"]), tokenizer)
+
+
+def load_checkpoint_model(path: Path) -> "ConformerCTC":
+    """A base model from a checkpoint written by :func:`save_checkpoint`."""
+    ckpt = read_checkpoint(path)
+    name = ckpt["config"].get("name")
+    if name != "conformer_ctc":
+        raise UserError(f"{path}: model name {name!r} in checkpoint; loadable from a file: conformer_ctc")
+    model = ConformerCTC.from_config_dict(ckpt["config"], tokenizer_from_dict(ckpt["tokenizer"]))
+    load_state_strict(model, ckpt["state_dict"], str(path))
+    model.meta = ckpt.get("meta", {})
+    return model.eval()

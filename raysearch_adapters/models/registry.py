@@ -9,8 +9,7 @@ from pathlib import Path
 from raysearch_adapters.config import MODEL_NAMES, ModelConfig
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import Backbone
-from raysearch_adapters.models.checkpoint import load_state_strict, read_checkpoint
-from raysearch_adapters.models.tokenizer import tokenizer_from_dict
+from raysearch_adapters.models.conformer import load_checkpoint_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_MODEL = ASSETS / "demo_model.pt"
@@ -27,20 +26,6 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     return Path(checkpoint).expanduser()
 
 
-def load_checkpoint_model(path: Path) -> Backbone:
-    """A base model from a checkpoint written by :func:`save_checkpoint`."""
-    from raysearch_adapters.models.conformer import ConformerCTC
-
-    ckpt = read_checkpoint(path)
-    name = ckpt["config"].get("name")
-    if name != "conformer_ctc":
-        raise UserError(f"{path}: model name {name!r} in checkpoint; loadable from a file: conformer_ctc")
-    model = ConformerCTC.from_config_dict(ckpt["config"], tokenizer_from_dict(ckpt["tokenizer"]))
-    load_state_strict(model, ckpt["state_dict"], str(path))
-    model.meta = ckpt.get("meta", {})
-    return model.eval()
-
-
 def load_base_model(cfg: ModelConfig) -> Backbone:
     """The frozen base model described by ``cfg``: eval mode, no parameter needing a gradient.
 
@@ -54,6 +39,8 @@ def load_base_model(cfg: ModelConfig) -> Backbone:
 def _load(cfg: ModelConfig) -> Backbone:
     if cfg.name == "conformer_ctc":
         return load_checkpoint_model(resolve_checkpoint(cfg.checkpoint))
+    # Each backbone's module is imported only when it is asked for: they import torchaudio's pipelines,
+    # transformers or nemo (the optional extras, seconds to import).
     if cfg.name == "wav2vec2":
         from raysearch_adapters.models.wav2vec2 import Wav2Vec2CTC
 

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.models.base import BlockInfo, PerUtterance, weights_sha256
+from raysearch_adapters.models.checkpoint import atomic_torch_save, load_state_strict
 from raysearch_adapters.models.ctc import CTCBackbone
 from raysearch_adapters.models.tokenizer import CharTokenizer
 
@@ -108,9 +110,6 @@ class Wav2Vec2CTC(CTCBackbone):
         """``wav2vec2_model.pt``: the state dict of torchaudio's ``Wav2Vec2Model`` (this backbone's keys are its
         keys); ``wav2vec2_config.json``: ``wav2vec2_model(**params)``'s arguments, the labels and the rest of
         :meth:`config_dict`, with ``meta``."""
-        from raysearch_adapters.fileio import atomic_write_text
-        from raysearch_adapters.models.checkpoint import atomic_torch_save
-
         out_dir = Path(out_dir)
         weights, config = out_dir / "wav2vec2_model.pt", out_dir / "wav2vec2_config.json"
         atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, weights)
@@ -120,8 +119,6 @@ class Wav2Vec2CTC(CTCBackbone):
 
     @classmethod
     def load_export(cls, path: Path) -> "Wav2Vec2CTC":
-        from raysearch_adapters.models.checkpoint import load_state_strict
-
         path = Path(path)
         model = cls.from_config_dict(json.loads((path / "wav2vec2_config.json").read_text()))
         load_state_strict(model, torch.load(path / "wav2vec2_model.pt", map_location="cpu", weights_only=True),

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models import hf
 from raysearch_adapters.models.base import Backbone, BlockInfo, PerUtterance
@@ -363,7 +364,5 @@ class Whisper(Backbone):
         ``EnglishTextNormalizer``: spelled numbers as digits, contractions expanded, fillers dropped), then
         one token per digit, so "five three nine", "539" and "5, 3, 9" all read "5 3 9". A non-English
         ``model.language`` uses Whisper's ``BasicTextNormalizer`` instead of the English one."""
-        from raysearch_adapters.data.text import normalize_text
-
         text = normalize_text(_spell_leading_zeros(_BRACKETS.sub(" ", text)))
         return " ".join(_BETWEEN_DIGITS.sub(" ", self._normalizer(text)).split())

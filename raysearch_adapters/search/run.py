@@ -1,4 +1,4 @@
-"""The ``search`` command: checks, baseline, the Tune search, the winner chosen on dev, one final test evaluation.
+"""A search from end to end: checks, baseline, the Tune search, the winner chosen on dev, one final test evaluation.
 
 Order matters for honesty and cost: everything that can be checked is checked, and every
 cache a trial reads (features of the training and dev sets, the replay and distillation
@@ -15,7 +15,6 @@ continues it with every trial counted once.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -40,23 +39,25 @@ from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.base import block_layout
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE, HYPOTHESES_SCHEMA, set_wers
+from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, OPTUNA_DB, SUMMARY_FILE
 from raysearch_adapters.results.select import closest_infeasible, pareto_front, select_winner
 from raysearch_adapters.results.tables import EPOCHS_FILE, TRIALS_FILE, TRIALS_SCHEMA, read_rows, write_table
-from raysearch_adapters.search.stored_state import checkpoint_folder, keep_only_checkpoint
 from raysearch_adapters.search.preflight import may_be_positive, preflight, shared_measurement_block
 from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
 from raysearch_adapters.search.searcher import fail_abandoned_trials, tell_finished_trials
 from raysearch_adapters.search.storage import check_shared_storage
-from raysearch_adapters.search.summary import (BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE, build_summary,
+from raysearch_adapters.search.stored_state import checkpoint_folder, keep_only_checkpoint
+from raysearch_adapters.search.summary import (build_summary,
                                                format_summary, write_summary)
+from raysearch_adapters.data.cache import load_feature_set
+from raysearch_adapters.data.demo import ensure_demo_corpus
 from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner, num_trials, objective
-from raysearch_adapters.train.evaluate import evaluate, load_feature_set
+from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.objective import degradation_limit
 from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
 from raysearch_adapters.train.transcripts import decode_sets
-from raysearch_adapters.train.worker import BEST_ADAPTER_FILE as TRIAL_BEST_ADAPTER, training_sets
+from raysearch_adapters.train.worker import TRIAL_BEST_ADAPTER_FILE, training_sets
 
-OPTUNA_DB = "optuna.db"
 INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT
 # Keys a resumed search may be given again: they only say where the search is.
 _RESUME_LOCATORS = ("search.name", "results.dir")
@@ -72,8 +73,6 @@ def _ensure_demo_data(cfg: Config) -> None:
     manifests = (cfg.data.new_train, cfg.data.new_dev, cfg.data.original_dev, cfg.data.new_test,
                  cfg.data.original_test, cfg.data.replay_manifest, cfg.data.distill_manifest)
     if any(m and Path(m).is_relative_to(demo) and not Path(m).is_file() for m in manifests):
-        from raysearch_adapters.data.demo import ensure_demo_corpus
-
         print(f"building the demo corpus in {demo} (first use only) ...", flush=True)
         ensure_demo_corpus(demo)
 
@@ -154,7 +153,7 @@ def _prepare_dir(cfg: Config, resume: bool) -> Config:
 
 def _copy_adapter(checkpoint_path: str, dest: Path) -> None:
     with ray.train.Checkpoint(checkpoint_path).as_directory() as d:
-        atomic_write(dest, lambda tmp: shutil.copyfile(Path(d) / TRIAL_BEST_ADAPTER, tmp))
+        atomic_write(dest, lambda tmp: shutil.copyfile(Path(d) / TRIAL_BEST_ADAPTER_FILE, tmp))
 
 
 def _sigterm_stops_like_ctrl_c(signum, frame) -> None:
@@ -317,17 +316,3 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     write_summary(results_dir / SUMMARY_FILE, summary)
     print("\n" + format_summary(summary), flush=True)
     return summary
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    """``raysearch-adapters search [CONFIG] [key=value ...] [--resume]``: 0 done, 1 every trial failed,
-    130 interrupted (resumable)."""
-    from raysearch_adapters.cli import load_from_args, split_config
-
-    cfg = load_from_args(args.config)
-    if args.resume:
-        cfg = resumed_config(cfg, *split_config(args.config))
-    summary = run_search(cfg, resume=args.resume)
-    if summary.get("interrupted"):
-        return INTERRUPTED_EXIT
-    return 1 if summary.get("all_failed") else 0

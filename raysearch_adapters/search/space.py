@@ -8,14 +8,13 @@ module function with plain-data arguments, never as lambdas or closures.
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Callable, Optional
 
 import optuna
 
-from raysearch_adapters.results.placement import Layout, PlacementError, parse_blocks
 from raysearch_adapters.config import Config, ConfigError, GridConfig, SearchConfig, SpaceConfig
+from raysearch_adapters.results.placement import Layout, PlacementError, parse_blocks
 from raysearch_adapters.results.tables import HPARAM_NAMES
 from raysearch_adapters.space_values import INT_PARAMS, applies_to
 from raysearch_adapters.train.hparams import default_hparams

@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Optional
 
 import raysearch_adapters
-from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.config import Config
+from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.results.select import best_per_type
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
 # The files of a search's results folder that the search writes itself.
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
-BEST_ADAPTER_FILE = "best_adapter.pt"
 
 
 def versions() -> dict:

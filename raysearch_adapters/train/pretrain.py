@@ -9,11 +9,10 @@ At the end the best model is evaluated on dev and test of both domains and writt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import platform
-import shlex
 import time
 from pathlib import Path
 from typing import Dict
@@ -23,27 +22,23 @@ from tqdm import tqdm
 
 from raysearch_adapters.config import Config
 from raysearch_adapters.data.batching import duration_batches
+from raysearch_adapters.data.cache import load_feature_set
+from raysearch_adapters.data.demo import ensure_demo_corpus
 from raysearch_adapters.data.features import SpecAugment
+from raysearch_adapters.data.manifest import read_manifest
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.models.checkpoint import atomic_torch_save, load_state_strict, save_checkpoint
-from raysearch_adapters.models.conformer import ConformerCTC
+from raysearch_adapters.models.conformer import ConformerCTC, load_checkpoint_model
 from raysearch_adapters.models.ctc import ctc_loss
 from raysearch_adapters.models.tokenizer import SentencePieceTokenizer, tokenizer_from_dict
-from raysearch_adapters.train.evaluate import autocast_context, evaluate, load_feature_set
+from raysearch_adapters.schedule import warmup_cosine
+from raysearch_adapters.train.evaluate import autocast_context, evaluate
 
 log = logging.getLogger(__name__)
 
 SPLITS = {"original_dev": ("original", "dev"), "original_test": ("original", "test"),
           "new_dev": ("new", "dev"), "new_test": ("new", "test")}
-
-
-def warmup_cosine(step: int, warmup: int, progress: float, floor: float = 0.01) -> float:
-    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``floor``
-    as ``progress`` (fraction of the budget spent, 0..1) reaches 1."""
-    if step < warmup:
-        return (step + 1) / max(warmup, 1)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _feature_sets(cfg: Config, model, names) -> Dict[str, object]:
@@ -59,8 +54,6 @@ def _feature_sets(cfg: Config, model, names) -> Dict[str, object]:
 
 def _ensure_corpus(cfg: Config) -> None:
     if not Path(cfg.data.original_train).is_file() and Path(cfg.data.original_train).is_relative_to(cfg.data.demo_dir):
-        from raysearch_adapters.data.demo import ensure_demo_corpus
-
         ensure_demo_corpus(cfg.data.demo_dir)
 
 
@@ -80,8 +73,6 @@ def pretrain(cfg: Config, resume: bool = False, command: str = "") -> Path:
     if state is not None:
         tokenizer = tokenizer_from_dict(state["tokenizer"])
     else:
-        from raysearch_adapters.data.manifest import read_manifest
-
         texts = [normalize_text(u.text) for u in read_manifest(cfg.data.original_train, on_error=cfg.data.on_error,
                                                                check_audio=False)]
         tokenizer = SentencePieceTokenizer.train(texts, cfg.model.conformer.vocab_size)
@@ -162,8 +153,6 @@ def pretrain(cfg: Config, resume: bool = False, command: str = "") -> Path:
 
 def export(cfg: Config, out: Path, history: list, seconds: float, device: torch.device, command: str) -> Path:
     """Evaluate ``best.pt`` on dev and test of both domains; write fp16 ``model.pt`` + model card."""
-    from raysearch_adapters.models.registry import load_checkpoint_model
-
     model = load_checkpoint_model(out / "best.pt")
     with torch.no_grad():  # the card must describe the shipped file: round the weights as fp16 stores them
         for value in model.state_dict().values():
@@ -191,8 +180,6 @@ def export(cfg: Config, out: Path, history: list, seconds: float, device: torch.
 
 
 def _asdict(dc) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(dc)
 
 
@@ -240,16 +227,3 @@ and commands over a telephone channel, other voices) is left for adapters to fix
 {json.dumps(card['recipe'], indent=2)}
 ```
 """
-
-
-def cli_main(args) -> int:
-    """Entry point of ``raysearch-adapters pretrain``."""
-    from raysearch_adapters.cli import load_from_args
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_from_args(args.config)
-    command = "raysearch-adapters pretrain " + " ".join(shlex.quote(a) for a in args.config)
-    path = pretrain(cfg, resume=args.resume, command=command.strip())
-    print(f"model: {path}\nmodel card: {path.parent / 'MODEL_CARD.md'}")
-    print(f"use it: raysearch-adapters search model.checkpoint={path}")
-    return 0

@@ -28,21 +28,23 @@ from typing import Callable, Dict, Optional, Tuple
 
 import ray.train
 import ray.train.torch
+from ray import tune
 import torch
 
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.adapters.state import base_fingerprint, load_adapter, save_adapter
 from raysearch_adapters.config import Config, from_dict, to_dict
+from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.base import Backbone
+from raysearch_adapters.models.hf import files_key
 from raysearch_adapters.models.registry import load_base_model, resolve_checkpoint
-from raysearch_adapters.train.evaluate import load_feature_set
 from raysearch_adapters.train.hparams import trial_adapter_config
 from raysearch_adapters.train.loop import TrainSets, base_dev_wers, train_adapters
 from raysearch_adapters.train.objective import asha_score, degradation_limit
 from raysearch_adapters.train.prefix import load_prefix_set, load_teacher_set, measurement_block, view_from
 
 ADAPTER_FILE = "adapter.pt"  # the latest adapter weights + config (adapters.state format): what a resume loads
-BEST_ADAPTER_FILE = "best_adapter.pt"  # the trial's best evaluation's adapter: its result, the winner's file
+TRIAL_BEST_ADAPTER_FILE = "best_adapter.pt"  # the trial's best evaluation's adapter: its result, the winner's file
 STATE_FILE = "train_state.pt"  # optimizer state, step, evaluation index and best evaluation, to resume the trial
 ASHA_METRIC = "asha_score"  # dev new-domain WER, infeasible trials ranked last (objective.asha_score)
 
@@ -73,8 +75,6 @@ def _model_key(cfg: Config) -> str:
         stat = path.stat()
         key["file"] = [str(path.resolve()), stat.st_mtime_ns, stat.st_size]
     elif cfg.model.name in ("hf_ctc", "whisper"):
-        from raysearch_adapters.models.hf import files_key
-
         key["files"] = files_key(cfg.model.checkpoint)
     return json.dumps(key, sort_keys=True)
 
@@ -218,7 +218,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
             save_adapter(os.path.join(d, ADAPTER_FILE), handle, adapter_cfg, fingerprint,
                          extra={"hp": dict(hp), "metrics": metrics})
             # The trial's result: its best evaluation's weights, and that evaluation's metrics.
-            save_adapter(os.path.join(d, BEST_ADAPTER_FILE), handle, adapter_cfg, fingerprint,
+            save_adapter(os.path.join(d, TRIAL_BEST_ADAPTER_FILE), handle, adapter_cfg, fingerprint,
                          extra={"hp": dict(hp), "metrics": dict(state["best"]),
                                 "base_dev_wer_original": metrics["base_dev_wer_original"]},
                          state_dict=state["best_state_dict"])
@@ -247,8 +247,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 def train_in_trial_actor(config: dict) -> None:
     """A one-worker trial inside its Tune trial actor (which holds the trial's CPU/GPU resources)."""
-    from ray import tune
-
     def send_report(metrics: dict, folder: Optional[str]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 

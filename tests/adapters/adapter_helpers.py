@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from builders import random_inputs, tiny_conformer, tiny_hf_ctc, tiny_wav2vec2
 from raysearch_adapters.config import AdapterConfig
-from raysearch_adapters.testing import random_inputs, tiny_conformer, tiny_hf_ctc, tiny_wav2vec2
 
 BACKENDS = {"conformer": tiny_conformer, "wav2vec2": tiny_wav2vec2, "hf_ctc": tiny_hf_ctc}
 # Module path of block i at each position, spelled out (not taken from adaptable_blocks) so

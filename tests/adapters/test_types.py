@@ -119,7 +119,7 @@ def test_wavlm_lora_runs_its_attention_with_updated_weights_and_merges(tmp_path)
     no_grad), so the exact comparisons hold only because the search's base model comes frozen for real."""
     from raysearch_adapters.config import ModelConfig
     from raysearch_adapters.models.registry import load_base_model
-    from raysearch_adapters.testing import save_tiny_hf_ctc
+    from builders import save_tiny_hf_ctc
 
     folder = save_tiny_hf_ctc(tmp_path, "wavlm", 0, 2)
     model = load_base_model(ModelConfig(name="hf_ctc", checkpoint=str(folder)))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from builders import tiny_hf_ctc, tiny_whisper
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.adapters.state import base_fingerprint, load_adapter, save_adapter
 from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.errors import UserError
-from raysearch_adapters.testing import tiny_hf_ctc, tiny_whisper
 
 TEXTS = ["five three nine", "the lazy dog"]
 PLACEMENTS = [("decoder:all", ["post"]), ("decoder:top:1", ["cross_attn", "self_attn"]), ("encoder:top:1", ["mha"]),

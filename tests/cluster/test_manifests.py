@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from raysearch_adapters.search.submit import build_runtime_env
+from raysearch_adapters.commands.submit import build_runtime_env
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 SHARED = "/mnt/shared"
@@ -91,7 +91,7 @@ def test_rayjob_manifest_has_what_kuberay_requires():
     doc = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob" and doc["metadata"]["name"]
     spec = doc["spec"]
-    assert "raysearch_adapters.cli search" in spec["entrypoint"]
+    assert "-m raysearch_adapters search" in spec["entrypoint"]
     # Results must land on the shared volume, not in the head pod's ephemeral disk.
     assert f"results.dir={SHARED}/" in spec["entrypoint"]
     assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["RAYSEARCH_ADAPTERS_HOME"].startswith(SHARED)

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from builders import tiny_search_overrides
 from raysearch_adapters.results.tables import TRIALS_FILE, TRIALS_SCHEMA, read_rows
-from raysearch_adapters.testing import tiny_search_overrides
 
 JOB_TIMEOUT_S = 1200  # a tiny search as a job takes minutes on 2 shared cores
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * JOB_TIMEOUT_S)]
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * JOB_TIMEOUT_S)]
 
 def _cli(cluster, *args: str) -> subprocess.CompletedProcess:
     """The real ``raysearch-adapters submit`` command against ``cluster``."""
-    return subprocess.run([sys.executable, "-m", "raysearch_adapters.cli", "submit", "--address", cluster.address,
+    return subprocess.run([sys.executable, "-m", "raysearch_adapters", "submit", "--address", cluster.address,
                            "--token-file", str(cluster.token_file), *args],
                           capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
 
@@ -41,7 +41,7 @@ def _job_id(out: str) -> str:
 def test_wrong_token_is_refused(local_cluster, tmp_path):
     wrong = tmp_path / "token"
     wrong.write_text("not-the-token")
-    done = subprocess.run([sys.executable, "-m", "raysearch_adapters.cli", "submit", "--address", local_cluster.address,
+    done = subprocess.run([sys.executable, "-m", "raysearch_adapters", "submit", "--address", local_cluster.address,
                            "--token-file", str(wrong), "--status", "x"], capture_output=True, text=True, timeout=120)
     err = done.stderr.strip()
     assert done.returncode == 2 and "\n" not in err and local_cluster.address in err and "--token-file" in err, err

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from raysearch_adapters.cli import main
-from raysearch_adapters.search.submit import find_token, normalize_address, prepare_job
+from raysearch_adapters.commands.main import main
+from raysearch_adapters.commands.submit import find_token, normalize_address, prepare_job
 
 
 def _free_port() -> int:
@@ -63,7 +63,7 @@ def test_job_request(tmp_path, monkeypatch):
     job = prepare_job([str(root / "conf" / "s.yaml"), f"results.dir={tmp_path}/res", "search.num_trials=3"],
                       python="/opt/py/bin/python", root=root, env=["A=b"], resume=True)
     # The config file is passed relative to the working_dir the cluster unpacks.
-    assert shlex.split(job["entrypoint"]) == ["/opt/py/bin/python", "-m", "raysearch_adapters.cli", "search",
+    assert shlex.split(job["entrypoint"]) == ["/opt/py/bin/python", "-m", "raysearch_adapters", "search",
                                               "conf/s.yaml", f"results.dir={tmp_path}/res", "search.num_trials=3",
                                               "--resume"]
     env = job["runtime_env"]

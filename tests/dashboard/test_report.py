@@ -11,7 +11,7 @@ import sys
 import pytest
 from dash_helpers import METADATA, SEARCH, trial_rows
 
-from raysearch_adapters.cli import main
+from raysearch_adapters.commands.main import main
 from raysearch_adapters.dashboard.page import plotly_js
 from raysearch_adapters.dashboard.report import write_report
 from raysearch_adapters.errors import UserError
@@ -85,7 +85,7 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 
 
 def test_report_command_without_torch_ray_or_transformers(results_copy):
-    code = ("import sys\nfrom raysearch_adapters.cli import main\nrc = main(['report', sys.argv[1]])\n"
+    code = ("import sys\nfrom raysearch_adapters.commands.main import main\nrc = main(['report', sys.argv[1]])\n"
             "print('imported:', sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))\n"
             "sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code, str(results_copy)], capture_output=True, text=True)

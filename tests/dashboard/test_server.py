@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dash_helpers import METADATA, get, trial_rows
 
-from raysearch_adapters.cli import build_parser
+from raysearch_adapters.commands.main import build_parser
 from raysearch_adapters.dashboard.page import plotly_js
 from raysearch_adapters.results import TRIALS_SCHEMA, write_table
 
@@ -175,7 +175,7 @@ def test_view_follows_the_folder_while_a_search_runs(serve, results_copy):
 
 
 def test_dashboard_help_shows_the_loopback_default():
-    out = subprocess.run([PY, "-m", "raysearch_adapters.cli", "dashboard", "--help"], capture_output=True,
+    out = subprocess.run([PY, "-m", "raysearch_adapters", "dashboard", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "default: 127.0.0.1" in out
     assert build_parser().parse_args(["dashboard", "x"]).host == "127.0.0.1"
@@ -184,7 +184,7 @@ def test_dashboard_help_shows_the_loopback_default():
 def test_cli_serves_on_loopback_without_importing_torch_or_ray(finished_dir):
     # The real command in its own process; the marker file records what it had imported while serving.
     code = ("import sys, atexit\n"
-            "from raysearch_adapters.cli import main\n"
+            "from raysearch_adapters.commands.main import main\n"
             "atexit.register(lambda: open(sys.argv[1], 'w').write(' '.join(sorted(m for m in ('torch', 'ray', "
             "'transformers') if m in sys.modules))))\n"
             f"sys.exit(main(['dashboard', {str(finished_dir)!r}, '--port', '0']))\n")
@@ -206,7 +206,7 @@ def test_cli_serves_on_loopback_without_importing_torch_or_ray(finished_dir):
 
 
 def test_cli_refuses_a_missing_folder(tmp_path):
-    r = subprocess.run([PY, "-m", "raysearch_adapters.cli", "dashboard", str(tmp_path / "nope")],
+    r = subprocess.run([PY, "-m", "raysearch_adapters", "dashboard", str(tmp_path / "nope")],
                        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert r.returncode == 2 and "not a folder" in r.stderr and "Traceback" not in r.stderr
 

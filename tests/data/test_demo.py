@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from raysearch_adapters.cli import main
+from raysearch_adapters.commands.main import main
 from raysearch_adapters.data.demo import (ALL_VOICES, COMPLETE_MARKER, DOMAINS, NEW_TEST_ONLY_VOICES, SPLITS,
                                           build_demo_corpus, ensure_demo_corpus, read_complete_marker)
 from raysearch_adapters.data.demo_synth import DemoDataError, check_tools

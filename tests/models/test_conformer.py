@@ -7,14 +7,15 @@ import dataclasses
 import pytest
 import torch
 
+from builders import tiny_conformer
 from raysearch_adapters.config import ModelConfig, load_config
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.metrics import char_error_rate, error_counts, word_error_rate
-from raysearch_adapters.models.ctc import greedy_ctc_decode
 from raysearch_adapters.models.checkpoint import CheckpointError, load_state_strict, save_checkpoint
-from raysearch_adapters.models.registry import load_base_model, load_checkpoint_model
+from raysearch_adapters.models.conformer import load_checkpoint_model
+from raysearch_adapters.models.ctc import greedy_ctc_decode
+from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.models.tokenizer import SentencePieceTokenizer, TokenizerError, tokenizer_from_dict
-from raysearch_adapters.testing import tiny_conformer
 
 
 def test_forward_shapes_and_lengths():

@@ -34,7 +34,8 @@ def test_the_shipped_model_loads_fits_in_4_mib_and_carries_its_card():
 def test_the_shipped_model_reproduces_its_card_on_the_demo_corpus():
     """Builds the default demo corpus when missing (minutes), then evaluates every split."""
     from raysearch_adapters.data.demo import ensure_demo_corpus
-    from raysearch_adapters.train.evaluate import evaluate, load_feature_set
+    from raysearch_adapters.data.cache import load_feature_set
+    from raysearch_adapters.train.evaluate import evaluate
 
     cfg = load_config()
     ensure_demo_corpus(cfg.data.demo_dir)

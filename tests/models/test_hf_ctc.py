@@ -8,12 +8,12 @@ import pytest
 import torch
 import transformers
 
+from builders import HF_CTC_VOCAB, padded_waves, random_inputs, save_tiny_hf_ctc
 from raysearch_adapters.config import ModelConfig
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.ctc import greedy_ctc_decode
 from raysearch_adapters.models.hf_ctc import HFCTC
 from raysearch_adapters.models.registry import load_base_model
-from raysearch_adapters.testing import HF_CTC_VOCAB, padded_waves, random_inputs, save_tiny_hf_ctc
 
 # (model type, do_stable_layer_norm, feat_extract_norm): the layer variants of each family
 VARIANTS = [("wav2vec2", False, "group"), ("wav2vec2", True, "layer"), ("hubert", False, "group"),

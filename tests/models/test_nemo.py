@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import json
 import tarfile
 from types import SimpleNamespace
 
@@ -366,7 +365,7 @@ def test_a_merged_lora_is_a_nemo_file_plain_nemo_restores_with_the_adapted_outpu
 def test_a_position_the_nemo_model_does_not_have_is_refused_before_the_search_naming_the_key(
         bases, tiny_nemo, small_demo, tmp_path, position):
     from raysearch_adapters.search.preflight import preflight
-    from raysearch_adapters.testing import tiny_search_overrides
+    from builders import tiny_search_overrides
 
     cfg = load_config([], tiny_search_overrides(small_demo, tiny_nemo("ctc"), tmp_path / "f", tmp_path, "bad",
                                                 "model.name=nemo", f"search.space.position.choices=[post,{position}]"))
@@ -389,7 +388,7 @@ def test_a_position_the_nemo_model_does_not_have_is_refused_before_the_search_na
     (AdapterConfig(activation="tanh"), r"adapter\.activation: got 'tanh'"),
 ])
 def test_a_winner_nemo_has_no_adapter_for_is_refused_by_export_nemo_naming_the_key(cfg, message):
-    from raysearch_adapters.models.nemo_export import NemoExportError, check_exportable
+    from raysearch_adapters.export.nemo import NemoExportError, check_exportable
 
     with pytest.raises(NemoExportError, match=rf"^best_adapter\.pt: {message}"):
         check_exportable(cfg, "best_adapter.pt")
@@ -397,7 +396,7 @@ def test_a_winner_nemo_has_no_adapter_for_is_refused_by_export_nemo_naming_the_k
 
 
 def test_the_printed_nemo_code_restores_a_file_given_with_a_tilde(tmp_path, monkeypatch):
-    from raysearch_adapters.models.nemo_export import load_snippet
+    from raysearch_adapters.export.nemo import load_snippet
 
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "m.nemo").write_bytes(b"")

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torchaudio.models import wav2vec2_model
 
+from builders import WAV2VEC2_LABELS, padded_waves, random_inputs, tiny_wav2vec2
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.ctc import greedy_ctc_decode
 from raysearch_adapters.models.wav2vec2 import Wav2Vec2CTC, asr_bundle_names
-from raysearch_adapters.testing import WAV2VEC2_LABELS, padded_waves, random_inputs, tiny_wav2vec2
 
 
 @pytest.fixture(autouse=True)

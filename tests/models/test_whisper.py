@@ -9,12 +9,12 @@ import torch
 import transformers
 from torch.nn.utils.rnn import pad_sequence
 
+from builders import save_tiny_hf_ctc, save_tiny_whisper
 from raysearch_adapters.config import ModelConfig
 from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.models.whisper import TEACHER_TOP_K, Whisper
-from raysearch_adapters.testing import save_tiny_hf_ctc, save_tiny_whisper
 
 TEXTS = ["five three nine", "the lazy dog"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raysearch_adapters.cli import main
+from raysearch_adapters.commands.main import main
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.metrics import word_error_rate
 
@@ -48,7 +48,8 @@ def zero_shot(tiny_en, demo):
 
     from raysearch_adapters.config import load_config
     from raysearch_adapters.models.registry import load_base_model
-    from raysearch_adapters.train.evaluate import evaluate, load_feature_set
+    from raysearch_adapters.data.cache import load_feature_set
+    from raysearch_adapters.train.evaluate import evaluate
 
     items = ["model.name=whisper", f"model.checkpoint={tiny_en}", f"data.cache_dir={HOME / 'features'}"]
     printed = io.StringIO()

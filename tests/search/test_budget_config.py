@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raysearch_adapters.cli import main
+from raysearch_adapters.commands.main import main
 from raysearch_adapters.config import ConfigError, load_config
 from raysearch_adapters.search.tuner import num_trials
 

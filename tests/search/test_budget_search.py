@@ -6,11 +6,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from builders import tiny_search_overrides
 from raysearch_adapters.config import load_config
 from raysearch_adapters.results import EPOCHS_SCHEMA, TRIALS_SCHEMA, read_rows
 from raysearch_adapters.search import run
 from raysearch_adapters.search.searcher import TUNE_TRIAL_ID
-from raysearch_adapters.testing import tiny_search_overrides
 
 BUDGET = 40  # eval_every 2, grace 1: a cohort of 4 halved at steps 2 and 4; 2 finalists with 14 steps each
 
@@ -111,7 +111,7 @@ def test_a_killed_budgeted_search_resumes_to_the_same_trials_and_winner(ray_sess
                                       "train.lr_schedule=constant", "search.patience=0",
                                       "search.space.lr={low: 0.001, high: 0.01, log: true}")
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters.cli", "search", *overrides], env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters", "search", *overrides], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     out = tmp_path / "killed"
     _wait(lambda: _finished(out) >= 1, driver)

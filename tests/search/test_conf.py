@@ -33,7 +33,7 @@ def test_examples_load_and_their_spaces_fit_the_model(name, num_blocks):
 def test_whisper_example_keeps_every_trial_on_the_encoder_cache():
     """Decoder placements only: every trial runs from the end of the encoder, whose output is cached once."""
     from raysearch_adapters.search.preflight import shared_measurement_block
-    from raysearch_adapters.testing import tiny_whisper
+    from builders import tiny_whisper
 
     cfg = load_config([CONF / "whisper.yaml"])
     assert cfg.model.name == "whisper" and cfg.model.checkpoint.endswith("models/whisper-tiny.en")
@@ -44,7 +44,7 @@ def test_whisper_example_keeps_every_trial_on_the_encoder_cache():
 
 
 def test_types_yaml_searches_the_type_on_the_demo_with_one_start_point_per_type():
-    from raysearch_adapters.testing import tiny_conformer
+    from builders import tiny_conformer
     from raysearch_adapters.search.space import start_points
 
     cfg = load_config([CONF / "types.yaml"])
@@ -58,7 +58,7 @@ def test_types_yaml_searches_the_type_on_the_demo_with_one_start_point_per_type(
 
 def test_nemo_examples_search_post_adapters_export_nemo_can_hand_back():
     from raysearch_adapters.config import AdapterConfig
-    from raysearch_adapters.models.nemo_export import check_exportable
+    from raysearch_adapters.export.nemo import check_exportable
     from raysearch_adapters.search.space import start_points
 
     for name in ("nemo.yaml", "nemo_demo.yaml"):

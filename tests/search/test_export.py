@@ -8,15 +8,16 @@ import json
 import pytest
 import torch
 
+from builders import save_tiny_hf_ctc, save_tiny_whisper, tiny_search_overrides
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.adapters.state import base_fingerprint, load_adapter, save_adapter
-from raysearch_adapters.cli import main
+from raysearch_adapters.commands.main import main
 from raysearch_adapters.config import AdapterConfig, load_config, to_yaml
 from raysearch_adapters.errors import UserError
-from raysearch_adapters.models.registry import load_base_model, load_checkpoint_model
-from raysearch_adapters.search.export import export
-from raysearch_adapters.search.summary import BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE
-from raysearch_adapters.testing import save_tiny_hf_ctc, save_tiny_whisper, tiny_search_overrides
+from raysearch_adapters.export.merged import export
+from raysearch_adapters.models.conformer import load_checkpoint_model
+from raysearch_adapters.models.registry import load_base_model
+from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE
 
 LORA = AdapterConfig(type="lora", rank=2, alpha=4.0, targets="all", blocks="top:1")
 

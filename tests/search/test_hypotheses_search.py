@@ -43,7 +43,7 @@ def test_every_dev_and_test_utterance_once_with_its_manifest_line_and_audio(demo
 
 
 def test_evaluate_writes_the_same_rows_for_the_same_manifests(demo_model_search, tmp_path, capsys):
-    from raysearch_adapters.cli import main
+    from raysearch_adapters.commands.main import main
 
     cfg, _, out = demo_model_search
     written = tmp_path / "evaluated.parquet"

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from builders import tiny_search_overrides
 from raysearch_adapters.config import load_config
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.metrics import error_counts
 from raysearch_adapters.results import TRIALS_SCHEMA, read_rows
 from raysearch_adapters.search import run
-from raysearch_adapters.testing import tiny_search_overrides
 
 
 @pytest.fixture(scope="module", params=["ctc", "rnnt"])
@@ -51,7 +51,7 @@ def _plain_nemo_wer(model, manifest: str) -> float:
 
 
 def test_the_winner_exported_to_nemo_gives_the_same_dev_wers_in_plain_nemo(nemo_search, capsys):
-    from raysearch_adapters.cli import main
+    from raysearch_adapters.commands.main import main
 
     kind, cfg, summary, out = nemo_search
     assert main(["export-nemo", str(out)]) == 0

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
+from builders import tiny_conformer, tiny_search_overrides
 from raysearch_adapters.config import ConfigError, load_config
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.checkpoint import save_checkpoint
 from raysearch_adapters.search.preflight import may_be_positive, preflight
-from raysearch_adapters.testing import tiny_conformer, tiny_search_overrides
 
 
 @pytest.fixture(scope="module")

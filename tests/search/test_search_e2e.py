@@ -14,7 +14,7 @@ import optuna
 import pytest
 from ray import tune
 
-from raysearch_adapters.testing import tiny_search_overrides
+from builders import tiny_search_overrides
 from raysearch_adapters.adapters.state import load_adapter
 from raysearch_adapters.config import ModelConfig, load_config
 from raysearch_adapters.models.registry import load_base_model
@@ -100,7 +100,7 @@ def test_the_study_equals_the_tables(e2e):
 
 
 def test_the_winner_is_optunas_best_trial_and_its_adapter_reproduces_its_dev_wers(e2e, capsys):
-    from raysearch_adapters.cli import main
+    from raysearch_adapters.commands.main import main
 
     cfg, summary, _, out = e2e
     winner = summary["winner"]
@@ -215,7 +215,7 @@ def test_a_killed_search_ends_with_every_trial_exactly_once(ray_session, search_
     name = kill.replace(" ", "-").lower()
     overrides = tiny_search_overrides(*search_data, tmp_path, name, *KILL_OVERRIDES)
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters.cli", "search", *overrides], env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters", "search", *overrides], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     out = tmp_path / name
     if kill == "trial SIGKILL":
@@ -303,7 +303,7 @@ def test_a_search_whose_every_trial_fails_exits_non_zero_and_says_why(ray_sessio
     overrides = tiny_search_overrides(search_data[0], checkpoint, search_data[2], tmp_path, "allfail",
                                       "search.num_trials=2", "search.kappa=1000")
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters.cli", "search", *overrides], env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters", "search", *overrides], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     lines = []
     for line in driver.stdout:  # the driver has checked and loaded the model; the trials load it next

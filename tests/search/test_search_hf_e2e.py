@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from raysearch_adapters.cli import main
+from builders import save_tiny_hf_ctc, save_tiny_whisper, tiny_search_overrides
+from raysearch_adapters.commands.main import main
 from raysearch_adapters.config import load_config
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.results import TRIALS_SCHEMA, read_rows
 from raysearch_adapters.search import run
-from raysearch_adapters.testing import save_tiny_hf_ctc, save_tiny_whisper, tiny_search_overrides
 
 # What differs per backbone: its model section and a space that fits its blocks.
 BACKBONES = {

@@ -8,12 +8,12 @@ import pickle
 import optuna
 import pytest
 
+from builders import tiny_conformer, tiny_search_overrides
 from raysearch_adapters.config import ConfigError, load_config
 from raysearch_adapters.results.tables import HPARAM_NAMES
 from raysearch_adapters.search.preflight import preflight
 from raysearch_adapters.search.space import make_sampler, space_function, start_points
 from raysearch_adapters.space_values import TYPE_PARAMS, applies_to
-from raysearch_adapters.testing import tiny_conformer, tiny_search_overrides
 from raysearch_adapters.train.hparams import trial_adapter_config
 
 TYPED = ["search.space.type=[bottleneck,lora,parallel]", "search.space.rank=[2,4]", "search.space.alpha={value: 8}",

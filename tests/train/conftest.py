@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from builders import tiny_conformer
 from raysearch_adapters.data.cache import load_features
-from raysearch_adapters.testing import tiny_conformer
 
 
 def _manifest(root: Path, name: str, n: int, seed: int) -> Path:

@@ -9,10 +9,10 @@ import dataclasses
 import pytest
 import torch
 
+from builders import tiny_conformer, tiny_hf_ctc, tiny_wav2vec2, tiny_whisper
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.data.cache import load_features
-from raysearch_adapters.testing import tiny_conformer, tiny_hf_ctc, tiny_wav2vec2, tiny_whisper
 from raysearch_adapters.train.loop import AdapterNoOpError, check_in_forward_path
 from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set
 

@@ -12,8 +12,9 @@ import torch
 
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.config import AdapterConfig, TrainConfig, load_config
+from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.registry import load_base_model
-from raysearch_adapters.train.evaluate import evaluate, load_feature_set
+from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.loop import TrainSets, train_adapters
 
 HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 40, "specaugment": False, "replay": 0.0, "distill_weight": 0.0}

@@ -9,10 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from builders import tiny_conformer
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.config import AdapterConfig, TrainConfig
 from raysearch_adapters.data.cache import FeatureSet
-from raysearch_adapters.testing import tiny_conformer
 from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.loop import TrainSets, train_adapters
 

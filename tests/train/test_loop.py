@@ -68,7 +68,7 @@ def test_relative_degradation_is_percent_of_base(model, feature_sets):
 
 
 def test_an_interrupted_and_resumed_trial_ends_like_an_uninterrupted_one(feature_sets):
-    from raysearch_adapters.testing import tiny_conformer
+    from builders import tiny_conformer
 
     def fresh(state_dict=None):
         model = tiny_conformer(seed=0, num_layers=2)
@@ -243,7 +243,7 @@ def test_patience_ends_a_trial_that_stopped_improving(model, feature_sets):
 def test_a_horizon_free_schedule_gives_the_same_rates_whatever_the_trial_length(feature_sets):
     """With train.lr_schedule=constant the rate at a step does not depend on the trial's planned length, so a
     trial continued past its first plan trains as if planned that long; with cosine it does."""
-    from raysearch_adapters.testing import tiny_conformer
+    from builders import tiny_conformer
 
     def lrs(steps: int, schedule: str, warmup: int) -> list:
         m = tiny_conformer(seed=0, num_layers=2)

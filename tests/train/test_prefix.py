@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
+from builders import tiny_conformer, tiny_hf_ctc, tiny_wav2vec2
 from raysearch_adapters.adapters.inject import AdapterWrapper, inject_adapters
 from raysearch_adapters.config import AdapterConfig, TrainConfig
 from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.errors import UserError
-from raysearch_adapters.testing import tiny_conformer, tiny_hf_ctc, tiny_wav2vec2
 from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.loop import TrainSets, train_adapters
 from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, load_teacher_set

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from raysearch_adapters.cli import main
+from raysearch_adapters.commands.main import main
 from raysearch_adapters.config import load_config
-from raysearch_adapters.train.evaluate import evaluate, load_feature_set
-from raysearch_adapters.models.registry import load_checkpoint_model
-from raysearch_adapters.train.pretrain import warmup_cosine
+from raysearch_adapters.data.cache import load_feature_set
+from raysearch_adapters.models.conformer import load_checkpoint_model
+from raysearch_adapters.schedule import warmup_cosine
+from raysearch_adapters.train.evaluate import evaluate
 
 TINY = ["model.conformer.d_model=16", "model.conformer.num_layers=2", "model.conformer.num_heads=2",
         "model.conformer.ffn_dim=32", "model.conformer.subsampling_channels=4", "model.conformer.vocab_size=40",

@@ -44,8 +44,8 @@ def test_rows_score_whisper_text_as_evaluate_does(small_demo, tmp_path):
     from raysearch_adapters.config import ModelConfig
     from raysearch_adapters.models.registry import load_base_model
     from raysearch_adapters.results.hypotheses import set_wers
-    from raysearch_adapters.testing import save_tiny_whisper
-    from raysearch_adapters.train.evaluate import load_feature_set
+    from builders import save_tiny_whisper
+    from raysearch_adapters.data.cache import load_feature_set
     from raysearch_adapters.metrics import error_counts
     from raysearch_adapters.train.transcripts import set_rows
 
@@ -69,8 +69,9 @@ def test_evaluate_scores_wer_and_cer_on_the_same_normalised_text(small_demo, tmp
     from raysearch_adapters.config import ModelConfig
     from raysearch_adapters.metrics import char_error_rate
     from raysearch_adapters.models.registry import load_base_model
-    from raysearch_adapters.testing import save_tiny_whisper
-    from raysearch_adapters.train.evaluate import evaluate, load_feature_set
+    from builders import save_tiny_whisper
+    from raysearch_adapters.data.cache import load_feature_set
+    from raysearch_adapters.train.evaluate import evaluate
 
     model = load_base_model(ModelConfig(name="whisper", checkpoint=str(save_tiny_whisper(tmp_path / "whisper")),
                                         max_new_tokens=8))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from builders import tiny_whisper
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.config import AdapterConfig, TrainConfig
 from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.models.base import BackboneView
-from raysearch_adapters.testing import tiny_whisper
 from raysearch_adapters.train.loop import TrainSets, base_dev_wers, dev_wer, step_loss, train_adapters
 from raysearch_adapters.train.prefix import (TopOfModel, inputs_from, load_prefix_set, load_teacher_set,
                                              measurement_block, view_from)

@@ -1,6 +1,6 @@
 """``raysearch-adapters submit``: run a search on a Ray cluster as a Ray job, and follow, inspect or stop it.
 
-The job's entrypoint is ``<python> -m raysearch_adapters.cli search CONFIG... key=value...`` run in
+The job's entrypoint is ``<python> -m raysearch_adapters search CONFIG... key=value...`` run in
 the project folder, uploaded as the runtime_env ``working_dir`` (without ``.git``, virtualenvs,
 data, caches and results). The config is loaded here first, so a typo fails before anything is
 uploaded; the cluster loads it again, with its own environment (``RAYSEARCH_ADAPTERS_HOME``...).
@@ -26,9 +26,10 @@ from urllib.parse import urlparse
 
 import yaml
 
-from raysearch_adapters.hosts import is_loopback
+from raysearch_adapters.commands.args import load_from_args
 from raysearch_adapters.config import Config
 from raysearch_adapters.errors import UserError, first_line
+from raysearch_adapters.hosts import is_loopback
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded: version control, virtualenvs, generated data, caches and results (Ray also honours .gitignore).
@@ -168,7 +169,7 @@ def build_runtime_env(root: Path, runtime_env_file: str | None = None, env: list
 
 def entrypoint(python: str, job_args: list[str], resume: bool = False) -> str:
     """The job's shell command: the ``search`` command under the cluster's interpreter."""
-    return shlex.join([python, "-m", "raysearch_adapters.cli", "search", *job_args] + (["--resume"] if resume else []))
+    return shlex.join([python, "-m", "raysearch_adapters", "search", *job_args] + (["--resume"] if resume else []))
 
 
 def prepare_job(items: list[str], python: str = "python", root: Path | None = None,
@@ -176,8 +177,6 @@ def prepare_job(items: list[str], python: str = "python", root: Path | None = No
     """The job request for the search of CONFIG/key=value ``items`` (validated here, before any upload).
 
     Returns ``submit_job`` keyword arguments plus ``results``, the results folder on the cluster."""
-    from raysearch_adapters.cli import load_from_args
-
     cfg = load_from_args(items)
     results = results_location(cfg)
     root = (root or project_root()).resolve()
@@ -211,7 +210,7 @@ def _final(status: str) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``raysearch-adapters submit [--address URL] [CONFIG] [key=value ...] [--follow]``, or --status/--logs/--stop."""
     job_id = args.status or args.logs or args.stop
     if job_id and args.config:

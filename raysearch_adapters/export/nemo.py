@@ -27,7 +27,6 @@ writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 from pathlib import Path
@@ -35,11 +34,12 @@ from pathlib import Path
 import torch
 
 from raysearch_adapters.adapters.state import FORMAT as ADAPTER_FORMAT, AdapterFileError, load_adapter
-from raysearch_adapters.config import AdapterConfig
+from raysearch_adapters.config import AdapterConfig, load_config
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write
 from raysearch_adapters.models.checkpoint import read_format_file
 from raysearch_adapters.models.nemo import NemoASR, _quiet_nemo, restore_nemo
+from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE
 
 # Activations of this project's adapter that NeMo's activation registry builds identically (nn.SiLU, ...).
 NEMO_ACTIVATIONS = ("swish", "relu", "gelu")
@@ -184,27 +184,19 @@ def load_snippet(checkpoint: str, adapter: Path, name: str) -> str:
     ])
 
 
-def cli_main(args: argparse.Namespace) -> int:
-    """Entry point of ``raysearch-adapters export-nemo RESULTS_DIR``."""
-    from raysearch_adapters.config import load_config
-    from raysearch_adapters.search.run import CONFIG_FILE
-    from raysearch_adapters.search.summary import BEST_ADAPTER_FILE
-
-    results = Path(args.results_dir)
-    config_file, adapter_file = results / CONFIG_FILE, results / BEST_ADAPTER_FILE
+def export_nemo_results(results_dir: Path, out: Path | None = None, name: str | None = None) -> dict:
+    """:func:`export_nemo` of a finished search's winner (``RESULTS_DIR``: a search of ``model.name=nemo``);
+    ``out`` defaults to ``RESULTS_DIR/nemo_adapter.pt``. Adds ``load``: the plain-NeMo code that loads it."""
+    config_file, adapter_file = results_dir / CONFIG_FILE, results_dir / BEST_ADAPTER_FILE
     if not config_file.is_file():
-        raise UserError(f"{results}: holds no search ({CONFIG_FILE} not found)")
+        raise UserError(f"{results_dir}: holds no search ({CONFIG_FILE} not found)")
     if not adapter_file.is_file():
-        raise UserError(f"{results}: holds no winner ({BEST_ADAPTER_FILE} not found: the search found no feasible "
-                        "config, or has not finished)")
+        raise UserError(f"{results_dir}: holds no winner ({BEST_ADAPTER_FILE} not found: the search found no "
+                        "feasible config, or has not finished)")
     cfg = load_config([config_file])
     if cfg.model.name != NemoASR.name:
         raise NemoExportError(f"{config_file}: model.name is {cfg.model.name!r}; export-nemo hands adapters of NeMo "
                               "models (model.name=nemo) back to NeMo")
-    out = Path(args.out) if args.out else results / "nemo_adapter.pt"
-    done = export_nemo(adapter_file, cfg.model.checkpoint, cfg.model.nemo_head, out, args.name or DEFAULT_NAME)
-    print(f"NeMo adapter {done['name']!r}: {out} (LinearAdapter dim {done['dim']} in layers {done['layers']} of "
-          f"{done['num_layers']}; the others add exactly 0); NeMo's encoder with it matches the adapted model here "
-          f"(max difference {done['max_difference']:.2g})")
-    print("load it in NeMo:\n" + load_snippet(cfg.model.checkpoint, out, done["name"]))
-    return 0
+    out = out if out is not None else results_dir / "nemo_adapter.pt"
+    done = export_nemo(adapter_file, cfg.model.checkpoint, cfg.model.nemo_head, out, name or DEFAULT_NAME)
+    return {**done, "load": load_snippet(cfg.model.checkpoint, out, done["name"])}

@@ -1,12 +1,14 @@
-"""The ``raysearch-adapters`` command. Thin: parses flags, imports the heavy modules lazily."""
+"""The ``raysearch-adapters`` command: its parser and dispatch. Each subcommand's handler is a module of
+this package, imported only when that subcommand runs, so ``--help`` never imports torch or ray."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Callable, Sequence
 
-from raysearch_adapters.config import load_config, to_yaml
+from raysearch_adapters.commands.args import is_config_item
 from raysearch_adapters.errors import UserError
 
 
@@ -44,36 +46,10 @@ def _port(text: str) -> int:
     return port
 
 
-def _is_config_item(word: str) -> bool:
-    # A key=value override's key never holds a '/', a manifest path may (data/lang=en/dev.json).
-    return word.lower().endswith((".yaml", ".yml")) or ("=" in word and "/" not in word.split("=", 1)[0])
-
-
-def split_config(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(config files, key=value overrides) of the positional CONFIG|key=value items."""
-    paths = [a for a in items if "=" not in a]
-    overrides = [a for a in items if "=" in a]
-    return paths, overrides
-
-
-def load_from_args(items: Sequence[str]):
-    """Config from positional CONFIG files and key=value overrides."""
-    paths, overrides = split_config(items)
-    return load_config(paths, overrides)
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    cfg = load_from_args(args.config)
-    print(to_yaml(cfg), end="")
-    return 0
-
-
-# name -> (help, how to add its arguments, handler); handlers of later modules are
-# resolved lazily so `--help` never imports torch or ray.
-def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+def _lazy(module: str) -> Callable[[argparse.Namespace], int]:
+    """The handler ``run(args)`` of ``raysearch_adapters.commands.<module>``, imported when the subcommand runs."""
     def run(args: argparse.Namespace) -> int:
-        import importlib
-        return getattr(importlib.import_module(module), func)(args)
+        return importlib.import_module(f"raysearch_adapters.commands.{module}").run(args)
     return run
 
 
@@ -91,12 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (the corpus is deterministic per seed)")
     p.add_argument("--jobs", type=int, default=0, help="parallel synthesis processes (0 = all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even if the corpus exists")
-    p.set_defaults(func=_lazy("raysearch_adapters.data.demo", "cli_main"))
+    p.set_defaults(func=_lazy("demo_data"))
 
     p = sub.add_parser("pretrain", help="train a base Conformer-CTC on the original domain")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in pretrain.out_dir")
-    p.set_defaults(func=_lazy("raysearch_adapters.train.pretrain", "cli_main"))
+    p.set_defaults(func=_lazy("pretrain"))
 
     p = sub.add_parser("evaluate", help="WER/CER of a model (optionally with an adapter) on a manifest")
     p.add_argument("--model", default=None,
@@ -110,17 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write per-utterance hypotheses here (Parquet, the schema of a search's hypotheses.parquet; "
                         "with --adapter: the model without it as the base, with it as the winner)")
     _config_args(p)
-    p.set_defaults(func=_lazy("raysearch_adapters.train.evaluate", "cli_main"))
+    p.set_defaults(func=_lazy("evaluate"))
 
     p = sub.add_parser("search", help="run an adapter search (no arguments: the embedded demo)")
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
-    p.set_defaults(func=_lazy("raysearch_adapters.search.run", "cmd_search"))
+    p.set_defaults(func=_lazy("search"))
 
     p = sub.add_parser("export", help="merge a search's LoRA winner into the base model and check it on the dev sets")
     p.add_argument("results_dir", help="a finished search's results folder (it holds best_adapter.pt)")
     p.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/export)")
-    p.set_defaults(func=_lazy("raysearch_adapters.search.export", "cmd_export"))
+    p.set_defaults(func=_lazy("export"))
 
     p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job; --status/--logs/--stop JOB_ID")
     p.add_argument("--address", default=None,
@@ -141,31 +117,31 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--status", metavar="JOB_ID", default=None, help="print a submitted job's status")
     job.add_argument("--logs", metavar="JOB_ID", default=None, help="print a job's logs (with --follow: stream them)")
     job.add_argument("--stop", metavar="JOB_ID", default=None, help="stop a job")
-    p.set_defaults(func=_lazy("raysearch_adapters.search.submit", "cmd_submit"))
+    p.set_defaults(func=_lazy("submit"))
 
     p = sub.add_parser("dashboard", help="serve the live results dashboard of a search")
     p.add_argument("results_dir", help="a search's results folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8765, help="port (default: 8765; 0: any free port)")
-    p.set_defaults(func=_lazy("raysearch_adapters.dashboard.server", "cli_main"))
+    p.set_defaults(func=_lazy("dashboard"))
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a search")
     p.add_argument("results_dir", help="a search's results folder")
-    p.set_defaults(func=_lazy("raysearch_adapters.dashboard.report", "cli_main"))
+    p.set_defaults(func=_lazy("report"))
 
     p = sub.add_parser("export-nemo", help="write a NeMo model's winning adapter as a NeMo adapter file "
                                            "(model.load_adapters)")
     p.add_argument("results_dir", help="a search's results folder (model.name=nemo)")
     p.add_argument("--out", default=None, help="the NeMo adapter file to write (default: RESULTS_DIR/nemo_adapter.pt)")
     p.add_argument("--name", default=None, help="the adapter's name in NeMo (default: raysearch)")
-    p.set_defaults(func=_lazy("raysearch_adapters.models.nemo_export", "cli_main"))
+    p.set_defaults(func=_lazy("export_nemo"))
 
     p = sub.add_parser("config", help="show the resolved config")
     csub = p.add_subparsers(dest="action", metavar="ACTION")
     csub.required = True
     show = csub.add_parser("show", help="print the merged config (defaults <- files <- overrides)")
     _config_args(show)
-    show.set_defaults(func=cmd_config)
+    show.set_defaults(func=_lazy("config"))
     return parser
 
 
@@ -177,9 +153,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if getattr(args, "manifest", None):
         # --manifest takes every word up to the next flag: config files and key=value among them
         # are config items (a manifest is .json, .jsonl or .parquet), in command-line order.
-        moved = [m for m in args.manifest if _is_config_item(m)]
+        moved = [m for m in args.manifest if is_config_item(m)]
         args.config = sorted(args.config + moved, key=lambda w: argv.index(w) if w in argv else len(argv))
-        args.manifest = [m for m in args.manifest if not _is_config_item(m)]
+        args.manifest = [m for m in args.manifest if not is_config_item(m)]
         if not args.manifest:
             parser.error(f"{args.command}: argument --manifest: expected at least one manifest "
                          "(.json, .jsonl or .parquet); config files and key=value are not manifests")

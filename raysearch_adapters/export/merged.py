@@ -1,4 +1,4 @@
-"""``raysearch-adapters export RESULTS_DIR [--out DIR]``: a search's winner as a model to deploy.
+"""A search's winner as a model to deploy (``raysearch-adapters export RESULTS_DIR``).
 
 A LoRA winner is merged into the base weights and written in the backbone's own format
 (``Backbone.save_export``: the project's checkpoint for the built-in Conformer, torchaudio's state
@@ -16,7 +16,6 @@ Reads the results folder only; needs neither Ray nor the search to be running.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -31,9 +30,11 @@ from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.checkpoint import read_format_file
 from raysearch_adapters.models.registry import load_base_model
-from raysearch_adapters.search.summary import (BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE, load_instructions,
+from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE
+from raysearch_adapters.search.summary import (load_instructions,
                                                versions)
-from raysearch_adapters.train.evaluate import evaluate, load_feature_set, model_outputs, uses_bf16
+from raysearch_adapters.data.cache import load_feature_set
+from raysearch_adapters.train.evaluate import evaluate, model_outputs, uses_bf16
 from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
 
 EXPORT_DIR = "export"  # default --out, inside the results folder
@@ -147,32 +148,3 @@ def _merge_and_check(cfg: Config, adapter_file: Path, out_dir: Path, winner: dic
            for p in precisions}
     return {"files": {"model": str(path)}, "load": how, "measured_from_block": k, "precisions": precisions,
             "device": str(device), "search_dev_wer": winner.get("dev"), "dev": dev}
-
-
-def format_export(record: dict) -> str:
-    """What ``export`` prints: what was written, and for a merge the difference per precision and dev set."""
-    if not record["merged"]:
-        return (f"{record['reason']}.\nwrote the adapter-only file instead: {record['files']['adapter']}\n"
-                f"load it: {record['load']}\nexport record: {record['files']['export_json']}")
-    lines = [f"merged the lora winner (trial {record['winner_trial_id']}) into the base weights: "
-             f"{record['files']['model']}", f"load it: {record['load']}",
-             f"checked on the dev sets (measured from block {record['measured_from_block']}), merged vs unmerged:",
-             f"{'precision':<10}{'dev set':<10}{'WER unmerged':>14}{'WER merged':>12}{'changed hyps':>14}"
-             f"{'max |output diff|':>19}"]
-    for precision, sets in record["dev"].items():
-        for domain, r in sets.items():
-            lines.append(f"{precision:<10}{domain:<10}{r['unmerged_wer']:>14.2f}{r['merged_wer']:>12.2f}"
-                         f"{str(r['changed_hypotheses']) + '/' + str(r['utterances']):>14}"
-                         f"{r['max_abs_output_diff']:>19.2e}")
-    lines.append(f"export record: {record['files']['export_json']}")
-    return "\n".join(lines)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """``raysearch-adapters export RESULTS_DIR [--out DIR]``."""
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    record = export(Path(args.results_dir), Path(args.out) if args.out else None)
-    print(format_export(record))
-    return 0
