@@ -72,16 +72,14 @@ def fixed(args, overrides: list) -> None:
         # a fixed-length trial: warm-up over a tenth of it, then cosine decay (as these figures were measured)
         train_cfg = TrainConfig(steps=args.steps, eval_every=args.eval_every, max_batch_seconds=args.batch,
                                 distill_seconds=args.distill_seconds, lr=args.lr, lr_schedule="cosine",
-                                warmup_steps=args.steps // 10)
-        hp = {"lr": args.lr, "weight_decay": 0.0, "steps": args.steps, "specaugment": False, "replay": replay,
-              "distill_weight": lam}
+                                warmup_steps=args.steps // 10, replay=replay, distill_weight=lam)
         start = time.monotonic()
 
         def report(m, _state, name=name):
             print(f"| {name} | {m['step']} | {m['eval_dev_wer_new']:.1f} | {m['eval_dev_wer_original']:.1f} | "
                   f"{m['eval_degradation']:+.2f} | {time.monotonic() - start:.0f} |", flush=True)
 
-        train_adapters(view, handle, sets, dev_k, hp, train_cfg, base_wer["original"], report)
+        train_adapters(view, handle, sets, dev_k, train_cfg, base_wer["original"], report)
 
 
 def step_parts(args, overrides: list) -> None:

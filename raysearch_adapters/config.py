@@ -23,9 +23,9 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.halving import HalvingError, HalvingPlan, halving_plan
+from raysearch_adapters.hparams import BY_NAME as HPARAM, HPARAMS, TYPE_PARAMS, applies_to, fields_of, value_problem
 from raysearch_adapters.schedule import HORIZON_FREE, SCHEDULES
-from raysearch_adapters.space_values import (ADAPTER_TYPES, BLOCK_FORMS, POSITIONS, RANGE_PARAMS, TYPE_PARAMS,
-                                             applies_to, block_spec_problem, value_problem)
+from raysearch_adapters.space_values import POSITIONS
 
 # Where the demo corpus, feature cache and other generated data live unless told otherwise.
 DEFAULT_HOME = "${oc.env:RAYSEARCH_ADAPTERS_HOME,'~/.cache/raysearch-adapters'}"
@@ -234,28 +234,16 @@ class AdapterConfig:
     positions: List[str] = field(default_factory=lambda: ["post"])  # where inside each block (bottleneck, parallel)
 
     def validate(self, key: str) -> None:
-        _check_choice(f"{key}.type", self.type, ADAPTER_TYPES)
-        _check_range(f"{key}.dim", self.dim, 1, None)
-        _check_param(f"{key}.rank", "rank", self.rank)
-        _check_param(f"{key}.alpha", "alpha", self.alpha)
-        _check_param(f"{key}.targets", "targets", self.targets)
+        _check_hparam_fields(self, key, "adapter")
         _check_choice(f"{key}.activation", self.activation, ACTIVATIONS)
         _check_choice(f"{key}.norm_position", self.norm_position, ("pre", "post"))
-        _check_range(f"{key}.dropout", self.dropout, 0, 1, high_open=True)
-        _check_range(f"{key}.stochastic_depth", self.stochastic_depth, 0, 1, high_open=True)
-        _check_range(f"{key}.l2_lambda", self.l2_lambda, 0, None)
         if self.type == "lora":
             for name in ("stochastic_depth", "l2_lambda"):
                 if getattr(self, name):
                     _fail(f"{key}.{name}", getattr(self, name), "applies to bottleneck and parallel adapters; type "
                           "lora has no branch output to skip or penalise: set 0")
-        problem = block_spec_problem(self.blocks)
-        if problem:
-            _fail(f"{key}.blocks", self.blocks, f"{problem}; allowed: {BLOCK_FORMS}")
         if not self.positions:
             _fail(f"{key}.positions", list(self.positions), f"needs at least one of {', '.join(POSITIONS)}")
-        for i, pos in enumerate(self.positions):
-            _check_choice(f"{key}.positions[{i}]", pos, POSITIONS)
 
 
 # --------------------------------------------------------------------------- training
@@ -293,21 +281,17 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self, key: str) -> None:
-        _check_range(f"{key}.steps", self.steps, 1, None)
-        _check_range(f"{key}.lr", self.lr, 0, None, low_open=True)
+        _check_hparam_fields(self, key, "train")
         _check_choice(f"{key}.lr_schedule", self.lr_schedule, SCHEDULES)
         _check_range(f"{key}.warmup_steps", self.warmup_steps, 0, None)
         _check_range(f"{key}.decay_steps", self.decay_steps, 0, None)
         if self.lr_schedule == "wsd" and self.decay_steps % self.eval_every:
             _fail(f"{key}.decay_steps", self.decay_steps, f"must be a multiple of {key}.eval_every "
                   f"({self.eval_every}): a cool-down ends on an evaluation")
-        _check_range(f"{key}.weight_decay", self.weight_decay, 0, None)
         _check_range(f"{key}.grad_clip", self.grad_clip, 0, None)
         _check_range(f"{key}.max_batch_seconds", self.max_batch_seconds, 0, None, low_open=True)
         _check_range(f"{key}.eval_every", self.eval_every, 1, None)
         _check_choice(f"{key}.precision", self.precision, ("auto", "fp32", "bf16"))
-        _check_range(f"{key}.replay", self.replay, 0, 1, high_open=True)
-        _check_range(f"{key}.distill_weight", self.distill_weight, 0, None)
         _check_range(f"{key}.distill_seconds", self.distill_seconds, 0, None, low_open=True)
 
 
@@ -350,6 +334,14 @@ def _check_param(key: str, name: str, value: Any) -> None:
         _fail(key, value, problem)
 
 
+def _check_hparam_fields(section_cfg: Any, key: str, section: str) -> None:
+    """The fields of ``section`` that a searched hyperparameter sets, each by that hyperparameter's rule."""
+    for h in fields_of(section):
+        value = getattr(section_cfg, h.key)
+        for i, v in enumerate(value) if h.listed else [(None, value)]:
+            _check_param(f"{key}.{h.key}" + ("" if i is None else f"[{i}]"), h.name, v)
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """One searched hyperparameter: a fixed ``value``, a list of ``choices``, or ``low``..``high``.
@@ -388,7 +380,7 @@ class ParamSpec:
             for i, v in enumerate(self.choices):
                 _check_param(f"{key}.choices[{i}]", name, v)
         elif kind == "range":
-            if name not in RANGE_PARAMS:
+            if not HPARAM[name].rangeable:
                 _fail(key, dataclasses.asdict(self), f"{name} takes a value or choices, not a low/high range")
             if self.low is None or self.high is None:
                 _fail(key, dataclasses.asdict(self), "a range needs both low and high")
@@ -407,44 +399,32 @@ def _fixed(v: Any) -> Any:
     return field(default_factory=lambda: ParamSpec(value=v))
 
 
-@dataclass(frozen=True)
-class SpaceConfig:
-    """The search space. Each entry is a ParamSpec; fixed ones are not searched, unset ones take the
-    adapter/train section's value. The entries of one adapter type only (``space_values.TYPE_PARAMS``:
-    dim, position, stochastic_depth and l2_lambda of bottleneck and parallel adapters, rank, alpha and
-    targets of LoRA) are used by trials of that type; the others are null in their rows."""
+def _space_validate(self, key: str) -> None:
+    for f in dataclasses.fields(self):
+        getattr(self, f.name).validate(f"{key}.{f.name}", f.name)
 
-    type: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.type (bottleneck)
-    dim: ParamSpec = field(default_factory=lambda: ParamSpec(choices=[32, 64, 128]))
-    rank: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.rank
-    alpha: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.alpha
-    targets: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.targets
-    blocks: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["all", "every:2", "bottom:3"]))
-    position: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["post", "ffn"]))
-    lr: ParamSpec = field(default_factory=lambda: ParamSpec(low=1.5e-3, high=8e-3, log=True))
-    dropout: ParamSpec = _fixed(0.0)
-    stochastic_depth: ParamSpec = _fixed(0.0)
-    l2_lambda: ParamSpec = _fixed(0.0)
-    weight_decay: ParamSpec = _fixed(0.0)
-    steps: ParamSpec = field(default_factory=ParamSpec)  # unset: train.steps
-    specaugment: ParamSpec = field(default_factory=ParamSpec)  # unset: train.specaugment
-    replay: ParamSpec = field(default_factory=lambda: ParamSpec(low=0.0, high=0.5))
-    distill_weight: ParamSpec = field(default_factory=lambda: ParamSpec(low=5.0, high=100.0, log=True))
 
-    def validate(self, key: str) -> None:
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).validate(f"{key}.{f.name}", f.name)
+def _space_values(self, name: str, default: Any) -> List[Any]:
+    """The values entry ``name`` can take: its value, its choices, or ``default`` (the section's value) when
+    unset; a range's bounds."""
+    spec = getattr(self, name)
+    kind = spec.kind()
+    if kind == "unset":
+        return [default]
+    if kind == "value":
+        return [spec.value]
+    return list(spec.choices) if kind == "choices" else [spec.low, spec.high]
 
-    def values(self, name: str, default: Any) -> List[Any]:
-        """The values entry ``name`` can take: its value, its choices, or ``default`` (the section's value) when
-        unset; a range's bounds."""
-        spec = getattr(self, name)
-        kind = spec.kind()
-        if kind == "unset":
-            return [default]
-        if kind == "value":
-            return [spec.value]
-        return list(spec.choices) if kind == "choices" else [spec.low, spec.high]
+
+# The search space: one ParamSpec per row of the hyperparameter table (raysearch_adapters.hparams), in its
+# order, each defaulting to the row's space entry. Fixed entries are not searched, unset ones take the
+# adapter/train field the row names. A row of some adapter types only is used by trials of those types.
+SpaceConfig = dataclasses.make_dataclass(
+    "SpaceConfig",
+    [(h.name, ParamSpec, field(default_factory=lambda entry=h.space: ParamSpec(**entry))) for h in HPARAMS],
+    namespace={"validate": _space_validate, "values": _space_values, "__module__": __name__,
+               "__doc__": "The search space: one entry per searched hyperparameter (raysearch_adapters.hparams)."},
+    frozen=True)
 
 
 @dataclass(frozen=True)

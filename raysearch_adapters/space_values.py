@@ -1,16 +1,16 @@
-"""What each searched hyperparameter takes, block-set specs included: pure checks of one value.
+"""The words and specs an adapter's placement is written in: adapter types, positions, block-set specs
+and LoRA target specs, each checked as far as that can be told without a model.
 
-Below ``config`` (which reports a problem as a ConfigError naming the key) and
-``results.placement`` (which maps a spec onto a model's blocks), so that a value of the wrong
-kind in ``search.space``, ``search.grid`` or ``adapter`` fails when the config loads, not in a
-trial or in the results table halfway through a search.
+Below ``hparams`` (whose rules use these checks) and ``results.placement`` (which maps a spec
+onto a model's blocks), so that a spec of the wrong form in ``search.space``, ``search.grid`` or
+``adapter`` fails when the config loads, not in a trial or in the results table halfway through a
+search.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 # Where inside a block an adapter goes (what each backbone offers: README, "Adapt your own model"):
 # post = the block's output; mha = its self-attention branch (encoder blocks); ffn = its feed-forward
@@ -21,25 +21,8 @@ STACKS = ("encoder", "decoder")
 BLOCK_FORMS = ("all, top:K, bottom:K, every:N, window:A-B (blocks A..B-1), or a list such as 0,2,5; on a model "
                "with an encoder and a decoder, each prefixed by its stack and joined by '+', e.g. decoder:all, "
                "encoder:top:2, encoder:all+decoder:top:1")
-RANGE_PARAMS = ("dim", "rank", "alpha", "lr", "dropout", "stochastic_depth", "l2_lambda", "weight_decay", "steps",
-                "replay", "distill_weight")  # numbers
-INT_PARAMS = ("dim", "rank", "steps")  # ranges of these are sampled as integers
-
 ADAPTER_TYPES = ("bottleneck", "lora", "parallel")
-# The hyperparameters that belong to some adapter types only; every other one applies to every type.
-# A trial of another type does not have them: the space does not suggest them and its row holds null.
-TYPE_PARAMS = {
-    "bottleneck": ("dim", "position", "stochastic_depth", "l2_lambda"),
-    "lora": ("rank", "alpha", "targets"),
-    "parallel": ("dim", "position", "stochastic_depth", "l2_lambda"),
-}
 TARGET_FORMS = "all (every linear layer a block lists), or names such as q,v or q,k,v,out,ffn_in,ffn_out"
-
-
-def applies_to(name: str, adapter_type: str) -> bool:
-    """Whether hyperparameter ``name`` is one of an adapter of ``adapter_type`` (see :data:`TYPE_PARAMS`)."""
-    owned = {n for names in TYPE_PARAMS.values() for n in names}
-    return name not in owned or name in TYPE_PARAMS.get(adapter_type, ())
 
 
 def parse_targets_spec(spec: str) -> List[str]:
@@ -123,42 +106,3 @@ def block_spec_problem(spec: Any) -> Optional[str]:
     """Why ``spec`` is not a placement spec (as far as that can be told without a model), else None."""
     # YAML reads a single block `3` as a number; the results table and placement need the spec text.
     return _spec_problem(spec, parse_placement, "not a string (quote a single block: '3')")
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _must_be(test: Callable[[Any], bool], allowed: str) -> Callable[[Any], Optional[str]]:
-    return lambda v: None if test(v) else f"must be {allowed}"
-
-
-_WHOLE_POSITIVE = _must_be(lambda v: _is_number(v) and float(v).is_integer() and v >= 1, "a whole number >= 1")
-_UNIT = _must_be(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-_NON_NEGATIVE = _must_be(lambda v: _is_number(v) and v >= 0, "a number >= 0")
-
-_RULES: Dict[str, Callable[[Any], Optional[str]]] = {
-    "type": _must_be(lambda v: isinstance(v, str) and v in ADAPTER_TYPES, f"one of {', '.join(ADAPTER_TYPES)}"),
-    "dim": _WHOLE_POSITIVE,
-    "rank": _WHOLE_POSITIVE,
-    "alpha": _must_be(lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "targets": lambda v: None if (why := targets_spec_problem(v)) is None else
-    f"a targets spec ({why}); allowed: {TARGET_FORMS}",
-    "blocks": lambda v: None if (why := block_spec_problem(v)) is None else
-    f"a block-set spec ({why}); allowed: {BLOCK_FORMS}",
-    "position": _must_be(lambda v: isinstance(v, str) and v in POSITIONS, f"one of {', '.join(POSITIONS)}"),
-    "lr": _must_be(lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "dropout": _UNIT,
-    "stochastic_depth": _UNIT,
-    "l2_lambda": _NON_NEGATIVE,
-    "weight_decay": _NON_NEGATIVE,
-    "steps": _WHOLE_POSITIVE,
-    "specaugment": _must_be(lambda v: isinstance(v, bool), "true or false"),
-    "replay": _UNIT,
-    "distill_weight": _NON_NEGATIVE,
-}
-
-
-def value_problem(name: str, value: Any) -> Optional[str]:
-    """What is wrong with ``value`` for hyperparameter ``name`` ("must be ..."), or None when it fits."""
-    return _RULES[name](value)

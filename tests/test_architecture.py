@@ -32,7 +32,8 @@ DEFERRED = {
 
 
 def test_the_layers_contract_holds():
-    """commands > export | dashboard > search > train > adapters > models > data > results > config > helpers, and
+    """commands > export | dashboard > search > train > adapters > models > data > results > config > hparams >
+    helpers, and
     the dashboard imports neither torch nor ray (pyproject.toml, [tool.importlinter])."""
     done = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--config", str(ROOT / "pyproject.toml")],
                           cwd=ROOT, capture_output=True, text=True)

@@ -52,7 +52,7 @@ def test_misspelt_key_is_named_with_a_suggestion(capsys):
 def test_negative_learning_rate_bound_names_the_key():
     with pytest.raises(ConfigError, match=r"^search\.space\.lr\.low: got -0\.001; must be a number > 0"):
         load_config(overrides=["search.space.lr.low=-0.001"])
-    with pytest.raises(ConfigError, match=r"^train\.lr: got -1\.0; must be > 0"):
+    with pytest.raises(ConfigError, match=r"^train\.lr: got -1\.0; must be a number > 0"):
         load_config(overrides=["train.lr=-1"])
 
 

@@ -10,7 +10,7 @@ import pytest
 from builders import tiny_search_overrides
 from raysearch_adapters.commands.main import main
 from raysearch_adapters.config import ConfigError, ParamSpec, SpaceConfig, load_config
-from raysearch_adapters.space_values import value_problem
+from raysearch_adapters.hparams import value_problem
 
 
 @pytest.mark.parametrize("override, name, expected", [

@@ -18,6 +18,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.hparams import HPARAMS
 from raysearch_adapters.results import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES, TRIALS_FILE, TRIALS_SCHEMA,
                                         read_table)
 from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE
@@ -34,11 +35,8 @@ EXPORTS = {"trials.csv": "text/csv", "trials.parquet": "application/vnd.apache.p
 
 # Trial table columns in display order: (column of trials.parquet, header).
 TABLE_COLUMNS = (
-    ("trial_id", "trial"), ("status", "status"), ("type", "type"), ("dim", "dim"), ("rank", "LoRA rank"),
-    ("alpha", "LoRA alpha"), ("targets", "LoRA targets"), ("blocks", "blocks"), ("position", "position"),
-    ("lr", "lr"), ("dropout", "dropout"), ("stochastic_depth", "stoch. depth"), ("l2_lambda", "L2"),
-    ("weight_decay", "weight decay"), ("steps", "steps"), ("specaugment", "SpecAugment"), ("replay", "replay"),
-    ("distill_weight", "distill λ"), ("adapter_params", "adapter params"), ("adapter_percent", "% of base"),
+    ("trial_id", "trial"), ("status", "status"), *((h.name, h.label) for h in HPARAMS),
+    ("adapter_params", "adapter params"), ("adapter_percent", "% of base"),
     ("evals", "evals"), ("best_step", "best at step"),
     ("dev_wer_new", "dev WER new"), ("dev_wer_original", "dev WER original"), ("degradation", "degradation"),
     ("feasible", "feasible"), ("wall_time_s", "time (s)"), ("device", "device"), ("error", "error"),

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write
+from raysearch_adapters.hparams import HPARAMS
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -33,29 +34,10 @@ def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Fie
     return pa.field(name, type_, nullable=nullable, metadata={b"doc": doc.encode()})
 
 
-# The searched hyperparameters, in the order of the space (conf/demo.yaml, search.space). The type comes
-# first: the space suggests it before the parameters that depend on it. A parameter of other adapter types
-# only (space_values.TYPE_PARAMS) is null in a trial's row.
-HPARAM_FIELDS = [
-    _f("type", pa.string(), "adapter type: bottleneck (serial), lora, parallel"),
-    _f("dim", pa.int64(), "adapter bottleneck width h (bottleneck, parallel; null for lora)"),
-    _f("rank", pa.int64(), "LoRA rank r (lora; null otherwise)"),
-    _f("alpha", pa.float64(), "LoRA scale alpha: the update is (alpha / rank) B A (lora; null otherwise)"),
-    _f("targets", pa.string(), "LoRA target linear layers of each adapted block (lora; null otherwise)"),
-    _f("blocks", pa.string(), "block-set spec of the adapted blocks (all, top:K, ...)"),
-    _f("position", pa.string(), "where inside each block the adapter sits (post, mha, ffn; null for lora)"),
-    _f("lr", pa.float64(), "peak learning rate (AdamW)"),
-    _f("dropout", pa.float64(), "dropout on the adapter output (lora: rank dropout of the update)"),
-    _f("stochastic_depth", pa.float64(),
-       "probability of skipping the adapter branch in training (bottleneck, parallel; null for lora)"),
-    _f("l2_lambda", pa.float64(), "L2 penalty on the adapter output (bottleneck, parallel; null for lora)"),
-    _f("weight_decay", pa.float64(), "AdamW weight decay"),
-    _f("steps", pa.int64(), "the most optimiser steps the trial could train (with a budget: the budget; column"
-       " `step` is how far it went)"),
-    _f("specaugment", pa.bool_(), "SpecAugment on training batches"),
-    _f("replay", pa.float64(), "share of each training batch's audio from the replay set (original domain)"),
-    _f("distill_weight", pa.float64(), "weight of KL(p_base || p_adapted) on original-domain audio (0 = off)"),
-]
+# The searched hyperparameters (raysearch_adapters.hparams), in the table's order; a parameter of other adapter
+# types only is null in a trial's row.
+_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+HPARAM_FIELDS = [_f(h.name, _ARROW_TYPES[h.kind], h.doc) for h in HPARAMS]
 HPARAM_NAMES = tuple(f.name for f in HPARAM_FIELDS)
 
 TRIALS_SCHEMA = pa.schema([

@@ -16,7 +16,7 @@ from raysearch_adapters.data.manifest import read_manifest
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.models.base import Backbone, BlockInfo, block_layout
 from raysearch_adapters.results.placement import PlacementError, parse_blocks
-from raysearch_adapters.search.space import check_space, space_values
+from raysearch_adapters.search.space import check_space, listed_values
 from raysearch_adapters.space_values import parse_targets_spec
 from raysearch_adapters.train.hparams import default_hparams
 
@@ -44,7 +44,7 @@ def _trial_values(cfg: Config, name: str) -> list:
     unsearched ones at their default), else the default."""
     spec = getattr(cfg.search.space, name)
     if spec.kind() == "value" or (spec.kind() == "choices" and cfg.search.sampler != "grid"):
-        return space_values(spec)
+        return listed_values(spec)
     return [default_hparams(cfg)[name]]
 
 

@@ -14,15 +14,14 @@ from typing import Callable, Optional
 import optuna
 
 from raysearch_adapters.config import Config, ConfigError, GridConfig, SearchConfig, SpaceConfig
+from raysearch_adapters.hparams import INT_PARAMS, NAMES as HPARAM_NAMES, applies_to
 from raysearch_adapters.results.placement import Layout, PlacementError, parse_blocks
-from raysearch_adapters.results.tables import HPARAM_NAMES
-from raysearch_adapters.space_values import INT_PARAMS, applies_to
 from raysearch_adapters.train.hparams import default_hparams
 
 GRID_PARAMS = ("lr", "dim", "stochastic_depth")  # NeMo's sweep; the other params keep their fixed/default value
 
 
-def space_values(spec) -> list:
+def listed_values(spec) -> list:
     """The values a categorical or fixed space entry can take (empty for a range or an unset entry)."""
     return [spec.value] if spec.kind() == "value" else list(spec.choices or [])
 
@@ -34,7 +33,7 @@ def check_space(space: SpaceConfig, num_blocks: Layout) -> dict:
     Returns each searched block spec with the block indices it selects."""
     spec = space.blocks
     selected = {}
-    for i, blocks in enumerate(space_values(spec)):
+    for i, blocks in enumerate(listed_values(spec)):
         try:
             selected[str(blocks)] = parse_blocks(str(blocks), num_blocks)
         except PlacementError as e:
@@ -51,8 +50,8 @@ def _unsearched(name: str, space: SpaceConfig, defaults: dict):
 def define_space(trial: optuna.Trial, space: SpaceConfig, defaults: dict) -> dict:
     """Suggest every searched hyperparameter on ``trial``; return the fixed ones (space value or default).
 
-    The adapter type comes first (define-by-run): the parameters of other types (``TYPE_PARAMS``) are
-    not suggested, and None in the returned dict (their columns are null for this trial)."""
+    In the hyperparameter table's order (:mod:`raysearch_adapters.hparams`): the adapter type comes first
+    (define-by-run), the parameters of other types are not suggested, and None in the returned dict (their columns are null for this trial)."""
     fixed = {}
     for name in HPARAM_NAMES:
         spec = getattr(space, name)

@@ -22,14 +22,14 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from raysearch_adapters.config import Config, from_dict, to_dict
+from raysearch_adapters.config import Config
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.results.tables import HPARAM_NAMES
 from raysearch_adapters.search.budget import BudgetScheduler, FinalMarker
-from raysearch_adapters.search.stored_state import StoredStateWatcher
 from raysearch_adapters.search.record import TablesRecorder
 from raysearch_adapters.search.searcher import ConstrainedOptunaSearch
 from raysearch_adapters.search.space import make_sampler, space_function, start_points
+from raysearch_adapters.search.stored_state import StoredStateWatcher
 from raysearch_adapters.train.hparams import default_hparams
 from raysearch_adapters.train.loop import num_evals
 from raysearch_adapters.train.objective import degradation_limit
@@ -43,7 +43,7 @@ OBJECTIVES = ("dev_wer_new", "degradation")  # NSGA-II minimises both
 
 def run_trial(config: dict, context: dict) -> None:
     """Tune function trainable: train one trial's adapters here, or with a ``TorchTrainer`` (Train V2 inside Tune)."""
-    cfg = from_dict(context["cfg"])
+    cfg: Config = context["cfg"]
     r = cfg.resources
     loop_config = trial_loop_config(cfg, {k: config[k] for k in HPARAM_NAMES})
     if not r.uses_ray_train():
@@ -148,7 +148,7 @@ def trial_resources(cfg: Config) -> dict:
 
 def trainable(cfg: Config, storage_path: str):
     """The trial function with its fixed context and resources."""
-    context = {"cfg": to_dict(cfg), "storage_path": storage_path}
+    context = {"cfg": cfg, "storage_path": storage_path}
     return tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(cfg))
 
 

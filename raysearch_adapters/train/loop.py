@@ -56,9 +56,9 @@ class AdapterNoOpError(RuntimeError):
 class TrainSets:
     """What a trial trains on, each as the view's inputs (features, or frozen-prefix outputs at the view's k).
 
-    ``replay``: labelled original-domain audio mixed into every batch (``hp['replay']`` of its
+    ``replay``: labelled original-domain audio mixed into every batch (``train.replay`` of its
     audio); ``distill`` + ``teacher``: original-domain audio and the base model's cached outputs
-    on it, for the distillation term (``hp['distill_weight']``); unused ones may be None."""
+    on it, for the distillation term (``train.distill_weight``); unused ones may be None."""
 
     new: FeatureSet
     replay: Optional[FeatureSet] = None
@@ -224,18 +224,18 @@ def _better(a: dict, b: Optional[dict], limit: float) -> bool:
 
 
 def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, dev_sets: Dict[str, FeatureSet],
-                   hp: dict, train_cfg: TrainConfig, base_original_wer: float, report: Report, *,
+                   train_cfg: TrainConfig, base_original_wer: float, report: Report, *,
                    limit: float = math.inf, patience: int = 0,
                    kappa_mode: str = "absolute", eval_batch_seconds: float = 120.0,
                    specaugment_cfg: SpecAugmentConfig = SpecAugmentConfig(), resume: Optional[dict] = None,
                    rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> dict:
-    """Train ``handle``'s adapters for ``hp['steps']`` steps; evaluate and ``report`` as it goes.
+    """Train ``handle``'s adapters for ``train_cfg.steps`` steps; evaluate and ``report`` as it goes.
 
     ``view`` is the model as the inputs of ``sets`` and ``dev_sets`` need it (a backbone: the whole
     model on features; a ``TopOfModel``: the top on frozen-prefix outputs). ``limit`` is the
     degradation a feasible evaluation may have. ``dev_sets`` holds the ``new`` and
-    ``original`` dev sets. ``hp`` gives ``lr``, ``weight_decay``, ``steps``, ``specaugment``,
-    ``replay`` and ``distill_weight``. ``resume`` is a train state passed to an earlier
+    ``original`` dev sets. ``train_cfg`` is the trial's (its searched values in their fields: ``lr``,
+    ``steps``, ``replay``, ``distill_weight``, ...). ``resume`` is a train state passed to an earlier
     ``report``; the adapter weights must already be loaded. Returns the last report's metrics.
     ``patience`` (> 0): after that many evaluations in a row that did not improve on its best one the
     trial ends (its last report ``final``), or with ``train.lr_schedule=wsd`` cools down over
@@ -246,11 +246,11 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     holds that best evaluation's adapter weights (``best_state_dict``)."""
     view = as_view(view)
     device = _device_of(view)
-    steps, lr = int(hp["steps"]), float(hp["lr"])
-    replay, distill_weight = float(hp.get("replay", 0.0)), float(hp.get("distill_weight", 0.0))
+    steps, lr = train_cfg.steps, train_cfg.lr
+    replay, distill_weight = train_cfg.replay, train_cfg.distill_weight
     params = list(handle.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(hp["weight_decay"]))
-    specaugment = SpecAugment(specaugment_cfg).train() if hp["specaugment"] else None
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay)
+    specaugment = SpecAugment(specaugment_cfg).train() if train_cfg.specaugment else None
     step, eval_index, best, best_state = 0, 0, None, None
     # wsd: the step its cool-down starts (None: not yet), and the step the trial then ends
     decay_steps = train_cfg.decay_steps if train_cfg.lr_schedule == "wsd" else 0

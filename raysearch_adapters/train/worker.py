@@ -33,12 +33,12 @@ import torch
 
 from raysearch_adapters.adapters.inject import inject_adapters
 from raysearch_adapters.adapters.state import base_fingerprint, load_adapter, save_adapter
-from raysearch_adapters.config import Config, from_dict, to_dict
+from raysearch_adapters.config import Config, to_dict
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.base import Backbone
 from raysearch_adapters.models.hf import files_key
 from raysearch_adapters.models.registry import load_base_model, resolve_checkpoint
-from raysearch_adapters.train.hparams import trial_adapter_config
+from raysearch_adapters.train.hparams import trial_config
 from raysearch_adapters.train.loop import TrainSets, base_dev_wers, train_adapters
 from raysearch_adapters.train.objective import asha_score, degradation_limit
 from raysearch_adapters.train.prefix import load_prefix_set, load_teacher_set, measurement_block, view_from
@@ -50,10 +50,14 @@ ASHA_METRIC = "asha_score"  # dev new-domain WER, infeasible trials ranked last 
 
 
 def trial_loop_config(cfg: Config, hp: dict) -> dict:
-    """The ``train_loop_config`` of a trial. The test manifests are blanked: a trial cannot touch them."""
+    """The ``train_loop_config`` of a trial: the typed config it trains with (``cfg`` with the trial's
+    hyperparameters in the fields they set, :func:`~raysearch_adapters.train.hparams.trial_config`), and its
+    hyperparameters as searched (stored with its adapter). The test manifests are blanked: a trial cannot
+    touch them."""
     no_test = replace(cfg, data=replace(cfg.data, new_test="", original_test=""))
     fraction = cfg.resources.gpu_memory_fraction or min(cfg.resources.gpus_per_worker, 1.0)
-    return {"cfg": to_dict(no_test), "hp": dict(hp), "gpu_memory_fraction": fraction if cfg.resources.use_gpu else 0.0}
+    return {"cfg": trial_config(no_test, hp), "hp": dict(hp),
+            "gpu_memory_fraction": fraction if cfg.resources.use_gpu else 0.0}
 
 
 def _device_name(device: torch.device) -> str:
@@ -172,17 +176,17 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
 
     ``checkpoint`` is the Ray checkpoint to resume from (or None); ``send_report`` passes each
     evaluation to Ray Train or Ray Tune."""
-    cfg = from_dict(config["cfg"])
-    hp = config["hp"]
+    cfg: Config = config["cfg"]
+    hp = config["hp"]  # as searched: stored with the adapter; the trial reads its typed fields in cfg
     if device.type == "cuda" and config["gpu_memory_fraction"] < 1.0:
         # Ray shares the GPU between trials but does not police its memory: cap this process.
         torch.cuda.set_per_process_memory_fraction(config["gpu_memory_fraction"], device)
     torch.manual_seed(cfg.train.seed)
     model, fingerprint = base_model(cfg)
-    sets = training_sets(cfg, model, fingerprint, float(hp["replay"]) > 0, float(hp["distill_weight"]) > 0)
+    sets = training_sets(cfg, model, fingerprint, cfg.train.replay > 0, cfg.train.distill_weight > 0)
     dev_sets = {"new": feature_set(cfg, model, cfg.data.new_dev),
                 "original": feature_set(cfg, model, cfg.data.original_dev)}
-    adapter_cfg = trial_adapter_config(hp, cfg.adapter)
+    adapter_cfg = cfg.adapter
     resume = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -193,7 +197,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
     model.to(device)
     # The frozen blocks below the lowest adapter run once per utterance (cached, shared by every
     # trial with the same k); this trial trains and evaluates blocks k.. only.
-    k = measurement_block(handle, cfg.train.prefix_cache, bool(hp["specaugment"]))
+    k = measurement_block(handle, cfg.train.prefix_cache, cfg.train.specaugment)
     if k is not None:
         sets = _on_prefix(cfg, model, fingerprint, sets, k)
         dev_sets = {domain: prefix_set(cfg, model, fingerprint, s, k) for domain, s in dev_sets.items()}
@@ -225,7 +229,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
             torch.save(state, os.path.join(d, STATE_FILE))
             send_report(metrics, d)
 
-    train_adapters(view, handle, sets, dev_sets, hp, cfg.train, _BASE_WERS[base_key], report, limit=limit,
+    train_adapters(view, handle, sets, dev_sets, cfg.train, _BASE_WERS[base_key], report, limit=limit,
                    patience=cfg.search.patience,
                    kappa_mode=cfg.search.kappa_mode, eval_batch_seconds=cfg.data.max_batch_seconds,
                    specaugment_cfg=cfg.data.specaugment, resume=resume, rank=rank, world_size=world_size,

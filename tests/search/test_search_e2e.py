@@ -72,8 +72,8 @@ def test_test_sets_are_touched_once_and_only_after_the_search(e2e):
     assert [m for m in loads if m in tests] == tests  # once each
     assert loads[-2:] == tests  # after every dev/train load: the final evaluation
     # what a trial receives cannot name a test manifest
-    data = trial_loop_config(cfg, {})["cfg"]["data"]
-    assert data["new_test"] == data["original_test"] == ""
+    data = trial_loop_config(cfg, {})["cfg"].data
+    assert data.new_test == data.original_test == ""
 
 
 def assert_study_equals_tables(out: Path, name: str, limit: float) -> list:

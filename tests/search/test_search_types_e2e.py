@@ -11,11 +11,11 @@ from builders import types_search_overrides
 from raysearch_adapters.adapters.state import load_adapter
 from raysearch_adapters.config import ModelConfig, load_config
 from raysearch_adapters.export.merged import export
+from raysearch_adapters.hparams import applies_to
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results import TRIALS_SCHEMA, read_rows
 from raysearch_adapters.results.tables import HPARAM_NAMES
 from raysearch_adapters.search import run
-from raysearch_adapters.space_values import applies_to
 
 
 @pytest.fixture(scope="module")

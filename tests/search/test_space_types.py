@@ -10,11 +10,11 @@ import pytest
 
 from builders import tiny_conformer, tiny_search_overrides
 from raysearch_adapters.config import ConfigError, load_config
+from raysearch_adapters.hparams import TYPE_PARAMS, applies_to
 from raysearch_adapters.results.tables import HPARAM_NAMES
 from raysearch_adapters.search.preflight import preflight
 from raysearch_adapters.search.space import make_sampler, space_function, start_points
-from raysearch_adapters.space_values import TYPE_PARAMS, applies_to
-from raysearch_adapters.train.hparams import trial_adapter_config
+from raysearch_adapters.train.hparams import trial_config
 
 TYPED = ["search.space.type=[bottleneck,lora,parallel]", "search.space.rank=[2,4]", "search.space.alpha={value: 8}",
          'search.space.targets=["q,v",all]', "search.space.position=[mha,ffn]", "search.space.stochastic_depth=[0.0,0.1]"]
@@ -48,7 +48,7 @@ def test_each_trial_has_its_types_parameters_and_none_of_the_others(sampler):
             assert c["rank"] in (2, 4) and c["alpha"] == 8 and c["targets"] in ("q,v", "all")
         else:
             assert c["dim"] in (32, 64, 128) and c["position"] in ("mha", "ffn") and c["stochastic_depth"] in (0.0, 0.1)
-        adapter = trial_adapter_config(c, cfg.adapter)  # what the trial injects
+        adapter = trial_config(cfg, c).adapter  # what the trial injects
         assert adapter.type == c["type"] and (adapter.rank == c["rank"] if c["type"] == "lora" else
                                               adapter.dim == c["dim"] and adapter.positions == [c["position"]])
 

@@ -17,8 +17,7 @@ from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.loop import TrainSets, train_adapters
 
-HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 40, "specaugment": False, "replay": 0.0, "distill_weight": 0.0}
-CFG = TrainConfig(steps=40, eval_every=10, max_batch_seconds=10.0, lr_schedule="cosine", warmup_steps=4)
+CFG = TrainConfig(steps=40, lr=3e-2, eval_every=10, max_batch_seconds=10.0, lr_schedule="cosine", warmup_steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def _run(cfg, train, dev, limit):
     def report(metrics, state):
         reports.append((metrics, handle.state_dict(), {k: v.clone() for k, v in state["best_state_dict"].items()}))
 
-    train_adapters(model, handle, TrainSets(train), dev, HP, CFG, base, report, limit=limit)
+    train_adapters(model, handle, TrainSets(train), dev, CFG, base, report, limit=limit)
     return reports
 
 

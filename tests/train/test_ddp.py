@@ -16,8 +16,7 @@ from raysearch_adapters.data.cache import FeatureSet
 from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.loop import TrainSets, train_adapters
 
-HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 3, "specaugment": False}
-CFG = TrainConfig(steps=3, eval_every=3, max_batch_seconds=1.5)
+CFG = TrainConfig(steps=3, lr=3e-2, eval_every=3, max_batch_seconds=1.5)
 
 
 def _rank(rank: int, world: int, port: int, paths: dict, out: str) -> None:
@@ -33,7 +32,7 @@ def _rank(rank: int, world: int, port: int, paths: dict, out: str) -> None:
     for p in handle.parameters():  # start equal, as DDP does
         dist.broadcast(p.data, 0)
     reports = []
-    train_adapters(model, handle, TrainSets(sets["train"]), {"new": sets["new"], "original": sets["original"]}, HP, CFG,
+    train_adapters(model, handle, TrainSets(sets["train"]), {"new": sets["new"], "original": sets["original"]}, CFG,
                    50.0, lambda m, s: reports.append(m), rank=rank, world_size=world, all_reduce=dist.all_reduce)
     torch.save({"weights": handle.state_dict(), "metrics": reports[-1]}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()

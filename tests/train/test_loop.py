@@ -3,6 +3,7 @@ the no-op guard per wrapper, replay and distillation in the loss, each trial's b
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -17,14 +18,14 @@ from raysearch_adapters.train.loop import (AdapterNoOpError, BatchPlan, TrainSet
                                            num_evals, step_loss, train_adapters)
 from raysearch_adapters.train.prefix import load_teacher_set
 
-HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 5, "specaugment": True, "replay": 0.0, "distill_weight": 0.0}
-CFG = TrainConfig(steps=5, eval_every=2, max_batch_seconds=2.0, warmup_steps=1, lr_schedule="cosine")
+CFG = TrainConfig(steps=5, lr=3e-2, eval_every=2, max_batch_seconds=2.0, warmup_steps=1, lr_schedule="cosine",
+                  specaugment=True)
 
 
-def _train(model, handle, sets, reports, hp=HP, **kw):
+def _train(model, handle, sets, reports, cfg=CFG, **kw):
     base_wer = evaluate(model, sets["original"], max_batch_seconds=10.0)["wer"]
     return base_wer, train_adapters(model, handle, TrainSets(sets["train"]),
-                                    {"new": sets["new"], "original": sets["original"]}, hp, CFG, base_wer,
+                                    {"new": sets["new"], "original": sets["original"]}, cfg, base_wer,
                                     lambda m, s: reports.append((m, _frozen(s))), **kw)
 
 
@@ -47,7 +48,7 @@ def test_only_adapters_train_and_every_evaluation_is_reported(model, feature_set
     assert [m["eval_index"] for m, _ in reports] == [1, 2, 3]
     assert [m["final"] for m, _ in reports] == [False, False, True] and last == reports[-1][0]
     lrs = [m["lr"] for m, _ in reports]  # one warm-up step, then cosine decay
-    assert lrs[0] <= HP["lr"] and lrs[0] > lrs[1] > lrs[2] > 0
+    assert lrs[0] <= CFG.lr and lrs[0] > lrs[1] > lrs[2] > 0
     for m, state in reports:
         assert m["eval_degradation"] == pytest.approx(m["eval_dev_wer_original"] - base_wer)
         assert 0 <= m["eval_dev_wer_new"] and m["train_loss"] > 0 and state["step"] == m["step"]
@@ -91,13 +92,13 @@ def test_an_interrupted_and_resumed_trial_ends_like_an_uninterrupted_one(feature
 
     with pytest.raises(KeyboardInterrupt):
         train_adapters(cut_model, cut, TrainSets(feature_sets["train"]),
-                       {"new": feature_sets["new"], "original": feature_sets["original"]}, HP, CFG, base_wer,
+                       {"new": feature_sets["new"], "original": feature_sets["original"]}, CFG, base_wer,
                        stop_after_second_evaluation)
     adapter_weights, state = weights_at[4]
     resumed_model, resumed = fresh(adapter_weights)  # a new process loads the checkpoint
     rest = []
     train_adapters(resumed_model, resumed, TrainSets(feature_sets["train"]),
-                   {"new": feature_sets["new"], "original": feature_sets["original"]}, HP, CFG, base_wer,
+                   {"new": feature_sets["new"], "original": feature_sets["original"]}, CFG, base_wer,
                    lambda m, s: rest.append(m), resume=state)
     assert [m["step"] for m in rest] == [5]
     final, expected = resumed.state_dict(), whole.state_dict()
@@ -107,7 +108,7 @@ def test_an_interrupted_and_resumed_trial_ends_like_an_uninterrupted_one(feature
     # a run that had already finished reports its final result again (its trial needs one)
     again = []
     train_adapters(resumed_model, resumed, TrainSets(feature_sets["train"]),
-                   {"new": feature_sets["new"], "original": feature_sets["original"]}, HP, CFG, base_wer,
+                   {"new": feature_sets["new"], "original": feature_sets["original"]}, CFG, base_wer,
                    lambda m, s: again.append(m), resume=_frozen({**state, "step": 5, "metrics": rest[0]}))
     assert again == [rest[0]]
 
@@ -226,9 +227,9 @@ def test_patience_ends_a_trial_that_stopped_improving(model, feature_sets):
     """A learning rate too small to change any transcript: the best evaluation stays the first one, so with
     patience 2 the trial ends at its third evaluation, that report final, far before its 20 steps."""
     handle = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1"))
-    hp = {**HP, "lr": 1e-9, "steps": 20, "specaugment": False}
+    cfg = dataclasses.replace(CFG, lr=1e-9, steps=20, specaugment=False)
     reports = []
-    _, last = _train(model, handle, feature_sets, reports, hp=hp, patience=2)
+    _, last = _train(model, handle, feature_sets, reports, cfg=cfg, patience=2)
     assert [m["step"] for m, _ in reports] == [2, 4, 6]
     assert [m["final"] for m, _ in reports] == [False, False, True] and last["final"]
     assert [m["best_eval_index"] for m, _ in reports] == [1, 1, 1]
@@ -236,7 +237,7 @@ def test_patience_ends_a_trial_that_stopped_improving(model, feature_sets):
     handle.remove()
     handle = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1"))
     reports = []
-    _train(model, handle, feature_sets, reports, hp=hp)
+    _train(model, handle, feature_sets, reports, cfg=cfg)
     assert reports[-1][0]["step"] == 20 and [m["final"] for m, _ in reports].count(True) == 1
 
 
@@ -248,15 +249,16 @@ def test_a_horizon_free_schedule_gives_the_same_rates_whatever_the_trial_length(
     def lrs(steps: int, schedule: str, warmup: int) -> list:
         m = tiny_conformer(seed=0, num_layers=2)
         handle = inject_adapters(m, AdapterConfig(dim=4, blocks="top:1"))
-        cfg = TrainConfig(steps=steps, eval_every=2, max_batch_seconds=2.0, warmup_steps=warmup, lr_schedule=schedule)
+        cfg = TrainConfig(steps=steps, lr=CFG.lr, eval_every=2, max_batch_seconds=2.0, warmup_steps=warmup,
+                          lr_schedule=schedule)
         reports = []
         train_adapters(m, handle, TrainSets(feature_sets["train"]),
                        {"new": feature_sets["new"], "original": feature_sets["original"]},
-                       {**HP, "steps": steps, "specaugment": False}, cfg, 0.0, lambda r, s: reports.append(r))
+                       cfg, 0.0, lambda r, s: reports.append(r))
         return [(r["step"], r["lr"]) for r in reports]
 
     short, long = lrs(4, "constant", 3), lrs(8, "constant", 3)
     assert long[:len(short)] == short
     # a report's rate is its last step's: step index 1 of a 3-step warm-up (2/3 of the peak), then the peak
-    assert short == [(2, pytest.approx(HP["lr"] * 2 / 3)), (4, pytest.approx(HP["lr"]))]
+    assert short == [(2, pytest.approx(CFG.lr * 2 / 3)), (4, pytest.approx(CFG.lr))]
     assert lrs(8, "cosine", 1)[:2] != lrs(4, "cosine", 1)

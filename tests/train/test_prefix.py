@@ -89,13 +89,11 @@ def test_top_on_a_padded_prefix_batch_matches_the_full_model(backend, manifests,
         torch.testing.assert_close(out[i, :n], full[i, :n], atol=1e-5, rtol=0)
 
 
-HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 4, "specaugment": False}
-
-
 def _train(model, handle, sets, batch_seconds):
     reports = []
-    cfg = TrainConfig(steps=4, eval_every=2, max_batch_seconds=batch_seconds, warmup_steps=1, lr_schedule="cosine")
-    train_adapters(model, handle, TrainSets(sets["train"]), {"new": sets["new"], "original": sets["original"]}, HP,
+    cfg = TrainConfig(steps=4, lr=3e-2, eval_every=2, max_batch_seconds=batch_seconds, warmup_steps=1,
+                      lr_schedule="cosine")
+    train_adapters(model, handle, TrainSets(sets["train"]), {"new": sets["new"], "original": sets["original"]},
                    cfg, 50.0, lambda m, s: reports.append(m), eval_batch_seconds=batch_seconds)
     return reports
 

@@ -14,7 +14,6 @@ from raysearch_adapters.train.loop import TrainSets, base_dev_wers, dev_wer, ste
 from raysearch_adapters.train.prefix import (TopOfModel, inputs_from, load_prefix_set, load_teacher_set,
                                              measurement_block, view_from)
 
-HP = {"lr": 3e-2, "weight_decay": 0.0, "steps": 4, "specaugment": False, "replay": 0.3, "distill_weight": 2.0}
 
 
 @pytest.fixture
@@ -84,8 +83,9 @@ def test_distillation_is_exactly_zero_at_initialisation_and_the_teacher_is_the_b
 
 def _train(view, handle, train_sets, dev, batch_seconds=0.4):
     reports = []
-    cfg = TrainConfig(steps=4, eval_every=2, max_batch_seconds=batch_seconds, warmup_steps=1, lr_schedule="cosine", distill_seconds=0.6)
-    train_adapters(view, handle, train_sets, dev, HP, cfg, 50.0, lambda m, s: reports.append(m),
+    cfg = TrainConfig(steps=4, lr=3e-2, eval_every=2, max_batch_seconds=batch_seconds, warmup_steps=1,
+                      lr_schedule="cosine", distill_seconds=0.6, replay=0.3, distill_weight=2.0)
+    train_adapters(view, handle, train_sets, dev, cfg, 50.0, lambda m, s: reports.append(m),
                    eval_batch_seconds=batch_seconds)
     return reports
 
