@@ -283,7 +283,6 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         _check_hparam_fields(self, key, "train")
         _check_choice(f"{key}.lr_schedule", self.lr_schedule, SCHEDULES)
-        _check_range(f"{key}.warmup_steps", self.warmup_steps, 0, None)
         _check_range(f"{key}.decay_steps", self.decay_steps, 0, None)
         if self.lr_schedule == "wsd" and self.decay_steps % self.eval_every:
             _fail(f"{key}.decay_steps", self.decay_steps, f"must be a multiple of {key}.eval_every "

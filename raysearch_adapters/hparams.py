@@ -116,6 +116,8 @@ HPARAMS: Tuple[HParam, ...] = (
            space={"choices": ["post", "ffn"]}, listed=True),
     HParam("lr", float, POSITIVE, "train.lr", "peak learning rate (AdamW)", "lr",
            space={"low": 1.5e-3, "high": 8e-3, "log": True}),
+    HParam("warmup_steps", int, WHOLE_NON_NEGATIVE, "train.warmup_steps",
+           "steps of linear learning-rate warm-up from 0 to lr", "warm-up"),
     HParam("dropout", float, UNIT, "adapter.dropout",
            "dropout on the adapter output (lora: rank dropout of the update)", "dropout", space={"value": 0.0}),
     HParam("stochastic_depth", float, UNIT, "adapter.stochastic_depth",
