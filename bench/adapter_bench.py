@@ -56,7 +56,7 @@ def load_bench_model(checkpoint: Optional[str], manifests: Sequence[Path]):
     Conformer has the same shapes; a character tokenizer over the corpus, padded to the
     default vocabulary size, gives it the default head."""
     from raysearch_adapters.models.conformer import ConformerCTC
-    from raysearch_adapters.models.registry import DEMO_MODEL, resolve_checkpoint
+    from raysearch_adapters.models.conformer import DEMO_MODEL, resolve_checkpoint
     from raysearch_adapters.models.conformer import load_checkpoint_model
     from raysearch_adapters.models.tokenizer import CharTokenizer
 

@@ -21,6 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from raysearch_adapters.backbones import BACKBONES, names as backbone_names
 from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.halving import HalvingError, HalvingPlan, halving_plan
 from raysearch_adapters.hparams import BY_NAME as HPARAM, HPARAMS, TYPE_PARAMS, applies_to, fields_of, value_problem
@@ -164,7 +165,6 @@ class ConformerConfig:
         _check_range(f"{key}.vocab_size", self.vocab_size, 8, 32000)
 
 
-MODEL_NAMES = ("conformer_ctc", "wav2vec2", "hf_ctc", "whisper", "nemo")
 NEMO_HEADS = ("auto", "rnnt", "ctc")
 
 
@@ -173,7 +173,7 @@ class ModelConfig:
     """The base model: the shipped demo model, a checkpoint file, a torchaudio bundle, a Hugging Face model, or a
     NeMo model."""
 
-    name: str = "conformer_ctc"  # conformer_ctc | wav2vec2 | hf_ctc | whisper | nemo
+    name: str = "conformer_ctc"  # conformer_ctc | wav2vec2 | hf_ctc | whisper | nemo (raysearch_adapters.backbones)
     # conformer_ctc: 'demo' (shipped) or a checkpoint path; hf_ctc, whisper: a folder written by
     # save_pretrained or a Hugging Face hub id (downloaded on first use where there is internet);
     # nemo: a .nemo file or a NeMo pretrained model name (downloaded by NeMo, e.g. stt_en_conformer_ctc_small)
@@ -187,14 +187,11 @@ class ModelConfig:
     conformer: ConformerConfig = field(default_factory=ConformerConfig)
 
     def validate(self, key: str) -> None:
-        _check_choice(f"{key}.name", self.name, MODEL_NAMES)
+        _check_choice(f"{key}.name", self.name, backbone_names())
         _check_choice(f"{key}.nemo_head", self.nemo_head, NEMO_HEADS)
-        if self.name in ("hf_ctc", "whisper") and self.checkpoint in ("", "demo"):
-            _fail(f"{key}.checkpoint", self.checkpoint, f"{key}.name={self.name} needs a folder written by "
-                  "save_pretrained or a Hugging Face hub id (e.g. openai/whisper-tiny.en)")
-        if self.name == "nemo" and self.checkpoint in ("", "demo"):
-            _fail(f"{key}.checkpoint", self.checkpoint, "model.name=nemo needs a .nemo file or a NeMo pretrained "
-                  "model name (e.g. stt_en_conformer_ctc_small)")
+        needs = BACKBONES[self.name].needs
+        if needs and self.checkpoint in ("", "demo"):
+            _fail(f"{key}.checkpoint", self.checkpoint, f"{key}.name={self.name} needs {needs}")
         if not self.language or not re.fullmatch(r"[A-Za-z-]+", self.language):
             _fail(f"{key}.language", self.language, "must be a language code such as en or de")
         _check_range(f"{key}.max_new_tokens", self.max_new_tokens, 1, 440)

@@ -4,17 +4,17 @@ WER and CER of a model, with or without a search's adapter, on manifests."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 import torch
 
 from raysearch_adapters.adapters.state import load_adapter
+from raysearch_adapters.backbones import BACKBONES
 from raysearch_adapters.commands.args import load_from_args
 from raysearch_adapters.config import Config
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.base import Backbone
-from raysearch_adapters.models.registry import load_base_model
+from raysearch_adapters.models.registry import load_base_model, model_section_for
 from raysearch_adapters.results.hypotheses import HYPOTHESES_SCHEMA
 from raysearch_adapters.results.tables import write_table
 from raysearch_adapters.train.evaluate import evaluate, transcribe
@@ -23,16 +23,10 @@ from raysearch_adapters.train.transcripts import set_of, set_rows
 
 
 def load_model_arg(model: str | None, cfg: Config) -> Backbone:
-    """``--model``: 'demo', a checkpoint path, a torchaudio wav2vec2 bundle name, or a NeMo model (a ``.nemo``
-    file, or any name with ``model.name=nemo`` among the config items); None: the config's ``model`` section
-    (``model.name=whisper model.checkpoint=DIR``, ...)."""
-    if model is None:
-        return load_base_model(cfg.model)
-    if model.upper().startswith(("WAV2VEC2_", "HUBERT_")):
-        return load_base_model(dataclasses.replace(cfg.model, name="wav2vec2", bundle=model))
-    if model.endswith(".nemo") or cfg.model.name == "nemo":
-        return load_base_model(dataclasses.replace(cfg.model, name="nemo", checkpoint=model))
-    return load_base_model(dataclasses.replace(cfg.model, name="conformer_ctc", checkpoint=model))
+    """``--model``: 'demo', a checkpoint path, a torchaudio wav2vec2 bundle name, a ``.nemo`` file, or what the
+    config's ``model.name`` takes (:func:`~raysearch_adapters.models.registry.model_section_for`); None: the
+    config's ``model`` section (``model.name=whisper model.checkpoint=DIR``, ...)."""
+    return load_base_model(cfg.model if model is None else model_section_for(model, cfg.model))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             rows += set_rows(*set_of(cfg.data, manifest), manifest, fs, base, winner, wer_text=model.wer_text)
     if args.hypotheses:
         # --model, else the config's model section it came from
-        source = args.model or (cfg.model.bundle if cfg.model.name == "wav2vec2" else cfg.model.checkpoint)
+        source = args.model or getattr(cfg.model, BACKBONES[cfg.model.name].source_field)
         write_table(args.hypotheses, rows, HYPOTHESES_SCHEMA, {"model": source, "adapter": args.adapter or "",
                                                                 "measured_from_block": "" if k is None else str(k),
                                                                 "precision": cfg.train.precision})

@@ -114,6 +114,28 @@ class Backbone(nn.Module):
     sample_rate: int = 16000
     tokenizer: "object"  # raysearch_adapters.models.tokenizer.Tokenizer
 
+    # ---- what its registration (raysearch_adapters.backbones) asks of a backbone class
+    @classmethod
+    def from_model_config(cls, cfg) -> "Backbone":
+        """The pretrained model the ``model`` section (``ModelConfig``) names."""
+        raise NotImplementedError
+
+    @classmethod
+    def input_files(cls, cfg) -> List[str]:
+        """Local files of the ``model`` section that every trial worker reads (a cluster's nodes must see them)."""
+        return []
+
+    @classmethod
+    def weights_key(cls, cfg) -> dict:
+        """What identifies the weights beyond the ``model`` section's values (a file's size and time, a folder's
+        files), so that a changed file is never taken for a cached copy."""
+        return {}
+
+    @classmethod
+    def evaluate_args(cls, cfg) -> str:
+        """How ``raysearch-adapters evaluate`` names this model."""
+        return f"model.name={cfg.name} model.checkpoint={cfg.checkpoint}"
+
     def featurizer(self) -> nn.Module:
         """Module mapping (waveform [B, S], lengths [B]) -> (inputs [B, T, F], lengths [B]).
 

@@ -72,3 +72,13 @@ def load_state_strict(model: nn.Module, state: dict, where: str) -> None:
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         raise CheckpointError(f"{where}: weights do not fit the model: {'; '.join(parts)}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def file_key(path: Path) -> dict:
+    """A checkpoint file's path, time and size (nothing for a name that is no file): a rewritten file is another
+    model for the per-process model cache."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return {}
+    stat = path.stat()
+    return {"file": [str(path.resolve()), stat.st_mtime_ns, stat.st_size]}

@@ -21,9 +21,24 @@ from raysearch_adapters.config import ConformerConfig, FrontendConfig
 from raysearch_adapters.data.features import LogMelFrontend
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import BlockInfo, FusedWeight
-from raysearch_adapters.models.checkpoint import load_state_strict, read_checkpoint, save_checkpoint
+from raysearch_adapters.models.checkpoint import file_key, load_state_strict, read_checkpoint, save_checkpoint
 from raysearch_adapters.models.ctc import CTCBackbone
 from raysearch_adapters.models.tokenizer import Tokenizer, tokenizer_from_dict
+
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_MODEL = ASSETS / "demo_model.pt"  # the shipped demo base model (model.checkpoint=demo)
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """'demo' -> the shipped model; anything else is a path."""
+    if checkpoint == "demo":
+        if not DEMO_MODEL.is_file():
+            raise UserError(f"model.checkpoint=demo: this version ships no demo base model ({DEMO_MODEL} is "
+                            "missing); train one with `raysearch-adapters pretrain` (minutes on a GPU, hours on a "
+                            "CPU) and pass model.checkpoint=PATH/model.pt")
+        return DEMO_MODEL
+    return Path(checkpoint).expanduser()
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -159,6 +174,22 @@ class ConformerCTC(CTCBackbone):
         self.tokenizer = tokenizer
         self.encoder = Encoder(cfg, frontend.n_mels)
         self.head = nn.Linear(cfg.d_model, tokenizer.vocab_size + 1)  # +1: CTC blank at index 0
+
+    @classmethod
+    def from_model_config(cls, cfg) -> "ConformerCTC":
+        return load_checkpoint_model(resolve_checkpoint(cfg.checkpoint))
+
+    @classmethod
+    def input_files(cls, cfg) -> List[str]:
+        return [] if cfg.checkpoint == "demo" else [cfg.checkpoint]
+
+    @classmethod
+    def weights_key(cls, cfg) -> dict:
+        return file_key(resolve_checkpoint(cfg.checkpoint))
+
+    @classmethod
+    def evaluate_args(cls, cfg) -> str:
+        return f"--model {cfg.checkpoint}"
 
     def featurizer(self) -> nn.Module:
         return LogMelFrontend(self.frontend_cfg)

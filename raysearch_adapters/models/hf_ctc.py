@@ -106,6 +106,14 @@ class HFCTC(CTCBackbone):
 
     # ---- construction
     @classmethod
+    def from_model_config(cls, cfg) -> "HFCTC":
+        return cls.from_pretrained(cfg.checkpoint)
+
+    @classmethod
+    def weights_key(cls, cfg) -> dict:
+        return {"files": hf.files_key(cfg.checkpoint)}
+
+    @classmethod
     def from_pretrained(cls, checkpoint: str) -> "HFCTC":
         """A folder written by ``save_pretrained`` or a hub id (its config, weights, tokenizer and processor)."""
         from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer, Wav2Vec2FeatureExtractor

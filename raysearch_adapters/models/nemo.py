@@ -50,6 +50,7 @@ from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.base import Backbone, BlockInfo
+from raysearch_adapters.models.checkpoint import file_key
 from raysearch_adapters.models.ctc import frame_kl
 from raysearch_adapters.models.tokenizer import Tokenizer
 
@@ -294,6 +295,22 @@ class NemoASR(Backbone):
                                         zero_infinity=True, reduction="none")
 
     # ---- construction
+    @classmethod
+    def from_model_config(cls, cfg) -> "NemoASR":
+        return cls.load(cfg.checkpoint, cfg.nemo_head)
+
+    @classmethod
+    def input_files(cls, cfg) -> List[str]:
+        return [cfg.checkpoint] if cfg.checkpoint.endswith(".nemo") else []  # a pretrained name is no file
+
+    @classmethod
+    def weights_key(cls, cfg) -> dict:
+        return file_key(Path(cfg.checkpoint))
+
+    @classmethod
+    def evaluate_args(cls, cfg) -> str:
+        return f"model.name=nemo model.checkpoint={cfg.checkpoint} model.nemo_head={cfg.nemo_head}"
+
     @classmethod
     def load(cls, checkpoint: str, head: str = "auto") -> "NemoASR":
         """The backbone of a ``.nemo`` file or a NeMo pretrained model name (eval mode, CPU)."""

@@ -1,29 +1,25 @@
-"""Load a base model by name: the shipped demo Conformer, a checkpoint file, a torchaudio bundle, a Hugging
-Face checkpoint (a CTC model or Whisper; transformers is imported by those backbones only) or a NeMo model
-(nemo is imported by models/nemo.py only)."""
+"""Load a base model by name: the backbone registered as ``model.name`` (:mod:`raysearch_adapters.backbones`)
+builds itself from the ``model`` section. A backbone's module is imported only when it is loaded: each
+imports its own optional extra (torchaudio's pipelines, transformers, nemo) at its top."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
+import importlib
+from typing import Type
 
-from raysearch_adapters.config import MODEL_NAMES, ModelConfig
+from raysearch_adapters.backbones import BACKBONES, names
+from raysearch_adapters.config import ModelConfig
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import Backbone
-from raysearch_adapters.models.conformer import load_checkpoint_model
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_MODEL = ASSETS / "demo_model.pt"
 
 
-def resolve_checkpoint(checkpoint: str) -> Path:
-    """'demo' -> the shipped model; anything else is a path."""
-    if checkpoint == "demo":
-        if not DEMO_MODEL.is_file():
-            raise UserError(f"model.checkpoint=demo: this version ships no demo base model ({DEMO_MODEL} is "
-                            "missing); train one with `raysearch-adapters pretrain` (minutes on a GPU, hours on a "
-                            "CPU) and pass model.checkpoint=PATH/model.pt")
-        return DEMO_MODEL
-    return Path(checkpoint).expanduser()
+def backbone_class(name: str) -> Type[Backbone]:
+    """The Backbone subclass registered as ``name``."""
+    if name not in BACKBONES:
+        raise UserError(f"model.name: got {name!r}; available: {', '.join(names())}")
+    module, cls = BACKBONES[name].target.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def load_base_model(cfg: ModelConfig) -> Backbone:
@@ -33,28 +29,14 @@ def load_base_model(cfg: ModelConfig) -> Backbone:
     even under ``no_grad`` (WavLM's attention, through ``F.multi_head_attention_forward``, differs in the
     last bits), so the base WERs, the prefix and teacher caches and the adapted trials all run on
     weights in one state, the state adapter injection leaves them in."""
-    return _load(cfg).eval().requires_grad_(False)
+    return backbone_class(cfg.name).from_model_config(cfg).eval().requires_grad_(False)
 
 
-def _load(cfg: ModelConfig) -> Backbone:
-    if cfg.name == "conformer_ctc":
-        return load_checkpoint_model(resolve_checkpoint(cfg.checkpoint))
-    # Each backbone's module is imported only when it is asked for: they import torchaudio's pipelines,
-    # transformers or nemo (the optional extras, seconds to import).
-    if cfg.name == "wav2vec2":
-        from raysearch_adapters.models.wav2vec2 import Wav2Vec2CTC
-
-        return Wav2Vec2CTC.from_bundle(cfg.bundle)
-    if cfg.name == "hf_ctc":
-        from raysearch_adapters.models.hf_ctc import HFCTC
-
-        return HFCTC.from_pretrained(cfg.checkpoint)
-    if cfg.name == "whisper":
-        from raysearch_adapters.models.whisper import Whisper
-
-        return Whisper.from_pretrained(cfg.checkpoint, cfg.language, cfg.max_new_tokens)
-    if cfg.name == "nemo":
-        from raysearch_adapters.models.nemo import NemoASR
-
-        return NemoASR.load(cfg.checkpoint, cfg.nemo_head)
-    raise UserError(f"model.name: got {cfg.name!r}; available: {', '.join(MODEL_NAMES)}")
+def model_section_for(value: str, cfg: ModelConfig) -> ModelConfig:
+    """The model section that ``evaluate --model VALUE`` names: the config's backbone when the config names one
+    other than the default, else the backbone that claims ``VALUE`` (a torchaudio bundle name, a ``.nemo`` file),
+    else a checkpoint file of this project (conformer_ctc); ``VALUE`` goes in that backbone's source field."""
+    name = cfg.name
+    if name == ModelConfig.name:
+        name = next((e.name for e in BACKBONES.values() if e.claims(value)), ModelConfig.name)
+    return dataclasses.replace(cfg, name=name, **{BACKBONES[name].source_field: value})

@@ -75,6 +75,14 @@ class Wav2Vec2CTC(CTCBackbone):
 
     # ---- construction
     @classmethod
+    def from_model_config(cls, cfg) -> "Wav2Vec2CTC":
+        return cls.from_bundle(cfg.bundle)
+
+    @classmethod
+    def evaluate_args(cls, cfg) -> str:
+        return f"--model {cfg.bundle}"
+
+    @classmethod
     def from_bundle(cls, name: str, dl_kwargs: Optional[dict] = None) -> "Wav2Vec2CTC":
         """A pretrained ASR bundle of ``torchaudio.pipelines`` (weights download on first use)."""
         from torchaudio import pipelines

@@ -161,6 +161,14 @@ class Whisper(Backbone):
 
     # ---- construction
     @classmethod
+    def from_model_config(cls, cfg) -> "Whisper":
+        return cls.from_pretrained(cfg.checkpoint, cfg.language, cfg.max_new_tokens)
+
+    @classmethod
+    def weights_key(cls, cfg) -> dict:
+        return {"files": hf.files_key(cfg.checkpoint)}
+
+    @classmethod
     def from_pretrained(cls, checkpoint: str, language: str = "en", max_new_tokens: int = 128) -> "Whisper":
         """A folder written by ``save_pretrained`` (or converted, see ``tools/ct2_whisper_to_hf.py``) or a hub id."""
         from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration

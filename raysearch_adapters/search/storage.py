@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raysearch_adapters.config import Config
 from raysearch_adapters.errors import UserError
+from raysearch_adapters.models.registry import backbone_class
 from raysearch_adapters.search.preflight import may_be_positive
 
 MARKER_PREFIX = ".raysearch-shared-check-"
@@ -48,9 +49,8 @@ def input_files(cfg: Config) -> dict[str, str]:
     for key, name in (("replay_manifest", "replay"), ("distill_manifest", "distill_weight")):
         if getattr(cfg.data, key) and may_be_positive(cfg, name):
             files[f"data.{key}"] = getattr(cfg.data, key)
-    if (cfg.model.name == "conformer_ctc" and cfg.model.checkpoint != "demo") or (
-            cfg.model.name == "nemo" and cfg.model.checkpoint.endswith(".nemo")):
-        files["model.checkpoint"] = cfg.model.checkpoint
+    for path in backbone_class(cfg.model.name).input_files(cfg.model):
+        files["model.checkpoint"] = path
     return files
 
 

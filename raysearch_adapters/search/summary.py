@@ -11,6 +11,7 @@ from typing import Optional
 import raysearch_adapters
 from raysearch_adapters.config import Config
 from raysearch_adapters.fileio import atomic_write_text
+from raysearch_adapters.models.registry import backbone_class
 from raysearch_adapters.results.select import best_per_type
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
@@ -30,11 +31,7 @@ def versions() -> dict:
 
 def load_instructions(cfg: Config, adapter_file: Path) -> str:
     """How to use the winner's adapter file."""
-    if cfg.model.name in ("conformer_ctc", "wav2vec2"):
-        model = f"--model {cfg.model.bundle if cfg.model.name == 'wav2vec2' else cfg.model.checkpoint}"
-    else:  # evaluate reads the model section (a hub id or NeMo name is no --model path)
-        model = f"model.name={cfg.model.name} model.checkpoint={cfg.model.checkpoint}" + (
-            f" model.nemo_head={cfg.model.nemo_head}" if cfg.model.name == "nemo" else "")
+    model = backbone_class(cfg.model.name).evaluate_args(cfg.model)
     to_nemo = (f"   |   NeMo: raysearch-adapters export-nemo {adapter_file.parent} (a file for model.load_adapters)"
                if cfg.model.name == "nemo" else "")
     return (f"raysearch-adapters evaluate {model} "

@@ -36,8 +36,7 @@ from raysearch_adapters.adapters.state import base_fingerprint, load_adapter, sa
 from raysearch_adapters.config import Config, to_dict
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.base import Backbone
-from raysearch_adapters.models.hf import files_key
-from raysearch_adapters.models.registry import load_base_model, resolve_checkpoint
+from raysearch_adapters.models.registry import backbone_class, load_base_model
 from raysearch_adapters.train.hparams import trial_config
 from raysearch_adapters.train.loop import TrainSets, base_dev_wers, train_adapters
 from raysearch_adapters.train.objective import asha_score, degradation_limit
@@ -73,13 +72,7 @@ _OPENED_SETS: Dict[tuple, object] = {}
 
 
 def _model_key(cfg: Config) -> str:
-    key = {"model": to_dict(cfg)["model"]}
-    path = resolve_checkpoint(cfg.model.checkpoint) if cfg.model.name in ("conformer_ctc", "nemo") else None
-    if path is not None and path.is_file():  # a NeMo pretrained name is not a file
-        stat = path.stat()
-        key["file"] = [str(path.resolve()), stat.st_mtime_ns, stat.st_size]
-    elif cfg.model.name in ("hf_ctc", "whisper"):
-        key["files"] = files_key(cfg.model.checkpoint)
+    key = {"model": to_dict(cfg)["model"], **backbone_class(cfg.model.name).weights_key(cfg.model)}
     return json.dumps(key, sort_keys=True)
 
 

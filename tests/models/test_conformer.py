@@ -150,8 +150,8 @@ def test_sentencepiece_round_trip_and_unencodable_chars():
 
 
 def test_missing_demo_model_says_how_to_make_one(monkeypatch, tmp_path):
-    from raysearch_adapters.models import registry
+    from raysearch_adapters.models import conformer
 
-    monkeypatch.setattr(registry, "DEMO_MODEL", tmp_path / "demo_model.pt")
+    monkeypatch.setattr(conformer, "DEMO_MODEL", tmp_path / "demo_model.pt")
     with pytest.raises(UserError, match=r"model.checkpoint=demo: .*raysearch-adapters pretrain.*model.checkpoint=PATH"):
         load_base_model(ModelConfig(checkpoint="demo"))

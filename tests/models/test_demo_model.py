@@ -7,7 +7,8 @@ import json
 import pytest
 
 from raysearch_adapters.config import ModelConfig, load_config
-from raysearch_adapters.models.registry import ASSETS, DEMO_MODEL, load_base_model
+from raysearch_adapters.models.conformer import ASSETS, DEMO_MODEL
+from raysearch_adapters.models.registry import load_base_model
 
 SPLITS = ("original_dev", "original_test", "new_dev", "new_test")
 

@@ -1,0 +1,51 @@
+"""The backbone registry: one registration per backbone, the config's model.name checked against it, the class
+each registration names, and what `evaluate --model VALUE` loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from raysearch_adapters.backbones import BACKBONES, BackboneEntry, names, register
+from raysearch_adapters.config import ConfigError, ModelConfig, load_config
+from raysearch_adapters.errors import UserError
+from raysearch_adapters.models.base import Backbone
+from raysearch_adapters.models.registry import backbone_class, model_section_for
+
+
+def test_each_registration_names_its_backbone_class():
+    assert names() == ("conformer_ctc", "wav2vec2", "hf_ctc", "whisper", "nemo")
+    for name in names():
+        cls = backbone_class(name)
+        assert issubclass(cls, Backbone) and cls.name == name
+        assert cls.from_model_config is not Backbone.from_model_config, name
+
+
+def test_model_name_is_checked_against_the_registry_when_the_config_loads():
+    with pytest.raises(ConfigError, match=r"^model\.name: got 'whisperx'; allowed: conformer_ctc, wav2vec2, hf_ctc, "
+                                          r"whisper, nemo$"):
+        load_config([], ["model.name=whisperx"])
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: got 'demo'; model\.name=nemo needs a \.nemo file"):
+        load_config([], ["model.name=nemo"])
+    with pytest.raises(UserError, match="model.name: got 'x'"):
+        backbone_class("x")
+
+
+def test_a_name_registers_once():
+    with pytest.raises(ValueError, match="registered twice"):
+        register(BackboneEntry("whisper", "raysearch_adapters.models.whisper:Whisper"))
+    assert len(BACKBONES) == 5
+
+
+@pytest.mark.parametrize("value, config, expected", [
+    ("WAV2VEC2_ASR_BASE_960H", {}, ("wav2vec2", "bundle", "WAV2VEC2_ASR_BASE_960H")),
+    ("hubert_asr_large", {}, ("wav2vec2", "bundle", "hubert_asr_large")),
+    ("models/stt.nemo", {}, ("nemo", "checkpoint", "models/stt.nemo")),
+    ("pretrain/model.pt", {}, ("conformer_ctc", "checkpoint", "pretrain/model.pt")),
+    ("stt_en_conformer_ctc_small", {"name": "nemo", "checkpoint": "x.nemo"},
+     ("nemo", "checkpoint", "stt_en_conformer_ctc_small")),
+    ("openai/whisper-tiny.en", {"name": "whisper", "checkpoint": "other"}, ("whisper", "checkpoint", "openai/whisper-tiny.en")),
+])
+def test_evaluate_model_names_a_backbone(value, config, expected):
+    section = model_section_for(value, ModelConfig(**config))
+    name, field, source = expected
+    assert section.name == name and getattr(section, field) == source
