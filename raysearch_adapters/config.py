@@ -149,7 +149,7 @@ class ConformerConfig:
     conv_kernel: int = 15  # depthwise convolution kernel (odd)
     subsampling_channels: int = 64  # channels of the convolutional subsampling
     subsampling_factor: int = 4  # 4 or 8: frames are 40 or 80 ms after subsampling
-    dropout: float = 0.1
+    dropout: float = 0.1  # dropout in the feed-forward, attention and convolution modules (pretrain)
     vocab_size: int = 128  # SentencePiece BPE vocabulary (without the CTC blank)
 
     def validate(self, key: str) -> None:
@@ -272,25 +272,25 @@ class TrainConfig:
     # (no horizon: a trial the budget lets go on continues as if planned that long) | cosine (decays to 0 at
     # `steps`; fixed-length trials only).
     lr_schedule: str = "wsd"
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # steps of linear warm-up to lr, before lr_schedule takes over
     decay_steps: int = 400  # wsd: length of the cool-down (a multiple of eval_every)
     weight_decay: float = 0.0  # AdamW weight decay on adapter weights
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     max_batch_seconds: float = 10.0  # audio per training batch (new domain + replay)
     eval_every: int = 200  # steps between dev evaluations (each is one ASHA rung)
     specaugment: bool = False  # SpecAugment on labelled training batches (turns the prefix cache off)
-    # Protecting the original domain (DESIGN.md): `replay` is the share of each batch's audio taken
+    # Protecting the original domain (docs/protecting.md): `replay` is the share of each batch's audio taken
     # from data.replay_manifest (labelled, trained on with the same loss); `distill_weight` (lambda)
     # weighs KL(p_base || p_adapted) on `distill_seconds` of data.distill_manifest audio per step.
     replay: float = 0.0
-    distill_weight: float = 0.0
-    distill_seconds: float = 5.0
+    distill_weight: float = 0.0  # lambda of the distillation term (0 = off)
+    distill_seconds: float = 5.0  # seconds of distillation audio per step
     # Frozen-prefix cache: the frozen blocks below a trial's lowest adapter run once per
     # utterance (cached on disk, shared by trials), and trials train and evaluate the top only.
     # Exact (same outputs); used by trials without SpecAugment, which changes the prefix's input.
     prefix_cache: bool = True
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
-    seed: int = 0
+    seed: int = 0  # seeds the adapters' init, batch order, replay and distillation draws, dropout
 
     def validate(self, key: str) -> None:
         _check_range(f"{key}.steps", self.steps, 1, None)
@@ -316,17 +316,17 @@ class PretrainConfig:
     """``raysearch-adapters pretrain``: train a base Conformer-CTC on the original domain."""
 
     out_dir: str = "pretrain"  # checkpoints, tokenizer and logs
-    epochs: int = 40
+    epochs: int = 40  # passes over data.original_train (max_minutes may stop sooner)
     lr: float = 1e-3  # peak learning rate (AdamW)
     warmup_steps: int = 300  # linear warm-up, then cosine decay to 1% at the last epoch (or max_minutes)
-    weight_decay: float = 1e-3
-    grad_clip: float = 5.0
+    weight_decay: float = 1e-3  # AdamW weight decay
+    grad_clip: float = 5.0  # max gradient norm (0 = off)
     max_batch_seconds: float = 30.0  # audio per batch: small batches leave the CTC blank plateau sooner
     # SpecAugment starts at this step: with it from step 0 a small CTC model sits on the
     # all-blank plateau for thousands of steps (measured: unregularised it leaves it at ~250).
     specaugment_from_step: int = 1500
     precision: str = "auto"  # auto | fp32 | bf16
-    seed: int = 0
+    seed: int = 0  # seeds the model's init and batch order
     max_minutes: float = 0.0  # wall-time budget: LR decays over it, training stops at it (0 = none)
 
     def validate(self, key: str) -> None:
@@ -415,21 +415,21 @@ class SpaceConfig:
     targets of LoRA) are used by trials of that type; the others are null in their rows."""
 
     type: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.type (bottleneck)
-    dim: ParamSpec = field(default_factory=lambda: ParamSpec(choices=[32, 64, 128]))
+    dim: ParamSpec = field(default_factory=lambda: ParamSpec(choices=[32, 64, 128]))  # adapter.dim
     rank: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.rank
     alpha: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.alpha
     targets: ParamSpec = field(default_factory=ParamSpec)  # unset: adapter.targets
-    blocks: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["all", "every:2", "bottom:3"]))
-    position: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["post", "ffn"]))
-    lr: ParamSpec = field(default_factory=lambda: ParamSpec(low=1.5e-3, high=8e-3, log=True))
-    dropout: ParamSpec = _fixed(0.0)
-    stochastic_depth: ParamSpec = _fixed(0.0)
-    l2_lambda: ParamSpec = _fixed(0.0)
-    weight_decay: ParamSpec = _fixed(0.0)
+    blocks: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["all", "every:2", "bottom:3"]))  # adapter.blocks
+    position: ParamSpec = field(default_factory=lambda: ParamSpec(choices=["post", "ffn"]))  # adapter.positions (one)
+    lr: ParamSpec = field(default_factory=lambda: ParamSpec(low=1.5e-3, high=8e-3, log=True))  # train.lr
+    dropout: ParamSpec = _fixed(0.0)  # adapter.dropout
+    stochastic_depth: ParamSpec = _fixed(0.0)  # adapter.stochastic_depth
+    l2_lambda: ParamSpec = _fixed(0.0)  # adapter.l2_lambda
+    weight_decay: ParamSpec = _fixed(0.0)  # train.weight_decay
     steps: ParamSpec = field(default_factory=ParamSpec)  # unset: train.steps
     specaugment: ParamSpec = field(default_factory=ParamSpec)  # unset: train.specaugment
-    replay: ParamSpec = field(default_factory=lambda: ParamSpec(low=0.0, high=0.5))
-    distill_weight: ParamSpec = field(default_factory=lambda: ParamSpec(low=5.0, high=100.0, log=True))
+    replay: ParamSpec = field(default_factory=lambda: ParamSpec(low=0.0, high=0.5))  # train.replay
+    distill_weight: ParamSpec = field(default_factory=lambda: ParamSpec(low=5.0, high=100.0, log=True))  # train.distill_weight
 
     def validate(self, key: str) -> None:
         for f in dataclasses.fields(self):
@@ -451,9 +451,9 @@ class SpaceConfig:
 class GridConfig:
     """The NeMo-style grid baseline (lr x dim x stochastic depth; other params fixed)."""
 
-    lr: List[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
-    dim: List[int] = field(default_factory=lambda: [8, 32, 64])
-    stochastic_depth: List[float] = field(default_factory=lambda: [0.0, 0.2])
+    lr: List[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # learning rates swept
+    dim: List[int] = field(default_factory=lambda: [8, 32, 64])  # bottleneck widths swept
+    stochastic_depth: List[float] = field(default_factory=lambda: [0.0, 0.2])  # stochastic depths swept
 
     def size(self) -> int:
         """Number of configs of the grid."""
@@ -472,9 +472,9 @@ class GridConfig:
 class AshaConfig:
     """ASHA early stopping on dev new-domain WER (one rung per evaluation)."""
 
-    enabled: bool = True
+    enabled: bool = True  # without a budget: ASHA stops weak trials (false: every trial runs its steps)
     grace_period: int = 1  # evaluations before a trial can be stopped
-    reduction_factor: int = 2
+    reduction_factor: int = 2  # each rung is this many times further; about 1/this of the trials go on
 
     def validate(self, key: str) -> None:
         _check_range(f"{key}.grace_period", self.grace_period, 1, None)
@@ -506,7 +506,7 @@ class SearchConfig:
     sampler: str = "tpe"  # tpe (constrained) | random | grid | nsga2 (multi-objective)
     kappa: float = 1.0  # allowed degradation of original-domain dev WER
     kappa_mode: str = "absolute"  # absolute (WER points) | relative (fraction of base WER)
-    seed: int = 0
+    seed: int = 0  # the sampler's seed
     asha: AshaConfig = field(default_factory=AshaConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     grid: GridConfig = field(default_factory=GridConfig)
@@ -598,10 +598,10 @@ class SearchConfig:
 class ResourcesConfig:
     """Where trials run: CPU, a fraction of one GPU per trial, or N DDP workers per trial."""
 
-    use_gpu: bool = False
+    use_gpu: bool = False  # trials train on GPUs; the driver computes the caches on one
     num_workers: int = 1  # Ray Train workers per trial (DDP when > 1)
     gpus_per_worker: float = 1.0  # < 1 shares one GPU between trials (then num_workers must be 1)
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker (what bounds concurrent CPU trials)
     max_concurrent_trials: int = 0  # 0 = derived from the cluster's resources
     gpu_memory_fraction: float = 0.0  # per-process CUDA memory cap (0 = gpus_per_worker)
     # auto: a one-worker trial trains inside its Tune trial actor, which Tune reuses for the
