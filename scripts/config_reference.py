@@ -97,8 +97,9 @@ def field_comment(cls: type, name: str) -> str:
 
 def class_doc(cls: type) -> str:
     """The class docstring as one Markdown paragraph per docstring paragraph (``x`` becomes `x`)."""
-    doc = cls.__dict__.get("__doc__") or ""
-    doc = inspect.cleandoc(doc)
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+    if doc.startswith(f"{cls.__name__}("):  # the signature dataclasses writes for a class without a docstring
+        return ""
     paragraphs = [" ".join(p.split()) for p in doc.split("\n\n") if p.strip()]
     return "\n\n".join(p.replace("``", "`") for p in paragraphs)
 
