@@ -150,7 +150,7 @@ class ConformerConfig:
     conv_kernel: int = 15  # depthwise convolution kernel (odd)
     subsampling_channels: int = 64  # channels of the convolutional subsampling
     subsampling_factor: int = 4  # 4 or 8: frames are 40 or 80 ms after subsampling
-    dropout: float = 0.1
+    dropout: float = 0.1  # dropout in the feed-forward, attention and convolution modules (pretrain)
     vocab_size: int = 128  # SentencePiece BPE vocabulary (without the CTC blank)
 
     def validate(self, key: str) -> None:
@@ -257,25 +257,25 @@ class TrainConfig:
     # (no horizon: a trial the budget lets go on continues as if planned that long) | cosine (decays to 0 at
     # `steps`; fixed-length trials only).
     lr_schedule: str = "wsd"
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # steps of linear warm-up to lr, before lr_schedule takes over
     decay_steps: int = 400  # wsd: length of the cool-down (a multiple of eval_every)
     weight_decay: float = 0.0  # AdamW weight decay on adapter weights
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     max_batch_seconds: float = 10.0  # audio per training batch (new domain + replay)
     eval_every: int = 200  # steps between dev evaluations (each is one ASHA rung)
     specaugment: bool = False  # SpecAugment on labelled training batches (turns the prefix cache off)
-    # Protecting the original domain (DESIGN.md): `replay` is the share of each batch's audio taken
+    # Protecting the original domain (docs/protecting.md): `replay` is the share of each batch's audio taken
     # from data.replay_manifest (labelled, trained on with the same loss); `distill_weight` (lambda)
     # weighs KL(p_base || p_adapted) on `distill_seconds` of data.distill_manifest audio per step.
     replay: float = 0.0
-    distill_weight: float = 0.0
-    distill_seconds: float = 5.0
+    distill_weight: float = 0.0  # lambda of the distillation term (0 = off)
+    distill_seconds: float = 5.0  # seconds of distillation audio per step
     # Frozen-prefix cache: the frozen blocks below a trial's lowest adapter run once per
     # utterance (cached on disk, shared by trials), and trials train and evaluate the top only.
     # Exact (same outputs); used by trials without SpecAugment, which changes the prefix's input.
     prefix_cache: bool = True
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
-    seed: int = 0
+    seed: int = 0  # seeds the adapters' init, batch order, replay and distillation draws, dropout
 
     def validate(self, key: str) -> None:
         _check_hparam_fields(self, key, "train")
@@ -296,17 +296,17 @@ class PretrainConfig:
     """``raysearch-adapters pretrain``: train a base Conformer-CTC on the original domain."""
 
     out_dir: str = "pretrain"  # checkpoints, tokenizer and logs
-    epochs: int = 40
+    epochs: int = 40  # passes over data.original_train (max_minutes may stop sooner)
     lr: float = 1e-3  # peak learning rate (AdamW)
     warmup_steps: int = 300  # linear warm-up, then cosine decay to 1% at the last epoch (or max_minutes)
-    weight_decay: float = 1e-3
-    grad_clip: float = 5.0
+    weight_decay: float = 1e-3  # AdamW weight decay
+    grad_clip: float = 5.0  # max gradient norm (0 = off)
     max_batch_seconds: float = 30.0  # audio per batch: small batches leave the CTC blank plateau sooner
     # SpecAugment starts at this step: with it from step 0 a small CTC model sits on the
     # all-blank plateau for thousands of steps (measured: unregularised it leaves it at ~250).
     specaugment_from_step: int = 1500
     precision: str = "auto"  # auto | fp32 | bf16
-    seed: int = 0
+    seed: int = 0  # seeds the model's init and batch order
     max_minutes: float = 0.0  # wall-time budget: LR decays over it, training stops at it (0 = none)
 
     def validate(self, key: str) -> None:
@@ -419,6 +419,7 @@ SpaceConfig = dataclasses.make_dataclass(
     "SpaceConfig",
     [(h.name, ParamSpec, field(default_factory=lambda entry=h.space: ParamSpec(**entry))) for h in HPARAMS],
     namespace={"validate": _space_validate, "values": _space_values, "__module__": __name__,
+               "__field_docs__": {h.name: f"{h.doc}; unset: the value of {h.field}" for h in HPARAMS},
                "__doc__": "The search space: one entry per searched hyperparameter (raysearch_adapters.hparams)."},
     frozen=True)
 
@@ -427,9 +428,9 @@ SpaceConfig = dataclasses.make_dataclass(
 class GridConfig:
     """The NeMo-style grid baseline (lr x dim x stochastic depth; other params fixed)."""
 
-    lr: List[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
-    dim: List[int] = field(default_factory=lambda: [8, 32, 64])
-    stochastic_depth: List[float] = field(default_factory=lambda: [0.0, 0.2])
+    lr: List[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # learning rates swept
+    dim: List[int] = field(default_factory=lambda: [8, 32, 64])  # bottleneck widths swept
+    stochastic_depth: List[float] = field(default_factory=lambda: [0.0, 0.2])  # stochastic depths swept
 
     def size(self) -> int:
         """Number of configs of the grid."""
@@ -448,9 +449,9 @@ class GridConfig:
 class AshaConfig:
     """ASHA early stopping on dev new-domain WER (one rung per evaluation)."""
 
-    enabled: bool = True
+    enabled: bool = True  # without a budget: ASHA stops weak trials (false: every trial runs its steps)
     grace_period: int = 1  # evaluations before a trial can be stopped
-    reduction_factor: int = 2
+    reduction_factor: int = 2  # each rung is this many times further; about 1/this of the trials go on
 
     def validate(self, key: str) -> None:
         _check_range(f"{key}.grace_period", self.grace_period, 1, None)
@@ -482,7 +483,7 @@ class SearchConfig:
     sampler: str = "tpe"  # tpe (constrained) | random | grid | nsga2 (multi-objective)
     kappa: float = 1.0  # allowed degradation of original-domain dev WER
     kappa_mode: str = "absolute"  # absolute (WER points) | relative (fraction of base WER)
-    seed: int = 0
+    seed: int = 0  # the sampler's seed
     asha: AshaConfig = field(default_factory=AshaConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     grid: GridConfig = field(default_factory=GridConfig)
@@ -574,10 +575,10 @@ class SearchConfig:
 class ResourcesConfig:
     """Where trials run: CPU, a fraction of one GPU per trial, or N DDP workers per trial."""
 
-    use_gpu: bool = False
+    use_gpu: bool = False  # trials train on GPUs; the driver computes the caches on one
     num_workers: int = 1  # Ray Train workers per trial (DDP when > 1)
     gpus_per_worker: float = 1.0  # < 1 shares one GPU between trials (then num_workers must be 1)
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker (what bounds concurrent CPU trials)
     max_concurrent_trials: int = 0  # 0 = derived from the cluster's resources
     gpu_memory_fraction: float = 0.0  # per-process CUDA memory cap (0 = gpus_per_worker)
     # auto: a one-worker trial trains inside its Tune trial actor, which Tune reuses for the

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, List, Optional, Tuple
 
-# Where inside a block an adapter goes (what each backbone offers: README, "Adapt your own model"):
+# Where inside a block an adapter goes (what each backbone offers: docs/backbones.md):
 # post = the block's output; mha = its self-attention branch (encoder blocks); ffn = its feed-forward
 # branch; self_attn / cross_attn = a decoder block's self-attention / attention over the encoder.
 POSITIONS = ("post", "mha", "ffn", "self_attn", "cross_attn")

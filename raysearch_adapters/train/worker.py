@@ -6,7 +6,7 @@
 * :func:`train_in_trial_actor`: a one-worker trial trains inside its Tune trial actor.
   Tune reuses that actor for the next trial (``reuse_actors``), so the process, the
   imports, the CUDA context, the frozen base model and the memory-mapped feature sets are
-  paid for once per actor instead of once per trial (RAY_NOTES: ~30 s per trial).
+  paid for once per actor instead of once per trial (``bench/ray_overhead.py`` measures both runners).
 
 Each run loads the frozen base model and the cached feature sets (the driver computed
 them once per search: no worker decodes audio), injects the trial's adapters and runs the
