@@ -40,7 +40,7 @@ BOOLEAN = _must_be(lambda v: isinstance(v, bool), "true or false")
 
 
 def one_of(values: Tuple[str, ...]) -> Rule:
-    return _must_be(lambda v: isinstance(v, str) and v in values, f"one of {', '.join(values)}")
+    return lambda v: None if isinstance(v, str) and v in values else f"allowed: {', '.join(values)}"
 
 
 def _block_spec(v: Any) -> Optional[str]:

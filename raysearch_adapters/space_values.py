@@ -10,7 +10,8 @@ search.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 # Where inside a block an adapter goes (what each backbone offers: docs/backbones.md):
 # post = the block's output; mha = its self-attention branch (encoder blocks); ffn = its feed-forward
@@ -21,7 +22,31 @@ STACKS = ("encoder", "decoder")
 BLOCK_FORMS = ("all, top:K, bottom:K, every:N, window:A-B (blocks A..B-1), or a list such as 0,2,5; on a model "
                "with an encoder and a decoder, each prefixed by its stack and joined by '+', e.g. decoder:all, "
                "encoder:top:2, encoder:all+decoder:top:1")
-ADAPTER_TYPES = ("bottleneck", "lora", "parallel")
+
+
+@dataclass(frozen=True)
+class AdapterKind:
+    """What the config and the search need to know of an adapter type, without torch: where it goes and what it
+    does with the fields it has no use for. How it is built is registered beside this, in
+    ``raysearch_adapters.adapters.inject.BUILDERS``; its hyperparameters are the rows of the hyperparameter table
+    that name it."""
+
+    name: str  # adapter.type
+    # Where it goes: "positions" (serial: on the output of a block's position), "parallel" (beside a position's
+    # module, fed its input), "linears" (a low-rank update of each targeted linear layer of a block)
+    placement: str
+    mergeable: bool  # its update folds into the base weights exactly (export merges it)
+    zeroed: Tuple[str, ...] = ()  # adapter fields it has no output to act on: they must be 0
+    why_zeroed: str = ""
+
+
+ADAPTER_KINDS: Dict[str, AdapterKind] = {k.name: k for k in (
+    AdapterKind("bottleneck", "positions", mergeable=False),
+    AdapterKind("lora", "linears", mergeable=True, zeroed=("stochastic_depth", "l2_lambda"),
+                why_zeroed="lora has no branch output to skip or penalise"),
+    AdapterKind("parallel", "parallel", mergeable=False),
+)}
+ADAPTER_TYPES = tuple(ADAPTER_KINDS)
 TARGET_FORMS = "all (every linear layer a block lists), or names such as q,v or q,k,v,out,ffn_in,ffn_out"
 
 

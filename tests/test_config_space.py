@@ -68,7 +68,7 @@ WRONG_VALUES = [
     ("search.space.blocks=[all, 'top:0']", "search.space.blocks.choices[1]: got 'top:0'", "K must be >= 1"),
     ("search.space.blocks=first:2", "search.space.blocks.value: got 'first:2'", "not a block-set spec"),
     ("search.space.blocks={low: 1, high: 3}", "search.space.blocks: got", "takes a value or choices"),
-    ("search.space.position=middle", "search.space.position.value: got 'middle'", "one of post, mha, ffn"),
+    ("search.space.position=middle", "search.space.position.value: got 'middle'", "allowed: post, mha, ffn"),
     ("search.space.position={low: 1, high: 2}", "search.space.position: got", "takes a value or choices"),
     ("search.space.specaugment=[true, maybe]", "search.space.specaugment.choices[1]: got 'maybe'",
      "true or false"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.models.base import Backbone, BlockInfo, FusedWeight, block_layout
 # The block-set parser lives in the results layer so the dashboard reads placements without torch.
 from raysearch_adapters.results.placement import PlacementError, parse_blocks
-from raysearch_adapters.space_values import parse_targets_spec
+from raysearch_adapters.space_values import ADAPTER_KINDS, parse_targets_spec
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +208,13 @@ def _plan(model: Backbone, cfg: AdapterConfig) -> List[_Target]:
     if not blocks:
         raise PlacementError(f"model {model.name}: lists no adaptable blocks")
     chosen = [blocks[i] for i in parse_blocks(cfg.blocks, block_layout(blocks))]
-    if cfg.type == "lora":
+    placement = ADAPTER_KINDS[cfg.type].placement
+    if placement == "linears":
         return [t for b in chosen for t in _lora_targets(model, b, cfg)]
     positions = list(cfg.positions)
     if len(set(positions)) != len(positions):
         raise PlacementError(f"adapter.positions: got {positions}; each position may appear once")
-    parallel = cfg.type == "parallel"
+    parallel = placement == "parallel"
     offered = (lambda b: b.parallel) if parallel else (lambda b: b.positions)
     missing = [(b, p) for b in chosen for p in positions if p not in offered(b) or p not in b.positions]
     if missing:
@@ -283,23 +284,42 @@ def _lora_targets(model: Backbone, b: BlockInfo, cfg: AdapterConfig) -> List[_Ta
     return targets
 
 
-def _build(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
-    if cfg.type == "lora":
-        if "" in {w for w, _ in target.lora.values()}:  # an nn.Linear: the update's output is added to its output
-            linear = target.module
-            adapter = LoraUpdate(linear.in_features, linear.out_features, cfg.rank, cfg.alpha, cfg.dropout)
-        else:
-            shapes = {w: tuple(target.module.get_parameter(w).shape) for w, _ in target.lora.values()}
-            adapter = FusedLoraUpdates(target.lora, shapes, cfg.rank, cfg.alpha, cfg.dropout)
+def _on_ref(adapter: nn.Module, ref: torch.Tensor) -> nn.Module:
+    return adapter.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+
+
+def _build_bottleneck(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+    adapter = _on_ref(LinearAdapter(target.width, cfg.dim, cfg.activation, cfg.norm_position, cfg.dropout), ref)
+    return AdapterWrapper(target.module, adapter, ResidualAdd(cfg.stochastic_depth, cfg.l2_lambda), target.name,
+                          target.block)
+
+
+def _build_parallel(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+    adapter = _on_ref(LinearAdapter(target.width, cfg.dim, cfg.activation, cfg.norm_position, cfg.dropout), ref)
+    return ParallelWrapper(target.module, adapter, ResidualAdd(cfg.stochastic_depth, cfg.l2_lambda), target.name,
+                           target.block, target.input_arg)
+
+
+def _build_lora(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+    if "" in {w for w, _ in target.lora.values()}:  # an nn.Linear: the update's output is added to its output
+        linear = target.module
+        adapter = LoraUpdate(linear.in_features, linear.out_features, cfg.rank, cfg.alpha, cfg.dropout)
     else:
-        adapter = LinearAdapter(target.width, cfg.dim, cfg.activation, cfg.norm_position, cfg.dropout)
-    adapter.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
-    if cfg.type == "lora":
-        return LoraWrapper(target.module, adapter, target.name, target.block)
-    residual = ResidualAdd(cfg.stochastic_depth, cfg.l2_lambda)
-    if cfg.type == "parallel":
-        return ParallelWrapper(target.module, adapter, residual, target.name, target.block, target.input_arg)
-    return AdapterWrapper(target.module, adapter, residual, target.name, target.block)
+        shapes = {w: tuple(target.module.get_parameter(w).shape) for w, _ in target.lora.values()}
+        adapter = FusedLoraUpdates(target.lora, shapes, cfg.rank, cfg.alpha, cfg.dropout)
+    return LoraWrapper(target.module, _on_ref(adapter, ref), target.name, target.block)
+
+
+# How each adapter type (space_values.ADAPTER_KINDS) builds the layer that wraps one target module.
+BUILDERS: Dict[str, Callable[[_Target, AdapterConfig, torch.Tensor], AdapterLayer]] = {
+    "bottleneck": _build_bottleneck,
+    "lora": _build_lora,
+    "parallel": _build_parallel,
+}
+
+
+def _build(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+    return BUILDERS[cfg.type](target, cfg, ref)
 
 
 def inject_adapters(model: Backbone, cfg: AdapterConfig,

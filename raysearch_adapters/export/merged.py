@@ -36,6 +36,7 @@ from raysearch_adapters.search.summary import (load_instructions,
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.train.evaluate import evaluate, model_outputs, uses_bf16
 from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
+from raysearch_adapters.space_values import ADAPTER_KINDS
 
 EXPORT_DIR = "export"  # default --out, inside the results folder
 EXPORT_JSON = "export.json"
@@ -115,7 +116,7 @@ def export(results_dir: Path, out_dir: Optional[Path] = None, device: Optional[t
     adapter_type = _adapter_type(adapter_file)
     record = {"results_dir": str(results_dir), "winner_trial_id": winner.get("trial_id"), "type": adapter_type,
               "adapter_file": str(adapter_file), "versions": versions()}
-    if adapter_type != "lora":
+    if not ADAPTER_KINDS[adapter_type].mergeable:
         copy = out_dir / ADAPTER_COPY
         atomic_write(copy, lambda tmp: shutil.copyfile(adapter_file, tmp))
         record.update(merged=False, reason=not_mergeable_message(adapter_type), files={"adapter": str(copy)},

@@ -17,7 +17,7 @@ from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.models.base import Backbone, BlockInfo, block_layout
 from raysearch_adapters.results.placement import PlacementError, parse_blocks
 from raysearch_adapters.search.space import check_space, listed_values
-from raysearch_adapters.space_values import parse_targets_spec
+from raysearch_adapters.space_values import ADAPTER_KINDS, parse_targets_spec
 from raysearch_adapters.train.hparams import default_hparams
 
 # Manifests a trial trains or is measured on, and the final evaluation's: they must exist and be valid.
@@ -74,10 +74,11 @@ def _check_blocks_and_positions(cfg: Config, model: Backbone) -> None:
         except PlacementError as e:
             raise ConfigError(str(e)) from None
         for adapter_type in _trial_values(cfg, "type"):
-            if adapter_type == "lora":
+            placement = ADAPTER_KINDS[adapter_type].placement
+            if placement == "linears":
                 _check_targets(cfg, model, selected, str(spec))
             else:
-                _check_positions(cfg, model, selected, str(spec), parallel=adapter_type == "parallel")
+                _check_positions(cfg, model, selected, str(spec), parallel=placement == "parallel")
 
 
 def _which_blocks(blocks: List[BlockInfo], spec: str, model: Backbone) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 
 from raysearch_adapters.config import Config
 from raysearch_adapters.hparams import HPARAMS
+from raysearch_adapters.space_values import ADAPTER_KINDS
 
 
 def default_hparams(cfg: Config) -> dict:
@@ -23,8 +24,8 @@ def trial_config(cfg: Config, hp: dict) -> Config:
     for h in HPARAMS:
         if hp.get(h.name) is not None:
             changes.setdefault(h.section, {})[h.key] = h.to_field(hp[h.name])
-    if changes.get("adapter", {}).get("type", cfg.adapter.type) == "lora":
-        # LoRA has no branch output for stochastic depth or the L2 term to act on.
-        changes.setdefault("adapter", {}).update(stochastic_depth=0.0, l2_lambda=0.0)
+    # The fields its type has no use for (LoRA: no branch output for stochastic depth or the L2 term to act on).
+    zeroed = ADAPTER_KINDS[changes.get("adapter", {}).get("type", cfg.adapter.type)].zeroed
+    changes.setdefault("adapter", {}).update({name: 0.0 for name in zeroed})
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **fields)
                                        for section, fields in changes.items()})

@@ -49,3 +49,19 @@ def test_evaluate_model_names_a_backbone(value, config, expected):
     section = model_section_for(value, ModelConfig(**config))
     name, field, source = expected
     assert section.name == name and getattr(section, field) == source
+
+
+def test_each_adapter_type_is_registered_with_a_builder_and_its_hyperparameters():
+    from raysearch_adapters.adapters.inject import BUILDERS
+    from raysearch_adapters.hparams import TYPE_PARAMS
+    from raysearch_adapters.space_values import ADAPTER_KINDS, ADAPTER_TYPES
+
+    assert set(BUILDERS) == set(ADAPTER_KINDS) == set(ADAPTER_TYPES) == set(TYPE_PARAMS)
+    assert {k.placement for k in ADAPTER_KINDS.values()} == {"positions", "parallel", "linears"}
+    assert [k.name for k in ADAPTER_KINDS.values() if k.mergeable] == ["lora"]
+
+
+def test_a_field_an_adapter_type_has_no_use_for_must_be_zero():
+    with pytest.raises(ConfigError, match=r"^adapter\.stochastic_depth: got 0\.1; has no effect on type lora \(lora "
+                                          r"has no branch output to skip or penalise\): set 0$"):
+        load_config([], ["adapter.type=lora", "adapter.stochastic_depth=0.1"])
