@@ -4,7 +4,7 @@
     python bench/forgetting.py search [--seeds 0 1 2] [key=value ...]
     python bench/forgetting.py step   [--steps 50] [--blocks all] [--threads 1] [key=value ...]
 
-``fixed`` (a): the issue's fixed trial (dim 64, every block, ``post``, lr 1e-3, 20 s batches) four
+``fixed`` (a): one fixed trial (dim 64, every block, ``post``, lr 1e-3, 20 s batches) four
 ways at equal steps: no protection, replay 0.5, distillation (lambda ``--lam``), both. Plain
 PyTorch, no Ray: the trial's own train loop on the demo's cached features, evaluated on both dev
 sets every ``--eval-every`` steps; prints dev new/original WER and degradation per evaluation.
