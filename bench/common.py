@@ -30,7 +30,7 @@ def machine() -> str:
 
 def run_demo_search(overrides: list[str]) -> dict:
     """``raysearch-adapters search`` on the demo config with ``overrides``; returns its summary."""
-    from raysearch_adapters.config import load_config
+    from raysearch_adapters.config import DEMO_CONFIG, load_config
     from raysearch_adapters.search.run import run_search
 
-    return run_search(load_config([], overrides))
+    return run_search(load_config([DEMO_CONFIG], overrides))

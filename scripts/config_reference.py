@@ -278,7 +278,8 @@ def generate(root_cls: Optional[type] = None) -> Tuple[str, List[str]]:
         "     tests/test_docs.py fails when this file is out of date. -->",
         "",
         "Every key a YAML config file or a `key=value` override can set, by section, with its type, its "
-        "default (the defaults are the embedded demo) and what it does. `raysearch-adapters config show "
+        "default (the embedded demo's values; its config, conf/demo.yaml, adds only its start point) and "
+        "what it does. `raysearch-adapters config show "
         "[CONFIG] [key=value ...]` prints a resolved config; [search.md](search.md) explains the config "
         "syntax and the search-space entries, [budget.md](budget.md) the budget. Defaults are shown in YAML "
         "flow style; `${...}` is an OmegaConf interpolation (another key, or an environment variable "

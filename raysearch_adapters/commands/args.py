@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from raysearch_adapters.config import Config, load_config
+from raysearch_adapters.config import DEMO_CONFIG, Config, load_config
 
 
 def is_config_item(word: str) -> bool:
@@ -21,6 +21,7 @@ def split_config(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def load_from_args(items: Sequence[str]) -> Config:
-    """Config from positional CONFIG files and key=value overrides."""
+    """Config from positional CONFIG files and key=value overrides; without a config file, the embedded demo's
+    (``DEMO_CONFIG``) with the overrides."""
     paths, overrides = split_config(items)
-    return load_config(paths, overrides)
+    return load_config(paths or [DEMO_CONFIG], overrides)

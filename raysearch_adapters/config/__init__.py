@@ -1,6 +1,7 @@
 """Typed configuration: frozen dataclasses filled from YAML files and ``key=value`` overrides.
 
-The dataclass defaults *are* the embedded demo (``conf/demo.yaml`` spells them out), so
+The dataclass defaults are the embedded demo's values but for its start point; a command given no config
+file loads the packaged demo config (``DEMO_CONFIG``, ``conf/demo.yaml`` in the repository), so
 ``raysearch-adapters search`` with no arguments runs the demo. ``load_config`` merges the
 defaults, then each YAML file, then the dotlist overrides (Hydra/NeMo style) through
 ``OmegaConf.structured``; unknown keys fail with the closest valid key, bad values fail
@@ -8,15 +9,15 @@ with the key, the value and what is allowed.
 """
 
 from raysearch_adapters.config.checks import ConfigError
-from raysearch_adapters.config.loader import RENAMED_KEYS, from_dict, load_config, to_dict, to_yaml
+from raysearch_adapters.config.loader import DEMO_CONFIG, RENAMED_KEYS, from_dict, load_config, to_dict, to_yaml
 from raysearch_adapters.config.root import Config
-from raysearch_adapters.config.search import (DEMO_START_POINTS, SAMPLERS, AshaConfig, GridConfig, ParamSpec,
+from raysearch_adapters.config.search import (SAMPLERS, AshaConfig, GridConfig, ParamSpec,
                                               SearchConfig, SpaceConfig)
 from raysearch_adapters.config.sections import (ACTIVATIONS, DEFAULT_HOME, NEMO_HEADS, AdapterConfig, ConformerConfig,
                                                 DataConfig, FrontendConfig, ModelConfig, PretrainConfig,
                                                 ResourcesConfig, ResultsConfig, SpecAugmentConfig, TrainConfig)
 
-__all__ = ["ACTIVATIONS", "DEFAULT_HOME", "DEMO_START_POINTS", "NEMO_HEADS", "RENAMED_KEYS", "SAMPLERS", "AdapterConfig",
+__all__ = ["ACTIVATIONS", "DEFAULT_HOME", "DEMO_CONFIG", "NEMO_HEADS", "RENAMED_KEYS", "SAMPLERS", "AdapterConfig",
            "AshaConfig", "Config", "ConfigError", "ConformerConfig", "DataConfig", "FrontendConfig", "GridConfig",
            "ModelConfig", "ParamSpec", "PretrainConfig", "ResourcesConfig", "ResultsConfig", "SearchConfig",
            "SpaceConfig", "SpecAugmentConfig", "TrainConfig", "from_dict", "load_config", "to_dict", "to_yaml"]

@@ -121,6 +121,10 @@ def _replace_whole_entries(node: Any, depth: int) -> Any:
     return OmegaConf.create(tree)
 
 
+# The embedded demo's config: what a command given no config file loads (raysearch_adapters.commands.args).
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "demo.yaml"
+
+
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
     """Defaults ← each YAML in ``paths`` ← ``key=value`` ``overrides``; validated, interpolations resolved."""
     cfg = _writable_schema()
@@ -150,7 +154,6 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e, "") from None
     obj = _expand_user_paths(obj)
-    obj = dataclasses.replace(obj, search=obj.search.without_unfitting_demo_start_points(obj.adapter.type))
     obj.validate()
     return obj
 

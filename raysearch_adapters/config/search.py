@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from raysearch_adapters.config.checks import ConfigError, check_choice, check_param, check_range, fail
+from raysearch_adapters.config.checks import check_choice, check_param, check_range, fail
 from raysearch_adapters.hparams import BY_NAME as HPARAM, HPARAMS, TYPE_PARAMS, applies_to
 
 
@@ -135,11 +135,6 @@ class AshaConfig:
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 
 
-# The demo's start point (conf/demo.yaml): an adapter 64 wide in every block, distilled to the base.
-DEMO_START_POINTS = [{"dim": 64, "blocks": "all", "position": "post", "lr": 3e-3, "replay": 0.0,
-                      "distill_weight": 30.0}]
-
-
 @dataclass(frozen=True)
 class SearchConfig:
     """The search: sampler, budget, the degradation limit kappa and the space."""
@@ -164,24 +159,7 @@ class SearchConfig:
     # Configs the sampler tries first (e.g. the adapter you use today, or a published recipe): each
     # maps searched parameters to a value of their space entry; the parameters it leaves out are
     # sampled. TPE learns from them like from any trial. Not for the grid, which has its own list.
-    # The default is the demo's hand-picked point; a search whose space it does not fit runs without it.
-    start_points: List[Dict[str, Any]] = field(default_factory=lambda: [dict(p) for p in DEMO_START_POINTS])
-
-    def without_unfitting_demo_start_points(self, adapter_type: str) -> "SearchConfig":
-        """This config, without the built-in demo start point when it was left at its default and does not
-        fit the space (another model's space, a space searching the adapter type, say); a start point the
-        user gave is checked strictly. ``adapter_type``: adapter.type (the type when the space leaves it unset)."""
-        if self.start_points != DEMO_START_POINTS:
-            return self
-        try:
-            self.space.validate("search.space")
-        except ConfigError:
-            return self  # the space's own error is what validate() reports
-        try:
-            self._validate_start_points("search", adapter_type)
-        except ConfigError:
-            return dataclasses.replace(self, start_points=[])
-        return self
+    start_points: List[Dict[str, Any]] = field(default_factory=list)
 
     def _point_type(self, point: Dict[str, Any], adapter_type: str) -> Optional[str]:
         """The adapter type of a start point: its own ``type``, else the space's only one (None: the space

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,14 @@ from raysearch_adapters.search.space import check_space
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-def test_demo_yaml_spells_out_the_defaults():
-    assert load_config([CONF / "demo.yaml"]) == load_config([])
+def test_demo_yaml_spells_out_the_defaults_and_adds_its_start_point():
+    """conf/demo.yaml is the packaged demo config (a link to it), every value the default but the start point."""
+    from raysearch_adapters.config import DEMO_CONFIG
+
+    assert (CONF / "demo.yaml").resolve() == DEMO_CONFIG
+    demo, defaults = load_config([CONF / "demo.yaml"]), load_config([])
+    assert demo.search.start_points and not defaults.search.start_points
+    assert dataclasses.replace(demo, search=dataclasses.replace(demo.search, start_points=[])) == defaults
 
 
 # Each example's model: its block count, or its (stack, blocks) layout (hf_ctc.yaml's wav2vec2 BASE has 12

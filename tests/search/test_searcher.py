@@ -192,13 +192,15 @@ def test_a_bad_start_point_names_the_key(point, match):
         load_config([], [f"search.start_points=[{point}]"])
 
 
-def test_the_demos_start_point_is_used_by_the_demo_and_dropped_where_it_does_not_fit():
-    assert load_config([]).search.start_points == [{"dim": 64, "blocks": "all", "position": "post", "lr": 3e-3,
-                                                    "replay": 0.0, "distill_weight": 30.0}]
-    # another model's space (lr up to 1e-3): the built-in point does not fit and is not used
-    assert load_config([], ["search.space.lr={low: 1.0e-5, high: 1.0e-3, log: true}"]).search.start_points == []
-    # a point the user gave is checked strictly
-    from raysearch_adapters.config import ConfigError
+def test_the_demos_start_point_is_the_demo_configs_alone():
+    """The demo's hand-picked point is in the packaged demo config, which a command given no config file loads;
+    the defaults have none, so another config never inherits it, and the demo's point is checked like any other."""
+    from raysearch_adapters.commands.args import load_from_args
+    from raysearch_adapters.config import DEMO_CONFIG, ConfigError
 
-    with pytest.raises(ConfigError, match=r"start_points\[0\].lr"):
-        load_config([], ["search.space.lr={low: 1.0e-5, high: 1.0e-3, log: true}", "search.start_points=[{lr: 0.003}]"])
+    demo = [{"dim": 64, "blocks": "all", "position": "post", "lr": 3e-3, "replay": 0.0, "distill_weight": 30.0}]
+    assert load_config([DEMO_CONFIG]).search.start_points == demo
+    assert load_from_args(["search.num_trials=4"]).search.start_points == demo
+    assert load_config([]).search.start_points == []
+    with pytest.raises(ConfigError, match=r"^search\.start_points\[0\]\.lr: got 0\.003; must be in search\.space\.lr's"):
+        load_from_args(["search.space.lr={low: 1.0e-5, high: 1.0e-3, log: true}"])

@@ -53,8 +53,10 @@ def test_each_trial_has_its_types_parameters_and_none_of_the_others(sampler):
                                               adapter.dim == c["dim"] and adapter.positions == [c["position"]])
 
 
-def test_the_default_space_is_todays_bottleneck_space():
-    cfg = load_config([])
+def test_the_demos_space_is_a_bottleneck_space():
+    from raysearch_adapters.config import DEMO_CONFIG
+
+    cfg = load_config([DEMO_CONFIG])
     (c,) = _asked(cfg, 1)
     assert c["type"] == "bottleneck" and c["rank"] is c["alpha"] is c["targets"] is None and c["dim"] == 64
     assert set(TYPE_PARAMS["lora"]).isdisjoint(_asked(cfg, 1)[0].keys() - set(HPARAM_NAMES))
@@ -77,11 +79,6 @@ def test_start_points_of_each_type_are_tried_first():
 def test_a_start_point_must_fit_its_type(point, message):
     with pytest.raises(ConfigError, match=message):
         load_config([], [*TYPED, f"search.start_points=[{point}]"])
-
-
-def test_the_demo_start_point_is_left_out_of_a_space_that_searches_the_type():
-    assert load_config([], TYPED).search.start_points == []
-    assert load_config([]).search.start_points[0]["dim"] == 64
 
 
 @pytest.mark.parametrize("overrides,message", [
