@@ -250,5 +250,5 @@ def test_a_lora_target_that_is_no_linear_layer_is_a_backbone_error(backend, monk
 
 
 def test_lora_has_no_stochastic_depth_or_l2():
-    with pytest.raises(UserError, match=r"^adapter.stochastic_depth: got 0.2; applies to bottleneck and parallel"):
+    with pytest.raises(UserError, match=r"^adapter.stochastic_depth: got 0.2; has no effect on type lora \(lora has no branch output"):
         AdapterConfig(type="lora", stochastic_depth=0.2).validate("adapter")
