@@ -131,3 +131,10 @@ def test_no_module_of_the_package_is_imported_inside_a_function():
     handler (commands/main.py) and a backbone's module (models/registry.py, from raysearch_adapters.backbones)."""
     inner = [where for where, _, module in _function_level_imports() if module.startswith("raysearch_adapters")]
     assert inner == []
+
+
+def test_a_module_over_600_lines_says_why_at_its_top():
+    long = [path for path in sorted(PACKAGE.rglob("*.py"))
+            if len(path.read_text(encoding="utf-8").splitlines()) > 600
+            and "Over 600 lines" not in (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "")]
+    assert long == [], f"split these, or say why not in their docstring ('Over 600 lines ...'): {long}"
