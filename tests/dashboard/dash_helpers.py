@@ -8,6 +8,8 @@ import http.client
 import threading
 from pathlib import Path
 
+from raysearch_adapters.hparams import NAMES as HPARAM_NAMES
+
 SEARCH = "fixture"
 NUM_BLOCKS = 4
 LIMIT = 1.0
@@ -36,6 +38,8 @@ def trial_rows() -> list:
     for tid, dim, blocks, position, lr, status, wer, deg in TRIALS:
         measured = wer is not None
         rows.append({
+            # every hyperparameter column (null: not this trial's), then what these trials set
+            **{name: None for name in HPARAM_NAMES},
             "search_id": SEARCH, "trial_id": tid, "type": "bottleneck", "dim": dim, "rank": None, "alpha": None,
             "targets": None, "blocks": blocks, "position": position, "lr": lr,
             "dropout": 0.1, "stochastic_depth": 0.0, "l2_lambda": 0.0, "weight_decay": 0.0, "steps": 30,

@@ -97,8 +97,8 @@ def test_untranscribed_audio_is_enough_for_distillation(model_and_overrides, tmp
 
 
 @pytest.mark.parametrize("override, match", [
-    ("train.replay=1.0", r"train.replay: got 1.0; must be >= 0 and < 1"),
-    ("train.replay=-0.1", r"train.replay: got -0.1; must be >= 0 and < 1"),
+    ("train.replay=1.0", r"train.replay: got 1.0; must be a number in \[0, 1\)"),
+    ("train.replay=-0.1", r"train.replay: got -0.1; must be a number in \[0, 1\)"),
     ("train.distill_weight=-1", r"train.distill_weight: got -1"),
     ("search.space.replay=[0.0, 1.5]", r"search.space.replay.choices\[1\]: got 1.5; must be a number in \[0, 1\)"),
     ("search.space.distill_weight={low: -1.0, high: 5.0}", r"search.space.distill_weight.low: got -1.0; must be a "
