@@ -43,13 +43,10 @@ from raysearch_adapters.train.objective import asha_score
 class BudgetScheduler(TrialScheduler):
     """Synchronous successive halving over a cohort of trials, then the finalists' shares (module docstring)."""
 
-    def __init__(self, plan: HalvingPlan, eta: int, eval_every: int, metric: str, sink=None,
-                 limit: Optional[float] = None):
+    def __init__(self, plan: HalvingPlan, eta: int, eval_every: int, metric: str, limit: float, sink=None):
         super().__init__()
         self._metric, self._mode = metric, "min"
-        # With ``limit`` (degradation units), a rung ranks by dev_wer_new and degradation against the rung's
-        # widened limit (:meth:`rung_limit`); without, by ``metric`` as reported.
-        self._limit = limit
+        self._limit = limit  # kappa in degradation units; a rung widens it (rung_limit)
         self.plan, self._eta, self._eval_every = plan, eta, eval_every
         # Where the state goes with each experiment snapshot: the searcher, which Tune saves with the trials'
         # states in one snapshot and restores on --resume (the scheduler itself is not saved).
@@ -146,9 +143,7 @@ class BudgetScheduler(TrialScheduler):
         step = int(result["step"])
         if result.get("final"):  # it ends by itself (patience, or its last step): on_trial_complete follows
             return TrialScheduler.CONTINUE
-        if "eval_dev_wer_new" in result:
-            self._evals.setdefault(tid, []).append((float(result["eval_dev_wer_new"]),
-                                                    float(result["eval_degradation"])))
+        self._evals.setdefault(tid, []).append((float(result["eval_dev_wer_new"]), float(result["eval_degradation"])))
         if tid in self._allowance:
             if step >= self._allowance[tid]:
                 self.finished.add(tid)
@@ -157,7 +152,7 @@ class BudgetScheduler(TrialScheduler):
             return TrialScheduler.CONTINUE
         if step < self._milestone[tid]:
             return TrialScheduler.CONTINUE
-        self._score[tid] = self.rung_score(result, self._milestone[tid], self._evals.get(tid, ()))
+        self._score[tid] = self.rung_score(self._evals[tid], self._milestone[tid])
         return self._decide(tune_controller, current=tid)
 
     def rung_limit(self, milestone: int) -> float:
@@ -165,18 +160,15 @@ class BudgetScheduler(TrialScheduler):
         docstring): the limit times how many times further the finalists' start is."""
         return self._limit * self.plan.milestones[-1] / milestone
 
-    def rung_score(self, result: dict, milestone: int, evaluations=()) -> float:
-        """What ranks a trial at a rung (lower is better): the best score of its evaluations against the rung's
-        limit (``evaluations``: (dev new WER, degradation) of each; ``result``'s best evaluation among them).
+    def rung_score(self, evaluations: List[Tuple[float, float]], milestone: int) -> float:
+        """What ranks a trial at a rung (lower is better): the best score of its evaluations ((dev new WER,
+        degradation) of each) against the rung's limit.
 
         Scored against the rung's limit, not the one the trial's reported best was chosen by: with kappa, a
         trial whose every evaluation is over kappa reports its least degraded one, often its first, while a
         later one that learned far more and sits within the rung's limit is what it will build on."""
-        if self._limit is None:
-            return float(result[self._metric])
         limit = self.rung_limit(milestone)
-        reported = [(float(result["dev_wer_new"]), float(result["degradation"]))]
-        return min(asha_score(wer, deg, limit) for wer, deg in [*reported, *evaluations])
+        return min(asha_score(wer, deg, limit) for wer, deg in evaluations)
 
     def _decide(self, tune_controller, current: Optional[str]) -> str:
         """Halve (or start the finalists) once every trial in the race has reached its rung; the decision

@@ -129,7 +129,7 @@ def make_scheduler(cfg: Config, searcher: Optional[ConstrainedOptunaSearch] = No
     a = cfg.search.asha
     if cfg.search.budget_steps:
         return BudgetScheduler(cfg.budget_plan(), a.reduction_factor, cfg.train.eval_every, ASHA_METRIC,
-                               sink=searcher, limit=degradation_limit(cfg.search.kappa, cfg.search.kappa_mode))
+                               degradation_limit(cfg.search.kappa, cfg.search.kappa_mode), sink=searcher)
     if not a.enabled:
         return FIFOScheduler()
     top = max_evals(cfg)

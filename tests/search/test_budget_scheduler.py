@@ -33,7 +33,7 @@ class _Controller:  # the calls the scheduler makes on Tune's controller
 
 def _setup(budget=40, cohort=None):
     plan = halving_plan(budget, grace=2, eta=2, finalists=2, eval_every=2, cohort=cohort)
-    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="score")
+    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0)
     trials = [_Trial(t) for t in "abcd"[:plan.cohort]]
     controller = _Controller(trials)
     for t in trials:
@@ -42,7 +42,9 @@ def _setup(budget=40, cohort=None):
 
 
 def _report(scheduler, controller, trial, step, score, final=False):
-    decision = scheduler.on_trial_result(controller, trial, {"step": step, "score": score, "final": final})
+    """An evaluation within kappa: its rung score is its dev new-domain WER ``score``."""
+    decision = scheduler.on_trial_result(controller, trial, {"step": step, "eval_dev_wer_new": score,
+                                                             "eval_degradation": 0.0, "final": final})
     if decision == PAUSE:
         trial.status = Trial.PAUSED
     return decision
@@ -93,12 +95,12 @@ def test_the_limit_widens_at_early_rungs_and_is_kappa_where_the_finalists_are_pi
     trial over kappa that learned most goes on; past the widened limit each point costs INFEASIBLE_PENALTY."""
     plan = halving_plan(40, grace=2, eta=2, finalists=1, eval_every=2, cohort=4)
     assert plan.milestones == [2, 4, 8]
-    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="unused", limit=1.0)
+    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0)
     assert [scheduler.rung_limit(m) for m in plan.milestones] == [4.0, 2.0, 1.0]
     # 60 + 10 x (4.5 - 4): the same trial's price at step 2 is 5 points; at step 8 it is 10 x 3.5
-    assert scheduler.rung_score({"dev_wer_new": 60.0, "degradation": 4.5}, 2) == 65.0
-    assert scheduler.rung_score({"dev_wer_new": 60.0, "degradation": 4.5}, 8) == 95.0
-    assert scheduler.rung_score({"dev_wer_new": 60.0, "degradation": 1.0}, 8) == 60.0
+    assert scheduler.rung_score([(60.0, 4.5)], 2) == 65.0
+    assert scheduler.rung_score([(60.0, 4.5)], 8) == 95.0
+    assert scheduler.rung_score([(60.0, 1.0)], 8) == 60.0
     trials = [_Trial(t) for t in "abcd"]
     controller = _Controller(trials)
     for t in trials:
@@ -106,7 +108,8 @@ def test_the_limit_widens_at_early_rungs_and_is_kappa_where_the_finalists_are_pi
     a, b, c, d = trials
     rows = {a: (85.5, 1.95), b: (88.0, 0.5), c: (90.0, 0.2), d: (70.0, 30.0)}  # d wrecks the original domain
     for t, (wer, deg) in rows.items():
-        decision = scheduler.on_trial_result(controller, t, {"step": 2, "dev_wer_new": wer, "degradation": deg})
+        decision = scheduler.on_trial_result(controller, t, {"step": 2, "eval_dev_wer_new": wer,
+                                                             "eval_degradation": deg})
         t.status = Trial.PAUSED if decision == PAUSE else t.status
     assert decision == STOP and controller.stopped == ["c"]  # d (the current one) and c stop; a and b go on
     assert scheduler.choose_trial_to_run(controller) in (a, b) and scheduler._milestone["a"] == 4
@@ -118,7 +121,7 @@ def test_a_rung_scores_every_evaluation_against_its_own_limit_not_only_the_repor
     of b (79.3 / +0.9). Scored on the reported best (85.5), a would stop there."""
     plan = halving_plan(60, grace=2, eta=2, finalists=1, eval_every=2, cohort=3)
     assert plan.milestones == [2, 4, 8] and plan.alive == [3, 2, 1]
-    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="unused", limit=1.0)
+    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0)
     trials = [_Trial(t) for t in "abc"]
     controller = _Controller(trials)
     for t in trials:
