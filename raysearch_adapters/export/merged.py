@@ -26,17 +26,16 @@ import torch
 from raysearch_adapters.adapters.layers import not_mergeable_message
 from raysearch_adapters.adapters.state import FORMAT as ADAPTER_FORMAT, AdapterFileError, load_adapter
 from raysearch_adapters.config import Config, load_config
+from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.checkpoint import read_format_file
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE
-from raysearch_adapters.search.summary import (load_instructions,
-                                               versions)
-from raysearch_adapters.data.cache import load_feature_set
+from raysearch_adapters.search.summary import load_instructions, versions
+from raysearch_adapters.space_values import ADAPTER_KINDS
 from raysearch_adapters.train.evaluate import evaluate, model_outputs, uses_bf16
 from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
-from raysearch_adapters.space_values import ADAPTER_KINDS
 
 EXPORT_DIR = "export"  # default --out, inside the results folder
 EXPORT_JSON = "export.json"

@@ -34,6 +34,8 @@ from ray import tune
 
 from raysearch_adapters.adapters.state import base_fingerprint, load_adapter
 from raysearch_adapters.config import Config, load_config, to_dict, to_yaml
+from raysearch_adapters.data.cache import load_feature_set
+from raysearch_adapters.data.demo import ensure_demo_corpus
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.base import block_layout
@@ -47,10 +49,7 @@ from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
 from raysearch_adapters.search.searcher import fail_abandoned_trials, tell_finished_trials
 from raysearch_adapters.search.storage import check_shared_storage
 from raysearch_adapters.search.stored_state import checkpoint_folder, keep_only_checkpoint
-from raysearch_adapters.search.summary import (build_summary,
-                                               format_summary, write_summary)
-from raysearch_adapters.data.cache import load_feature_set
-from raysearch_adapters.data.demo import ensure_demo_corpus
+from raysearch_adapters.search.summary import build_summary, format_summary, write_summary
 from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner, num_trials, objective
 from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.objective import degradation_limit

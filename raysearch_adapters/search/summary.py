@@ -15,8 +15,6 @@ from raysearch_adapters.models.registry import backbone_class
 from raysearch_adapters.results.select import best_per_type
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
-# The files of a search's results folder that the search writes itself.
-
 
 def versions() -> dict:
     """Versions that decide how an adapter behaves (NeMo#15911: adapters differ across framework versions)."""
