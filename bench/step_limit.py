@@ -45,7 +45,7 @@ def adapted_blocks_step(model, handle: AdapterHandle, optimizer: torch.optim.Opt
     """Forward/backward through the Conformer blocks holding adapters only, then clipping and AdamW."""
     hidden, lengths, _ = batch
     x, mask = hidden.to(device), padding_mask(lengths.to(device), hidden.shape[1])
-    for i in handle.blocks:
+    for i in handle.block_ids:
         x = model.encoder.layers[i](x, mask)
     loss = x.float().square().mean() + handle.aux_loss()
     optimizer.zero_grad(set_to_none=False)
@@ -61,7 +61,7 @@ def measure_placement(name: str, model, train_set, batches, cache_dir: Path, dim
     prefix = load_prefix_set(train_set, model, k, cache_dir)
     top = TopOfModel(model, k)
     handle.train()
-    row = {"placement": name, "blocks": handle.blocks, "k": k}
+    row = {"placement": name, "blocks": handle.block_ids, "k": k}
     for way, step, collate in (
             ("full", lambda o, b: adapter_step(model, handle, o, b, device), train_set.collate),
             ("prefix", lambda o, b: adapter_step(top, handle, o, b, device), prefix.collate),

@@ -80,7 +80,7 @@ def measure_placement(name: str, model, sets: dict, naive, batches, cache_dir: P
     k = handle.lowest_block
     start = time.perf_counter()
     prefix = {d: load_prefix_set(sets[d], model, k, cache_dir) for d in ("train", "dev")}
-    row = {"placement": name, "blocks": handle.blocks, "k": k, "prefix_build_s": time.perf_counter() - start}
+    row = {"placement": name, "blocks": handle.block_ids, "k": k, "prefix_build_s": time.perf_counter() - start}
     top = TopOfModel(model, k)
     handle.train()
     for way, net, collate in (("naive", model, naive), ("features", model, sets["train"].collate),

@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from raysearch_adapters.space_values import (ADAPTER_TYPES, BLOCK_FORMS, POSITIONS, TARGET_FORMS, block_spec_problem,
+from raysearch_adapters.adapter_types import names as adapter_type_names
+from raysearch_adapters.space_values import (BLOCK_FORMS, POSITIONS, TARGET_FORMS, block_spec_problem,
                                              targets_spec_problem)
 
 Rule = Callable[[Any], Optional[str]]  # a value -> what is wrong with it ("must be ..."), or None
@@ -98,7 +99,7 @@ _CONV = ("bottleneck", "parallel")  # the adapter types with a bottleneck branch
 
 # The order is the order Optuna suggests them in: the type first, the parameters that depend on it after.
 HPARAMS: Tuple[HParam, ...] = (
-    HParam("type", str, one_of(ADAPTER_TYPES), "adapter.type",
+    HParam("type", str, one_of(adapter_type_names()), "adapter.type",
            "adapter type: bottleneck (serial), lora, parallel", "type"),
     HParam("dim", int, WHOLE_POSITIVE, "adapter.dim",
            "adapter bottleneck width h (bottleneck, parallel; null for lora)", "dim", types=_CONV,
@@ -146,7 +147,7 @@ RANGE_PARAMS: Tuple[str, ...] = tuple(h.name for h in HPARAMS if h.rangeable)
 INT_PARAMS: Tuple[str, ...] = tuple(h.name for h in HPARAMS if h.kind is int)
 # The hyperparameters of some adapter types only, by type (a trial of another type has them null).
 TYPE_PARAMS: Dict[str, Tuple[str, ...]] = {t: tuple(h.name for h in HPARAMS if h.types and t in h.types)
-                                           for t in ADAPTER_TYPES}
+                                           for t in adapter_type_names()}
 
 
 def applies_to(name: str, adapter_type: Optional[str]) -> bool:

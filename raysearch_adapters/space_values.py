@@ -1,4 +1,4 @@
-"""The words and specs an adapter's placement is written in: adapter types, positions, block-set specs
+"""The words and specs an adapter's placement is written in: positions, block-set specs
 and LoRA target specs, each checked as far as that can be told without a model.
 
 Below ``hparams`` (whose rules use these checks) and ``results.placement`` (which maps a spec
@@ -10,7 +10,6 @@ search.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 # Where inside a block an adapter goes (what each backbone offers: docs/backbones.md):
@@ -23,30 +22,6 @@ BLOCK_FORMS = ("all, top:K, bottom:K, every:N, window:A-B (blocks A..B-1), or a 
                "with an encoder and a decoder, each prefixed by its stack and joined by '+', e.g. decoder:all, "
                "encoder:top:2, encoder:all+decoder:top:1")
 
-
-@dataclass(frozen=True)
-class AdapterKind:
-    """What the config and the search need to know of an adapter type, without torch: where it goes and what it
-    does with the fields it has no use for. How it is built is registered beside this, in
-    ``raysearch_adapters.adapters.inject.BUILDERS``; its hyperparameters are the rows of the hyperparameter table
-    that name it."""
-
-    name: str  # adapter.type
-    # Where it goes: "positions" (serial: on the output of a block's position), "parallel" (beside a position's
-    # module, fed its input), "linears" (a low-rank update of each targeted linear layer of a block)
-    placement: str
-    mergeable: bool  # its update folds into the base weights exactly (export merges it)
-    zeroed: Tuple[str, ...] = ()  # adapter fields it has no output to act on: they must be 0
-    why_zeroed: str = ""
-
-
-ADAPTER_KINDS: Dict[str, AdapterKind] = {k.name: k for k in (
-    AdapterKind("bottleneck", "positions", mergeable=False),
-    AdapterKind("lora", "linears", mergeable=True, zeroed=("stochastic_depth", "l2_lambda"),
-                why_zeroed="lora has no branch output to skip or penalise"),
-    AdapterKind("parallel", "parallel", mergeable=False),
-)}
-ADAPTER_TYPES = tuple(ADAPTER_KINDS)
 TARGET_FORMS = "all (every linear layer a block lists), or names such as q,v or q,k,v,out,ffn_in,ffn_out"
 
 

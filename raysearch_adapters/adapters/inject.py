@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,13 +27,16 @@ from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.models.base import Backbone, BlockInfo, FusedWeight, block_layout
 # The block-set parser lives in the results layer so the dashboard reads placements without torch.
 from raysearch_adapters.results.placement import PlacementError, parse_blocks
-from raysearch_adapters.space_values import ADAPTER_KINDS, parse_targets_spec
+from raysearch_adapters.adapter_types import ADAPTER_TYPES
+from raysearch_adapters.space_values import parse_targets_spec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Target:
+class Target:
+    """One module an adapter wraps, resolved on the backbone (what an adapter type's builder is given)."""
+
     name: str  # module path in the backbone
     block: int
     width: int
@@ -48,12 +51,12 @@ class _Target:
 class AdapterHandle:
     """The adapters injected into one backbone: what was targeted, their parameters, on/off, removal."""
 
-    def __init__(self, model: Backbone, cfg: AdapterConfig, targets: List[_Target],
+    def __init__(self, model: Backbone, cfg: AdapterConfig, targets: List[Target],
                  wrappers: List[AdapterLayer], requires_grad: Dict[str, bool]):
         self.model = model
         self.cfg = cfg
         self.targeted: List[str] = [t.name for t in targets]  # module paths, block order
-        self.blocks: List[int] = sorted({t.block for t in targets})
+        self.block_ids: List[int] = sorted({t.block for t in targets})
         self._targets = targets
         self.wrappers = wrappers
         self._requires_grad = requires_grad
@@ -61,7 +64,7 @@ class AdapterHandle:
     @property
     def lowest_block(self) -> int:
         """The lowest adapted block: blocks below it are frozen and deterministic in eval mode."""
-        return self.blocks[0]
+        return self.block_ids[0]
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """The adapter parameters (the only trainable ones), found by walking the wrappers."""
@@ -201,14 +204,14 @@ def _resolve(model: Backbone, path: str, what: str) -> Tuple[nn.Module, str, nn.
     return parent, attr, module
 
 
-def _plan(model: Backbone, cfg: AdapterConfig) -> List[_Target]:
+def _plan(model: Backbone, cfg: AdapterConfig) -> List[Target]:
     """Validate the whole placement and resolve every target module, changing nothing."""
     cfg.validate("adapter")
-    blocks = model.adaptable_blocks()
-    if not blocks:
+    infos = model.adaptable_blocks()
+    if not infos:
         raise PlacementError(f"model {model.name}: lists no adaptable blocks")
-    chosen = [blocks[i] for i in parse_blocks(cfg.blocks, block_layout(blocks))]
-    placement = ADAPTER_KINDS[cfg.type].placement
+    chosen = [infos[i] for i in parse_blocks(cfg.blocks, block_layout(infos))]
+    placement = ADAPTER_TYPES[cfg.type].placement
     if placement == "linears":
         return [t for b in chosen for t in _lora_targets(model, b, cfg)]
     positions = list(cfg.positions)
@@ -223,19 +226,19 @@ def _plan(model: Backbone, cfg: AdapterConfig) -> List[_Target]:
         raise PlacementError(
             f"adapter.positions: block {b.index} ({b.stack} {b.name}) of model {model.name} has no {kind} {p!r}; "
             f"it has: {', '.join(q for q in b.positions if q in offered(b)) or 'none'}")
-    targets: List[_Target] = []
+    targets: List[Target] = []
     for b in chosen:
         for pos in b.positions:  # the backbone's order, whatever order the config lists them in
             if pos not in positions:
                 continue
             path = b.positions[pos]
             parent, attr, module = _resolve(model, path, f"block {b.index} for position {pos!r}")
-            targets.append(_Target(path, b.index, b.width, parent, attr, module,
+            targets.append(Target(path, b.index, b.width, parent, attr, module,
                                    input_arg=b.parallel.get(pos, "") if parallel else ""))
     return targets
 
 
-def _lora_targets(model: Backbone, b: BlockInfo, cfg: AdapterConfig) -> List[_Target]:
+def _lora_targets(model: Backbone, b: BlockInfo, cfg: AdapterConfig) -> List[Target]:
     """The modules LoRA wraps in block ``b``: each targeted nn.Linear, and each module whose fused weights
     are targeted (once, with all its targets), in the backbone's order."""
     if not b.linears:
@@ -280,7 +283,7 @@ def _lora_targets(model: Backbone, b: BlockInfo, cfg: AdapterConfig) -> List[_Ta
                 raise PlacementError(f"model {model.name}: block {b.index} lists LoRA target {n!r} on rows of "
                                      f"{path}.{w} that another target already has")
             taken.setdefault(w, []).append(span)
-        targets.append(_Target(path, b.index, b.width, parent, attr, module, lora=layout))
+        targets.append(Target(path, b.index, b.width, parent, attr, module, lora=layout))
     return targets
 
 
@@ -288,19 +291,22 @@ def _on_ref(adapter: nn.Module, ref: torch.Tensor) -> nn.Module:
     return adapter.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
 
 
-def _build_bottleneck(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+def build_bottleneck(target: Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+    """The bottleneck adapter layer around ``target`` (``ref``: a base parameter whose device and dtype it takes)."""
     adapter = _on_ref(LinearAdapter(target.width, cfg.dim, cfg.activation, cfg.norm_position, cfg.dropout), ref)
     return AdapterWrapper(target.module, adapter, ResidualAdd(cfg.stochastic_depth, cfg.l2_lambda), target.name,
                           target.block)
 
 
-def _build_parallel(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+def build_parallel(target: Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+    """The parallel adapter layer around ``target`` (``ref``: a base parameter whose device and dtype it takes)."""
     adapter = _on_ref(LinearAdapter(target.width, cfg.dim, cfg.activation, cfg.norm_position, cfg.dropout), ref)
     return ParallelWrapper(target.module, adapter, ResidualAdd(cfg.stochastic_depth, cfg.l2_lambda), target.name,
                            target.block, target.input_arg)
 
 
-def _build_lora(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+def build_lora(target: Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+    """The lora adapter layer around ``target`` (``ref``: a base parameter whose device and dtype it takes)."""
     if "" in {w for w, _ in target.lora.values()}:  # an nn.Linear: the update's output is added to its output
         linear = target.module
         adapter = LoraUpdate(linear.in_features, linear.out_features, cfg.rank, cfg.alpha, cfg.dropout)
@@ -310,16 +316,8 @@ def _build_lora(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> Adapt
     return LoraWrapper(target.module, _on_ref(adapter, ref), target.name, target.block)
 
 
-# How each adapter type (space_values.ADAPTER_KINDS) builds the layer that wraps one target module.
-BUILDERS: Dict[str, Callable[[_Target, AdapterConfig, torch.Tensor], AdapterLayer]] = {
-    "bottleneck": _build_bottleneck,
-    "lora": _build_lora,
-    "parallel": _build_parallel,
-}
-
-
-def _build(target: _Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
-    return BUILDERS[cfg.type](target, cfg, ref)
+def _build(target: Target, cfg: AdapterConfig, ref: torch.Tensor) -> AdapterLayer:
+    return ADAPTER_TYPES[cfg.type].builder()(target, cfg, ref)
 
 
 def inject_adapters(model: Backbone, cfg: AdapterConfig,
@@ -341,7 +339,7 @@ def inject_adapters(model: Backbone, cfg: AdapterConfig,
         setattr(t.parent, t.attr, w)
     handle = AdapterHandle(model, cfg, targets, wrappers, requires_grad)
     log.info("%s adapters at %d modules in blocks %s; trainable params: %d (%.2f %% of base)",
-             cfg.type, len(targets), handle.blocks, handle.num_params, handle.percent_of_base)
+             cfg.type, len(targets), handle.block_ids, handle.num_params, handle.percent_of_base)
     return handle
 
 

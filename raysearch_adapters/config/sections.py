@@ -9,7 +9,8 @@ from typing import List, Optional
 from raysearch_adapters.backbones import BACKBONES, names as backbone_names
 from raysearch_adapters.config.checks import check_choice, check_hparam_fields, check_range, fail
 from raysearch_adapters.schedule import SCHEDULES
-from raysearch_adapters.space_values import ADAPTER_KINDS, POSITIONS
+from raysearch_adapters.adapter_types import ADAPTER_TYPES
+from raysearch_adapters.space_values import POSITIONS
 
 # Where the demo corpus, feature cache and other generated data live unless told otherwise.
 DEFAULT_HOME = "${oc.env:RAYSEARCH_ADAPTERS_HOME,'~/.cache/raysearch-adapters'}"
@@ -192,7 +193,7 @@ class AdapterConfig:
         check_hparam_fields(self, key, "adapter")
         check_choice(f"{key}.activation", self.activation, ACTIVATIONS)
         check_choice(f"{key}.norm_position", self.norm_position, ("pre", "post"))
-        kind = ADAPTER_KINDS[self.type]
+        kind = ADAPTER_TYPES[self.type]
         for name in kind.zeroed:
             if getattr(self, name):
                 fail(f"{key}.{name}", getattr(self, name), f"has no effect on type {self.type} ({kind.why_zeroed}): "

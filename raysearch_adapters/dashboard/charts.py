@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from raysearch_adapters.adapter_types import ADAPTER_TYPES
 from raysearch_adapters.dashboard.data import Snapshot
 from raysearch_adapters.dashboard.importance import Importances
 from raysearch_adapters.results.placement import PlacementError, describe_layout, layout_stacks, parse_blocks
@@ -18,10 +19,34 @@ FEASIBLE, INFEASIBLE, RUNNING = "#2a9d8f", "#e76f51", "#8d99ae"
 FRONT, WINNER, BASE, KAPPA = "#264653", "#e9c46a", "#6c757d", "#d62828"
 POSITION_COLORS = {"post": "#1f77b4", "mha": "#ff7f0e", "ffn": "#9467bd", "self_attn": "#8c564b",
                    "cross_attn": "#e377c2"}
-# With several adapter types in one search, the trade-off and hyperparameter charts colour trials by type.
+# With several adapter types in one search, the trade-off and hyperparameter charts colour trials by type
+# (a type registered later takes the next colour and a square marker).
 TYPE_COLORS = {"bottleneck": "#1f77b4", "lora": "#d62728", "parallel": "#2ca02c"}
-# The placement view's marker per type (its colour is the position's; LoRA's, which has none, its type's).
+SPARE_COLORS = ("#17becf", "#bcbd22", "#7f7f7f")
+# The placement view's marker per type (its colour is the position's; a type on linear layers, which has no
+# position, takes its type's colour).
 TYPE_SYMBOLS = {"bottleneck": "square", "parallel": "diamond", "lora": "circle"}
+DEFAULT_TYPE = "bottleneck"  # what a trial without a type column trained (results written before types)
+
+
+def type_color(kind: str) -> str:
+    """The colour of an adapter type's trials."""
+    if kind in TYPE_COLORS:
+        return TYPE_COLORS[kind]
+    spare = [t for t in ADAPTER_TYPES if t not in TYPE_COLORS]
+    return SPARE_COLORS[spare.index(kind) % len(SPARE_COLORS)] if kind in spare else BASE
+
+
+def type_label(kind: str) -> str:
+    """How the views name an adapter type."""
+    entry = ADAPTER_TYPES.get(kind)
+    return (entry.label or entry.name) if entry else kind
+
+
+def on_linears(kind: str) -> bool:
+    """Whether an adapter type updates linear layers (LoRA: rank and targets) rather than sitting at positions."""
+    entry = ADAPTER_TYPES.get(kind)
+    return entry is not None and entry.placement == "linears"
 BEST_TRIALS_SHOWN = 10  # rows of the placement view
 
 # The order and titles of the views' charts (the page lays them out by these keys).
@@ -43,10 +68,10 @@ def _layout(key: str, x: str, y: str, **extra) -> dict:
 
 
 def _hover(r: dict) -> str:
-    if r.get("type") == "lora":
-        hp = f"LoRA rank {r.get('rank')}, alpha {r.get('alpha')}, targets {r.get('targets')}, blocks {r.get('blocks')}"
+    if on_linears(r.get("type") or DEFAULT_TYPE):
+        hp = f"{type_label(r.get('type') or DEFAULT_TYPE)} rank {r.get('rank')}, alpha {r.get('alpha')}, targets {r.get('targets')}, blocks {r.get('blocks')}"
     else:
-        hp = (f"{r.get('type') or 'bottleneck'} dim {r.get('dim')}, blocks {r.get('blocks')}, "
+        hp = (f"{r.get('type') or DEFAULT_TYPE} dim {r.get('dim')}, blocks {r.get('blocks')}, "
               f"position {r.get('position')}")
     if r.get("lr") is not None:
         hp += f", lr {r['lr']:.2g}"
@@ -88,7 +113,7 @@ def _by_feasibility(rows: List[dict], x: str) -> List[dict]:
     if len(types) > 1:
         traces = []
         for t in types:
-            color = TYPE_COLORS.get(t, BASE)
+            color = type_color(t)
             traces += [_points([r for r in done if r.get("type") == t and r.get("feasible")], x, f"{t}, feasible", color),
                        _points([r for r in done if r.get("type") == t and not r.get("feasible")], x,
                                f"{t}, infeasible", color, "x")]
@@ -148,25 +173,25 @@ def placement(snap: Snapshot) -> dict:
     labels, skipped = [], []
     for rank, r in enumerate(best, 1):
         try:
-            blocks = parse_blocks(r["blocks"], blocks_layout)
+            block_ids = parse_blocks(r["blocks"], blocks_layout)
         except PlacementError:
             skipped.append(r["trial_id"])
             continue
         label = f"#{rank} {r['trial_id']} ({r['dev_wer_new']:.1f}%{'' if r.get('feasible') else ', infeasible'})"
         labels.append(label)
-        kind = r.get("type") or "bottleneck"
-        if kind == "lora":
-            pos, name, size = str(r.get("targets")), f"LoRA on {r.get('targets')}", f"rank {r.get('rank')}"
-            color = TYPE_COLORS["lora"]
+        kind = r.get("type") or DEFAULT_TYPE
+        if on_linears(kind):
+            pos, name, size = str(r.get("targets")), f"{type_label(kind)} on {r.get('targets')}", f"rank {r.get('rank')}"
+            color = type_color(kind)
         else:
             pos, size = str(r.get("position")), f"dim {r.get('dim')}"
-            name = f"position {pos}" if kind == "bottleneck" else f"{kind} at {pos}"
+            name = f"position {pos}" if kind == DEFAULT_TYPE else f"{kind} at {pos}"
             color = POSITION_COLORS.get(pos, BASE)
         t = by_position.setdefault(name, {
             "type": "scatter", "mode": "markers", "name": name, "x": [], "y": [], "text": [],
             "hovertemplate": "%{text}<extra></extra>",
             "marker": {"symbol": TYPE_SYMBOLS.get(kind, "square"), "size": 16, "color": color}})
-        for b in blocks:
+        for b in block_ids:
             t["x"].append(b)
             t["y"].append(label)
             t["text"].append(f"trial {r['trial_id']}: block {b}, {name}, blocks spec {r['blocks']}, {size}")

@@ -33,7 +33,7 @@ from raysearch_adapters.models.checkpoint import read_format_file
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE
 from raysearch_adapters.search.summary import load_instructions, versions
-from raysearch_adapters.space_values import ADAPTER_KINDS
+from raysearch_adapters.adapter_types import ADAPTER_TYPES
 from raysearch_adapters.train.evaluate import evaluate, model_outputs, uses_bf16
 from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
 
@@ -115,7 +115,7 @@ def export(results_dir: Path, out_dir: Optional[Path] = None, device: Optional[t
     adapter_type = _adapter_type(adapter_file)
     record = {"results_dir": str(results_dir), "winner_trial_id": winner.get("trial_id"), "type": adapter_type,
               "adapter_file": str(adapter_file), "versions": versions()}
-    if not ADAPTER_KINDS[adapter_type].mergeable:
+    if not ADAPTER_TYPES[adapter_type].mergeable:
         copy = out_dir / ADAPTER_COPY
         atomic_write(copy, lambda tmp: shutil.copyfile(adapter_file, tmp))
         record.update(merged=False, reason=not_mergeable_message(adapter_type), files={"adapter": str(copy)},

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from raysearch_adapters.adapter_types import ADAPTER_TYPES
 from raysearch_adapters.adapters.state import FORMAT as ADAPTER_FORMAT, AdapterFileError, load_adapter
 from raysearch_adapters.config import AdapterConfig, load_config
 from raysearch_adapters.errors import UserError
@@ -55,11 +56,14 @@ class NemoExportError(UserError):
 
 def check_exportable(cfg: AdapterConfig, where: str) -> None:
     """Refuse an adapter config NeMo's LinearAdapter at a Conformer layer's output cannot express."""
-    if cfg.type != "bottleneck":
+    kind = ADAPTER_TYPES[cfg.type]
+    if not kind.nemo_module:
         how = ("`raysearch-adapters export RESULTS_DIR` merges it into the weights and writes a .nemo file NeMo "
-               "restores" if cfg.type == "lora" else "load it with this project's adapter file (evaluate --adapter)")
+               "restores" if kind.mergeable else "load it with this project's adapter file (evaluate --adapter)")
+        into = [t.name for t in ADAPTER_TYPES.values() if t.nemo_module]
         raise NemoExportError(f"{where}: adapter.type: got {cfg.type!r}; NeMo's LinearAdapter is a serial bottleneck "
-                              f"(this project's 'bottleneck'), a {cfg.type} adapter has no NeMo equivalent; {how}")
+                              f"(this project's {', '.join(repr(n) for n in into)}), a {cfg.type} adapter has no NeMo "
+                              f"equivalent; {how}")
     others = [p for p in cfg.positions if p != "post"]
     if others:
         raise NemoExportError(
@@ -145,7 +149,7 @@ def export_nemo(adapter_file: Path, checkpoint: str, head: str, out: Path, name:
         raise NemoExportError(f"--name: got {name!r}; a NeMo adapter name is a plain identifier (letters, digits, _)")
     backbone = NemoASR.load(checkpoint, head)
     handle, cfg, _ = load_adapter(adapter_file, backbone)  # refuses another base (fingerprint)
-    layers = handle.blocks
+    layers = handle.block_ids
     nemo_model = restore_nemo(checkpoint, override_config=adapter_ready_config(backbone.asr))
     width = int(backbone.asr.encoder.d_model)
     with _quiet_nemo():

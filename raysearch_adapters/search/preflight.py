@@ -17,7 +17,8 @@ from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.models.base import Backbone, BlockInfo, block_layout
 from raysearch_adapters.results.placement import PlacementError, parse_blocks
 from raysearch_adapters.search.space import check_space, listed_values
-from raysearch_adapters.space_values import ADAPTER_KINDS, parse_targets_spec
+from raysearch_adapters.adapter_types import ADAPTER_TYPES
+from raysearch_adapters.space_values import parse_targets_spec
 from raysearch_adapters.train.hparams import default_hparams
 
 # Manifests a trial trains or is measured on, and the final evaluation's: they must exist and be valid.
@@ -58,52 +59,52 @@ def shared_measurement_block(cfg: Config, model: Backbone) -> Optional[int]:
     if not cfg.train.prefix_cache or any(bool(v) for v in _trial_values(cfg, "specaugment")):
         return None
     layout = block_layout(model.adaptable_blocks())
-    blocks = {model.prefix_block(min(parse_blocks(str(spec), layout))) for spec in _trial_values(cfg, "blocks")}
-    return blocks.pop() if len(blocks) == 1 else None
+    starts = {model.prefix_block(min(parse_blocks(str(spec), layout))) for spec in _trial_values(cfg, "blocks")}
+    return starts.pop() if len(starts) == 1 else None
 
 
 def _check_blocks_and_positions(cfg: Config, model: Backbone) -> None:
     """Every block spec fits the model, and every position a trial can pick exists in every block the
     trial's block spec selects (an encoder block has no ``cross_attn``)."""
-    blocks = model.adaptable_blocks()
-    layout = block_layout(blocks)
+    infos = model.adaptable_blocks()
+    layout = block_layout(infos)
     check_space(cfg.search.space, layout)
     for spec in _trial_values(cfg, "blocks"):
         try:
-            selected = [blocks[i] for i in parse_blocks(str(spec), layout)]
+            selected = [infos[i] for i in parse_blocks(str(spec), layout)]
         except PlacementError as e:
             raise ConfigError(str(e)) from None
         for adapter_type in _trial_values(cfg, "type"):
-            placement = ADAPTER_KINDS[adapter_type].placement
+            placement = ADAPTER_TYPES[adapter_type].placement
             if placement == "linears":
                 _check_targets(cfg, model, selected, str(spec))
             else:
                 _check_positions(cfg, model, selected, str(spec), parallel=placement == "parallel")
 
 
-def _which_blocks(blocks: List[BlockInfo], spec: str, model: Backbone) -> str:
+def _which_blocks(infos: List[BlockInfo], spec: str, model: Backbone) -> str:
     """How an error names the blocks a block spec selects: every block, or the spec's blocks."""
-    return "every block" if len(blocks) == len(model.adaptable_blocks()) else f"every block {spec!r} selects"
+    return "every block" if len(infos) == len(model.adaptable_blocks()) else f"every block {spec!r} selects"
 
 
-def _check_positions(cfg: Config, model: Backbone, blocks: List[BlockInfo], spec: str, parallel: bool) -> None:
+def _check_positions(cfg: Config, model: Backbone, infos: List[BlockInfo], spec: str, parallel: bool) -> None:
     """Every position a trial can pick exists in every block its block spec selects (an encoder block has
     no ``cross_attn``), beside a parallel branch's input for a parallel adapter."""
-    available = set.intersection(*(set(b.parallel if parallel else b.positions) & set(b.positions) for b in blocks))
+    available = set.intersection(*(set(b.parallel if parallel else b.positions) & set(b.positions) for b in infos))
     wanted = _trial_values(cfg, "position") + list(cfg.adapter.positions)
     missing = [p for p in wanted if p not in available]
     if missing:
         p, kind = missing[0], "parallel position" if parallel else "position"
-        b = next(b for b in blocks if p not in b.positions or (parallel and p not in b.parallel))
+        b = next(b for b in infos if p not in b.positions or (parallel and p not in b.parallel))
         raise ConfigError(f"search.space.position / adapter.positions: got {p!r}; model {model.name} has the {kind}s "
-                          f"{', '.join(sorted(available)) or 'none'} in {_which_blocks(blocks, spec, model)} (block "
+                          f"{', '.join(sorted(available)) or 'none'} in {_which_blocks(infos, spec, model)} (block "
                           f"{b.index}, {b.stack} {b.name}, has no {kind} {p!r})")
 
 
-def _check_targets(cfg: Config, model: Backbone, blocks: List[BlockInfo], spec: str) -> None:
+def _check_targets(cfg: Config, model: Backbone, infos: List[BlockInfo], spec: str) -> None:
     """LoRA targets every block a block spec selects has (the search may adapt any of them)."""
-    available = set.intersection(*(set(b.linears) for b in blocks))
-    where = _which_blocks(blocks, spec, model)
+    available = set.intersection(*(set(b.linears) for b in infos))
+    where = _which_blocks(infos, spec, model)
     if not available:
         raise ConfigError(f"search.space.type / adapter.type: got 'lora'; model {model.name} lists no linear layer "
                           f"that {where} has (BlockInfo.linears); allowed types for it: bottleneck, parallel")

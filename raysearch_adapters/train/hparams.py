@@ -6,7 +6,7 @@ import dataclasses
 
 from raysearch_adapters.config import Config
 from raysearch_adapters.hparams import HPARAMS
-from raysearch_adapters.space_values import ADAPTER_KINDS
+from raysearch_adapters.adapter_types import ADAPTER_TYPES
 
 
 def default_hparams(cfg: Config) -> dict:
@@ -25,7 +25,7 @@ def trial_config(cfg: Config, hp: dict) -> Config:
         if hp.get(h.name) is not None:
             changes.setdefault(h.section, {})[h.key] = h.to_field(hp[h.name])
     # The fields its type has no use for (LoRA: no branch output for stochastic depth or the L2 term to act on).
-    zeroed = ADAPTER_KINDS[changes.get("adapter", {}).get("type", cfg.adapter.type)].zeroed
+    zeroed = ADAPTER_TYPES[changes.get("adapter", {}).get("type", cfg.adapter.type)].zeroed
     changes.setdefault("adapter", {}).update({name: 0.0 for name in zeroed})
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **fields)
                                        for section, fields in changes.items()})

@@ -104,11 +104,11 @@ class TopOfModel(BackboneView):
 
     def __init__(self, model: Backbone, k: int):
         _check_k(model, k)
-        blocks = {name: w.block for name, w in wrapped(model).items()}
-        below = [p for p, b in blocks.items() if b < k]
+        block_of = {name: w.block for name, w in wrapped(model).items()}
+        below = [p for p, b in block_of.items() if b < k]
         if below:
             raise UserError(f"frozen-prefix cache k={k}: found adapters below block {k} ({', '.join(below)}); "
-                            f"allowed: adapters in blocks >= {k} only (use k <= {min(blocks.values())})")
+                            f"allowed: adapters in blocks >= {k} only (use k <= {min(block_of.values())})")
         super().__init__(model, k)
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor):

@@ -92,7 +92,7 @@ def test_targets_are_the_named_stacks_modules():
     model = tiny_whisper()
     handle = inject_adapters(model, AdapterConfig(dim=4, blocks="encoder:top:1+decoder:0", positions=["ffn"]))
     assert handle.targeted == ["hf.model.encoder.layers.1.fc2", "hf.model.decoder.layers.0.fc2"]
-    assert handle.blocks == [1, 2] and handle.lowest_block == 1
+    assert handle.block_ids == [1, 2] and handle.lowest_block == 1
     lora = inject_adapters(tiny_whisper(), AdapterConfig(type="lora", rank=2, blocks="decoder:0",
                                                          targets="q,ffn_in,cross_v"))
     assert lora.targeted == ["hf.model.decoder.layers.0.self_attn.q_proj",

@@ -51,14 +51,37 @@ def test_evaluate_model_names_a_backbone(value, config, expected):
     assert section.name == name and getattr(section, field) == source
 
 
-def test_each_adapter_type_is_registered_with_a_builder_and_its_hyperparameters():
-    from raysearch_adapters.adapters.inject import BUILDERS
-    from raysearch_adapters.hparams import TYPE_PARAMS
-    from raysearch_adapters.space_values import ADAPTER_KINDS, ADAPTER_TYPES
+def test_each_adapter_type_is_registered_once_with_a_builder_and_its_hyperparameters():
+    from raysearch_adapters.adapter_types import ADAPTER_TYPES, AdapterType, names as type_names, register as add_type
+    from raysearch_adapters.hparams import HPARAMS, TYPE_PARAMS
 
-    assert set(BUILDERS) == set(ADAPTER_KINDS) == set(ADAPTER_TYPES) == set(TYPE_PARAMS)
-    assert {k.placement for k in ADAPTER_KINDS.values()} == {"positions", "parallel", "linears"}
-    assert [k.name for k in ADAPTER_KINDS.values() if k.mergeable] == ["lora"]
+    assert type_names() == ("bottleneck", "lora", "parallel") == tuple(TYPE_PARAMS)
+    assert {k.placement for k in ADAPTER_TYPES.values()} == {"positions", "parallel", "linears"}
+    assert [k.name for k in ADAPTER_TYPES.values() if k.mergeable] == ["lora"]
+    assert next(h for h in HPARAMS if h.name == "type").rule("parallel") is None
+    assert "allowed: bottleneck, lora, parallel" in next(h for h in HPARAMS if h.name == "type").rule("adapterx")
+    with pytest.raises(ValueError, match="registered twice"):
+        add_type(AdapterType("lora", "linears", "raysearch_adapters.adapters.inject:build_lora", mergeable=True))
+    with pytest.raises(ValueError, match="placement 'blocks'; allowed: positions, parallel, linears"):
+        add_type(AdapterType("new", "blocks", "raysearch_adapters.adapters.inject:build_lora", mergeable=True))
+    assert len(ADAPTER_TYPES) == 3
+
+
+@pytest.mark.parametrize("adapter_type, layer", [("bottleneck", "AdapterWrapper"), ("parallel", "ParallelWrapper"),
+                                                 ("lora", "LoraWrapper")])
+def test_injection_builds_each_type_through_its_registered_builder(adapter_type, layer):
+    from builders import tiny_conformer
+
+    from raysearch_adapters.adapter_types import ADAPTER_TYPES
+    from raysearch_adapters.adapters.inject import inject_adapters
+    from raysearch_adapters.config import AdapterConfig
+
+    entry = ADAPTER_TYPES[adapter_type]
+    model = tiny_conformer()
+    handle = inject_adapters(model, AdapterConfig(type=adapter_type, dim=4, rank=2, blocks="top:1"))
+    assert {type(w).__name__ for w in handle.wrappers} == {layer}
+    assert entry.builder().__name__ == f"build_{adapter_type}"
+    assert handle.block_ids == [len(model.adaptable_blocks()) - 1]
 
 
 def test_a_field_an_adapter_type_has_no_use_for_must_be_zero():
