@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from raysearch_adapters.adapters.inject import AdapterHandle
-from raysearch_adapters.config import ConformerConfig, FrontendConfig
+from raysearch_adapters.config import DEMO_CONFIG, ConformerConfig, FrontendConfig
 from raysearch_adapters.data.batching import duration_batches
 from raysearch_adapters.data.manifest import read_manifest, write_manifest
 from raysearch_adapters.data.text import normalize_text
@@ -30,7 +30,7 @@ def parser_with_common_options(description: str) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", help="base model checkpoint (default: the demo model, else random weights)")
-    parser.add_argument("--manifest", default=load_config().data.new_train,
+    parser.add_argument("--manifest", default=load_config([DEMO_CONFIG]).data.new_train,
                         help="training manifest (default: demo new/train)")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per way and placement")
     parser.add_argument("--batch-seconds", type=float, default=30.0, help="audio per training batch")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import cpu_model  # noqa: E402
 
-from raysearch_adapters.config import FrontendConfig, load_config
+from raysearch_adapters.config import DEMO_CONFIG, FrontendConfig, load_config
 from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.data.features import LogMelFrontend
 
@@ -30,7 +30,7 @@ from raysearch_adapters.data.features import LogMelFrontend
 def main() -> None:
     """Build the cache for a manifest, then read it back, and print audio seconds per second for each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("manifest", nargs="?", default=load_config().data.original_dev,
+    parser.add_argument("manifest", nargs="?", default=load_config([DEMO_CONFIG]).data.original_dev,
                         help="manifest to featurize (default: the demo's original/dev.json)")
     parser.add_argument("--cache-dir", default=None, help="cache folder (default: a fresh temporary one)")
     parser.add_argument("--n-mels", type=int, default=FrontendConfig.n_mels, help="mel channels")

@@ -37,14 +37,14 @@ def fixed(args, overrides: list) -> None:
     import torch
 
     from raysearch_adapters.adapters.inject import inject_adapters
-    from raysearch_adapters.config import AdapterConfig, TrainConfig, load_config
+    from raysearch_adapters.config import DEMO_CONFIG, AdapterConfig, TrainConfig, load_config
     from raysearch_adapters.models.registry import load_base_model
     from raysearch_adapters.data.cache import load_feature_set
     from raysearch_adapters.train.loop import TrainSets, base_dev_wers, train_adapters
     from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, load_teacher_set
 
     torch.set_num_threads(args.threads)
-    cfg = load_config([], overrides)
+    cfg = load_config([DEMO_CONFIG], overrides)
     d = cfg.data
     base = load_base_model(cfg.model)
     new = load_feature_set(d, base, d.new_train, progress=False)
@@ -89,7 +89,7 @@ def step_parts(args, overrides: list) -> None:
     import torch
 
     from raysearch_adapters.adapters.inject import inject_adapters
-    from raysearch_adapters.config import AdapterConfig, load_config
+    from raysearch_adapters.config import DEMO_CONFIG, AdapterConfig, load_config
     from raysearch_adapters.models.registry import load_base_model
     from raysearch_adapters.data.cache import load_feature_set
     from raysearch_adapters.train.evaluate import evaluate
@@ -97,7 +97,7 @@ def step_parts(args, overrides: list) -> None:
     from raysearch_adapters.train.prefix import TopOfModel, load_prefix_set, load_teacher_set
 
     torch.set_num_threads(args.threads)
-    cfg = load_config([], overrides)
+    cfg = load_config([DEMO_CONFIG], overrides)
     d, t = cfg.data, cfg.train
     model = load_base_model(cfg.model)
     pool = load_feature_set(d, model, d.original_train, progress=False, max_hours=d.pool_hours)

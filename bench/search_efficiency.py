@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, run_demo_search  # noqa: E402
 
-from raysearch_adapters.config import load_config  # noqa: E402
+from raysearch_adapters.config import DEMO_CONFIG, load_config  # noqa: E402
 from raysearch_adapters.results.select import select_winner  # noqa: E402
 from raysearch_adapters.results.tables import TRIALS_SCHEMA, read_rows  # noqa: E402
 
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write every run's curve as JSON here")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     args = parser.parse_args()
-    budget = args.budget or load_config([], ["search.budget_steps=0", "search.num_trials=1",
+    budget = args.budget or load_config([DEMO_CONFIG], ["search.budget_steps=0", "search.num_trials=1",
                                              "train.lr_schedule=cosine", *args.overrides]).search.grid.size()
     print(f"machine: {machine()}")
     runs = []

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, run_demo_search  # noqa: E402
 
-from raysearch_adapters.config import load_config  # noqa: E402
+from raysearch_adapters.config import DEMO_CONFIG, load_config  # noqa: E402
 from raysearch_adapters.search.tuner import num_trials  # noqa: E402
 
 START = ["search.space.dim=64", "search.space.blocks=all", "search.space.position=post", "search.space.lr=3e-3",
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--results-dir", help="keep every run's results folder here (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
-    cohort = num_trials(load_config([], [f"search.budget_steps={args.budget}", *args.overrides]))
+    cohort = num_trials(load_config([DEMO_CONFIG], [f"search.budget_steps={args.budget}", *args.overrides]))
     print(f"machine: {machine()}; budget {args.budget} steps; search cohort {cohort}", flush=True)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -38,7 +38,7 @@ from adapter_bench import (PLACEMENTS, adapter_step, load_bench_model, parser_wi
 from common import machine  # noqa: E402
 
 from raysearch_adapters.adapters.inject import inject_adapters  # noqa: E402
-from raysearch_adapters.config import AdapterConfig, load_config  # noqa: E402
+from raysearch_adapters.config import DEMO_CONFIG, AdapterConfig, load_config  # noqa: E402
 from raysearch_adapters.data.audio import load_audio  # noqa: E402
 from raysearch_adapters.data.cache import FeatureSet, load_features  # noqa: E402
 from raysearch_adapters.data.manifest import read_manifest  # noqa: E402
@@ -110,7 +110,7 @@ def table(rows: list) -> str:
 
 
 def main() -> None:
-    data = load_config().data
+    data = load_config([DEMO_CONFIG]).data
     parser = parser_with_common_options(__doc__.splitlines()[0])
     parser.add_argument("--dev", default=data.new_dev, help="dev manifest (default: demo new/dev)")
     parser.add_argument("--dev-utterances", type=int, default=32, help="dev utterances decoded")

@@ -19,12 +19,13 @@ class BackboneEntry:
 
     name: str  # model.name
     target: str  # "module:Class" of its Backbone subclass, imported when the backbone is loaded
-    # The model section's field that names the weights (model.checkpoint, or model.bundle for torchaudio's)
-    source_field: str = "checkpoint"
-    # What model.checkpoint must name when it cannot be the shipped demo model ("": 'demo' is one)
-    needs: str = ""
+    takes: str  # what model.checkpoint names (the error of a checkpoint it cannot load says it)
+    demo: bool = False  # model.checkpoint=demo is the model shipped with the package
     # An `evaluate --model VALUE` that names a model of this backbone without model.name (e.g. a .nemo file)
     claims: Callable[[str], bool] = field(default=lambda value: False, compare=False)
+    # How a search's winner goes back to the backbone's own toolkit, beside `evaluate` and `export` (the
+    # summary prints it; {results} is the results folder); "": no such command
+    handoff: str = ""
 
 
 BACKBONES: Dict[str, BackboneEntry] = {}
@@ -43,15 +44,17 @@ def names() -> Tuple[str, ...]:
     return tuple(BACKBONES)
 
 
-register(BackboneEntry("conformer_ctc", "raysearch_adapters.models.conformer:ConformerCTC"))
-register(BackboneEntry("wav2vec2", "raysearch_adapters.models.wav2vec2:Wav2Vec2CTC", source_field="bundle",
+register(BackboneEntry("conformer_ctc", "raysearch_adapters.models.conformer:ConformerCTC",
+                       "'demo' (the model shipped with the package) or a checkpoint file written by "
+                       "`raysearch-adapters pretrain`", demo=True))
+register(BackboneEntry("wav2vec2", "raysearch_adapters.models.wav2vec2:Wav2Vec2CTC",
+                       "a torchaudio.pipelines ASR bundle name (e.g. WAV2VEC2_ASR_BASE_960H)",
                        claims=lambda value: value.upper().startswith(("WAV2VEC2_", "HUBERT_"))))
 register(BackboneEntry("hf_ctc", "raysearch_adapters.models.hf_ctc:HFCTC",
-                       needs="a folder written by save_pretrained or a Hugging Face hub id (e.g. "
-                             "facebook/wav2vec2-base-960h)"))
+                       "a folder written by save_pretrained or a Hugging Face hub id (e.g. facebook/wav2vec2-base-960h)"))
 register(BackboneEntry("whisper", "raysearch_adapters.models.whisper:Whisper",
-                       needs="a folder written by save_pretrained or a Hugging Face hub id (e.g. "
-                             "openai/whisper-tiny.en)"))
+                       "a folder written by save_pretrained or a Hugging Face hub id (e.g. openai/whisper-tiny.en)"))
 register(BackboneEntry("nemo", "raysearch_adapters.models.nemo:NemoASR",
-                       needs="a .nemo file or a NeMo pretrained model name (e.g. stt_en_conformer_ctc_small)",
-                       claims=lambda value: value.endswith(".nemo")))
+                       "a .nemo file or a NeMo pretrained model name (e.g. stt_en_conformer_ctc_small)",
+                       claims=lambda value: value.endswith(".nemo"),
+                       handoff="NeMo: raysearch-adapters export-nemo {results} (a file for model.load_adapters)"))

@@ -10,7 +10,7 @@ search.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 # Where inside a block an adapter goes (what each backbone offers: docs/backbones.md):
 # post = the block's output; mha = its self-attention branch (encoder blocks); ffn = its feed-forward

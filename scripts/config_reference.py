@@ -278,8 +278,10 @@ def generate(root_cls: Optional[type] = None) -> Tuple[str, List[str]]:
         "     tests/test_docs.py fails when this file is out of date. -->",
         "",
         "Every key a YAML config file or a `key=value` override can set, by section, with its type, its "
-        "default (the embedded demo's values; its config, conf/demo.yaml, adds only its start point) and "
-        "what it does. `raysearch-adapters config show "
+        "default and what it does. The defaults name no data and no model checkpoint: the embedded demo's "
+        "config, conf/demo.yaml, adds those and its start point, and a file that begins with `extends: demo` "
+        "(or `extends: PATH`, relative to the file) takes every key it does not give from that file. "
+        "`raysearch-adapters config show "
         "[CONFIG] [key=value ...]` prints a resolved config; [search.md](search.md) explains the config "
         "syntax and the search-space entries, [budget.md](budget.md) the budget. Defaults are shown in YAML "
         "flow style; `${...}` is an OmegaConf interpolation (another key, or an environment variable "

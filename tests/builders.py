@@ -69,9 +69,16 @@ def padded_waves(seed: int = 0, samples: int = 4000, short: int = 2600):
     return waves, torch.tensor([samples, short])
 
 
+def demo_corpus_overrides(corpus) -> list[str]:
+    """The data section of a demo corpus built in ``corpus`` (what conf/demo.yaml says of the default one)."""
+    return [f"data.demo_dir={corpus}", *(f"data.{d}_{s}={corpus}/{d}/{s}.json" for d in ("new", "original")
+                                         for s in ("train", "dev", "test"))]
+
+
 def tiny_search_overrides(corpus, checkpoint, cache, results_dir, name: str, *extra: str) -> list[str]:
     """Config overrides for a search of a few tiny trials (seconds each) on the small demo corpus."""
-    return ["search.start_points=[]", f"search.name={name}", f"results.dir={results_dir}", f"data.demo_dir={corpus}", f"data.cache_dir={cache}",
+    return ["search.start_points=[]", f"search.name={name}", f"results.dir={results_dir}", *demo_corpus_overrides(corpus),
+            f"data.cache_dir={cache}",
             f"model.checkpoint={checkpoint}", "search.sampler=random", "search.budget_steps=0", "search.num_trials=4",
             "search.space.dim.choices=[2,4]", "search.space.blocks.choices=[all,top:1]",
             "search.space.position.choices=[post,ffn]", "search.space.replay=[0.0,0.5]",

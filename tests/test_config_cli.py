@@ -158,7 +158,7 @@ def test_evaluate_takes_several_manifests_and_the_config_items_after_them(tmp_pa
     conf = tmp_path / "c.yaml"
     conf.write_text("data:\n  max_batch_seconds: 30\n")
     out = tmp_path / "hyp.parquet"
-    assert main(["evaluate", "--manifest", str(manifests[0]), str(manifests[1]), str(conf),
+    assert main(["evaluate", "--model", "demo", "--manifest", str(manifests[0]), str(manifests[1]), str(conf),
                  f"data.cache_dir={tmp_path / 'cache'}", "--hypotheses", str(out)]) == 0
     assert [r["manifest"] for r in read_rows(out, HYPOTHESES_SCHEMA)] == [str(m) for m in manifests]
     assert parse_args(["evaluate", "--manifest", "a.json", "b.json", "--manifest", "c.parquet",

@@ -161,7 +161,7 @@ def test_config_reference_reads_field_comments():
     kappa = ref.field_comment(config.SearchConfig, "kappa")
     assert kappa == "allowed degradation of original-domain dev WER" and kappa in text
     # the comment lines above a field and its trailing comment are both read
-    assert ref.field_comment(config.ModelConfig, "nemo_head").startswith("nemo: the decoder a hybrid")
+    assert ref.field_comment(config.ModelConfig, "checkpoint").startswith("conformer_ctc: 'demo' (shipped) or a")
     assert ref.field_comment(config.ModelConfig, "name") == ("conformer_ctc | wav2vec2 | hf_ctc | whisper | nemo "
                                                              "(raysearch_adapters.backbones)")
     # a class built from a table gives its descriptions in __field_docs__ (the search space)

@@ -9,7 +9,6 @@ import logging
 import torch
 
 from raysearch_adapters.adapters.state import load_adapter
-from raysearch_adapters.backbones import BACKBONES
 from raysearch_adapters.commands.args import load_from_args
 from raysearch_adapters.config import Config
 from raysearch_adapters.data.cache import load_feature_set
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             rows += set_rows(*set_of(cfg.data, manifest), manifest, fs, base, winner, wer_text=model.wer_text)
     if args.hypotheses:
         # --model, else the config's model section it came from
-        source = args.model or getattr(cfg.model, BACKBONES[cfg.model.name].source_field)
+        source = args.model or cfg.model.checkpoint
         write_table(args.hypotheses, rows, HYPOTHESES_SCHEMA, {"model": source, "adapter": args.adapter or "",
                                                                 "measured_from_block": "" if k is None else str(k),
                                                                 "precision": cfg.train.precision})

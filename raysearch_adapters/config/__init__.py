@@ -1,8 +1,8 @@
 """Typed configuration: frozen dataclasses filled from YAML files and ``key=value`` overrides.
 
-The dataclass defaults are the embedded demo's values but for its start point; a command given no config
-file loads the packaged demo config (``DEMO_CONFIG``, ``conf/demo.yaml`` in the repository), so
-``raysearch-adapters search`` with no arguments runs the demo. ``load_config`` merges the
+The dataclass defaults name no data and no model checkpoint; the embedded demo's are in the packaged demo
+config (``DEMO_CONFIG``, ``conf/demo.yaml`` in the repository), which a command given no config file loads
+(``raysearch-adapters search`` with no arguments runs the demo) and a file may build on (``extends: demo``). ``load_config`` merges the
 defaults, then each YAML file, then the dotlist overrides (Hydra/NeMo style) through
 ``OmegaConf.structured``; unknown keys fail with the closest valid key, bad values fail
 with the key, the value and what is allowed.
@@ -14,10 +14,11 @@ from raysearch_adapters.config.root import Config
 from raysearch_adapters.config.search import (SAMPLERS, AshaConfig, GridConfig, ParamSpec,
                                               SearchConfig, SpaceConfig)
 from raysearch_adapters.config.sections import (ACTIVATIONS, DEFAULT_HOME, NEMO_HEADS, AdapterConfig, ConformerConfig,
-                                                DataConfig, FrontendConfig, ModelConfig, PretrainConfig,
-                                                ResourcesConfig, ResultsConfig, SpecAugmentConfig, TrainConfig)
+                                                DataConfig, FrontendConfig, ModelConfig, NemoOptions, PretrainConfig,
+                                                ResourcesConfig, ResultsConfig, SpecAugmentConfig, TrainConfig,
+                                                WhisperOptions)
 
 __all__ = ["ACTIVATIONS", "DEFAULT_HOME", "DEMO_CONFIG", "NEMO_HEADS", "RENAMED_KEYS", "SAMPLERS", "AdapterConfig",
            "AshaConfig", "Config", "ConfigError", "ConformerConfig", "DataConfig", "FrontendConfig", "GridConfig",
-           "ModelConfig", "ParamSpec", "PretrainConfig", "ResourcesConfig", "ResultsConfig", "SearchConfig",
-           "SpaceConfig", "SpecAugmentConfig", "TrainConfig", "from_dict", "load_config", "to_dict", "to_yaml"]
+           "ModelConfig", "NemoOptions", "ParamSpec", "PretrainConfig", "ResourcesConfig", "ResultsConfig", "SearchConfig",
+           "SpaceConfig", "SpecAugmentConfig", "TrainConfig", "WhisperOptions", "from_dict", "load_config", "to_dict", "to_yaml"]

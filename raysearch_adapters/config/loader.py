@@ -33,7 +33,11 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 
 # Keys that were replaced: a config using one fails with the key to use instead.
 RENAMED_KEYS = {"train.warmup_ratio": "train.warmup_steps (a number of steps; the decay after it is "
-                                      "train.lr_schedule)"}
+                                      "train.lr_schedule)",
+                "model.bundle": "model.checkpoint (the torchaudio bundle's name, with model.name=wav2vec2)",
+                "model.language": "model.whisper.language",
+                "model.max_new_tokens": "model.whisper.max_new_tokens",
+                "model.nemo_head": "model.nemo.head"}
 
 
 def _unknown_key_error(full_key: str, where: str) -> ConfigError:
@@ -125,21 +129,47 @@ def _replace_whole_entries(node: Any, depth: int) -> Any:
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "demo.yaml"
 
 
+EXTENDS_FORMS = "'demo' (the packaged demo config) or the path of a YAML config file, relative to this one"
+
+
+def _read_file(path: Path, chain: tuple = ()) -> list:
+    """``[(path, node), ...]`` to merge in order: the files ``path`` extends (its top-level ``extends:`` key,
+    followed recursively), then ``path`` itself without that key."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: {'not a file' if path.exists() else 'not found'}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError carries the line
+        raise ConfigError(f"config file {path}: not valid YAML: {e}".replace("\n", " ")) from None
+    if not OmegaConf.is_dict(loaded):
+        raise ConfigError(f"config file {path}: the top level is a list; expected sections such as "
+                          "search: and train:")
+    if "extends" not in loaded:
+        return [(path, loaded)]
+    base = loaded.pop("extends")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config file {path}: extends: got {base!r}; allowed: {EXTENDS_FORMS}")
+    base_path = DEMO_CONFIG if base == "demo" else (path.parent / base).expanduser()
+    here = path.resolve()
+    if base_path.resolve() in (*chain, here):
+        raise ConfigError(f"config file {path}: extends: {base!r} is a file this one already extends (a cycle: "
+                          f"{' -> '.join(str(p) for p in (*chain, here, base_path.resolve()))})")
+    try:
+        return _read_file(base_path, (*chain, here)) + [(path, loaded)]
+    except ConfigError:
+        if base_path.is_file():
+            raise
+        raise ConfigError(f"config file {path}: extends: {base!r}: {base_path} not found; allowed: "
+                          f"{EXTENDS_FORMS}") from None
+
+
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
-    """Defaults ← each YAML in ``paths`` ← ``key=value`` ``overrides``; validated, interpolations resolved."""
+    """Defaults ← each YAML in ``paths`` (each after the files it ``extends``) ← ``key=value`` ``overrides``;
+    validated, interpolations resolved."""
     cfg = _writable_schema()
     for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise ConfigError(f"config file {path}: {'not a file' if path.exists() else 'not found'}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as e:  # yaml.YAMLError carries the line
-            raise ConfigError(f"config file {path}: not valid YAML: {e}".replace("\n", " ")) from None
-        if not OmegaConf.is_dict(loaded):
-            raise ConfigError(f"config file {path}: the top level is a list; expected sections such as "
-                              "search: and train:")
-        cfg = _merge(cfg, _replace_whole_entries(loaded, 0), f"{path}: ")
+        for path, loaded in _read_file(Path(p)):
+            cfg = _merge(cfg, _replace_whole_entries(loaded, 0), f"{path}: ")
     for ov in overrides:
         key = ov.split("=", 1)[0]
         if "=" not in ov or not _DOTTED_KEY.fullmatch(key):

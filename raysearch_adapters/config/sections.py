@@ -59,17 +59,20 @@ class SpecAugmentConfig:
 class DataConfig:
     """Manifests of both domains, the feature cache and batching.
 
-    Manifests are NeMo JSON-lines (``.json``/``.jsonl``) or Parquet (``.parquet``). The
-    defaults point at the embedded demo corpus, which is built on first use.
+    Manifests are NeMo JSON-lines (``.json``/``.jsonl``) or Parquet (``.parquet``). There are no default
+    manifests: a search needs the five below ``original_train`` given (the demo's are in conf/demo.yaml).
     """
 
-    demo_dir: str = DEFAULT_HOME + "/demo"  # the embedded demo corpus (built on first use)
-    new_train: str = "${data.demo_dir}/new/train.json"  # new-domain adapter training data
-    new_dev: str = "${data.demo_dir}/new/dev.json"  # new-domain dev (selection)
-    new_test: str = "${data.demo_dir}/new/test.json"  # new-domain test (final evaluation only)
-    original_train: str = "${data.demo_dir}/original/train.json"  # original domain: pretraining, replay, distillation
-    original_dev: str = "${data.demo_dir}/original/dev.json"  # degradation is measured here
-    original_test: str = "${data.demo_dir}/original/test.json"  # final evaluation only
+    # The embedded demo corpus: built here on first use when a manifest under it is missing ("": none)
+    demo_dir: str = ""
+    new_train: str = ""  # new-domain adapter training data
+    new_dev: str = ""  # new-domain dev (selection)
+    new_test: str = ""  # new-domain test (final evaluation only)
+    # Original domain: pretraining, and by default replay and distillation ("": none; the search then needs
+    # replay_manifest and distill_manifest for the levers it searches)
+    original_train: str = ""
+    original_dev: str = ""  # degradation is measured here
+    original_test: str = ""  # final evaluation only
     # Labelled original-domain audio mixed into adapter training batches (train.replay); null = none.
     replay_manifest: Optional[str] = "${data.original_train}"
     # Original-domain audio the adapted model is distilled to the base on (train.distill_weight); its
@@ -124,37 +127,55 @@ class ConformerConfig:
         check_range(f"{key}.vocab_size", self.vocab_size, 8, 32000)
 
 
+@dataclass(frozen=True)
+class WhisperOptions:
+    """What the whisper backbone decodes with."""
+
+    language: str = "en"  # the language token of a multilingual checkpoint (English-only ones ignore it)
+    max_new_tokens: int = 128  # greedy decoding stops at <|endoftext|> or after this many tokens
+
+    def validate(self, key: str) -> None:
+        if not self.language or not re.fullmatch(r"[A-Za-z-]+", self.language):
+            fail(f"{key}.language", self.language, "must be a language code such as en or de")
+        check_range(f"{key}.max_new_tokens", self.max_new_tokens, 1, 440)
+
+
 NEMO_HEADS = ("auto", "rnnt", "ctc")
 
 
 @dataclass(frozen=True)
+class NemoOptions:
+    """Which decoder of a NeMo model the nemo backbone trains and decodes with."""
+
+    head: str = "auto"  # a hybrid RNNT-CTC model's decoder: rnnt | ctc; auto: the model's own (RNNT for a hybrid)
+
+    def validate(self, key: str) -> None:
+        check_choice(f"{key}.head", self.head, NEMO_HEADS)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """The base model: the shipped demo model, a checkpoint file, a torchaudio bundle, a Hugging Face model, or a
-    NeMo model."""
+    """The base model: its backbone (``name``), its weights (``checkpoint``) and, per backbone, the options that
+    backbone reads (a section named after it; the others are ignored)."""
 
     name: str = "conformer_ctc"  # conformer_ctc | wav2vec2 | hf_ctc | whisper | nemo (raysearch_adapters.backbones)
-    # conformer_ctc: 'demo' (shipped) or a checkpoint path; hf_ctc, whisper: a folder written by
-    # save_pretrained or a Hugging Face hub id (downloaded on first use where there is internet);
-    # nemo: a .nemo file or a NeMo pretrained model name (downloaded by NeMo, e.g. stt_en_conformer_ctc_small)
-    checkpoint: str = "demo"
-    bundle: str = "WAV2VEC2_ASR_BASE_960H"  # wav2vec2: a torchaudio.pipelines ASR bundle
-    language: str = "en"  # whisper: the language token of a multilingual checkpoint (English-only ones ignore it)
-    max_new_tokens: int = 128  # whisper: greedy decoding stops at <|endoftext|> or after this many tokens
-    # nemo: the decoder a hybrid RNNT-CTC model trains and decodes with (rnnt | ctc); auto: the model's own
-    # (RNNT for a hybrid)
-    nemo_head: str = "auto"
-    conformer: ConformerConfig = field(default_factory=ConformerConfig)
+    # conformer_ctc: 'demo' (shipped) or a checkpoint path; wav2vec2: a torchaudio.pipelines ASR bundle name
+    # (e.g. WAV2VEC2_ASR_BASE_960H); hf_ctc, whisper: a folder written by save_pretrained or a Hugging Face hub
+    # id (downloaded on first use where there is internet); nemo: a .nemo file or a NeMo pretrained model name
+    # (downloaded by NeMo, e.g. stt_en_conformer_ctc_small)
+    checkpoint: str = ""
+    conformer: ConformerConfig = field(default_factory=ConformerConfig)  # conformer_ctc: the size `pretrain` builds
+    whisper: WhisperOptions = field(default_factory=WhisperOptions)  # whisper: decoding
+    nemo: NemoOptions = field(default_factory=NemoOptions)  # nemo: the decoder of a hybrid model
 
     def validate(self, key: str) -> None:
         check_choice(f"{key}.name", self.name, backbone_names())
-        check_choice(f"{key}.nemo_head", self.nemo_head, NEMO_HEADS)
-        needs = BACKBONES[self.name].needs
-        if needs and self.checkpoint in ("", "demo"):
-            fail(f"{key}.checkpoint", self.checkpoint, f"{key}.name={self.name} needs {needs}")
-        if not self.language or not re.fullmatch(r"[A-Za-z-]+", self.language):
-            fail(f"{key}.language", self.language, "must be a language code such as en or de")
-        check_range(f"{key}.max_new_tokens", self.max_new_tokens, 1, 440)
+        entry = BACKBONES[self.name]
+        if self.checkpoint == "demo" and not entry.demo:
+            fail(f"{key}.checkpoint", self.checkpoint, f"{key}.name={self.name} takes {entry.takes}")
         self.conformer.validate(f"{key}.conformer")
+        self.whisper.validate(f"{key}.whisper")
+        self.nemo.validate(f"{key}.nemo")
 
 
 # --------------------------------------------------------------------------- adapters

@@ -202,5 +202,5 @@ def export_nemo_results(results_dir: Path, out: Path | None = None, name: str | 
         raise NemoExportError(f"{config_file}: model.name is {cfg.model.name!r}; export-nemo hands adapters of NeMo "
                               "models (model.name=nemo) back to NeMo")
     out = out if out is not None else results_dir / "nemo_adapter.pt"
-    done = export_nemo(adapter_file, cfg.model.checkpoint, cfg.model.nemo_head, out, name or DEFAULT_NAME)
+    done = export_nemo(adapter_file, cfg.model.checkpoint, cfg.model.nemo.head, out, name or DEFAULT_NAME)
     return {**done, "load": load_snippet(cfg.model.checkpoint, out, done["name"])}

@@ -276,11 +276,11 @@ class NemoASR(Backbone):
         kind = check_supported({"target": type(asr).__name__, "encoder": {"_target_": type(asr.encoder).__name__}},
                                source or type(asr).__name__)
         if head not in HEADS:
-            raise NemoModelError(f"model.nemo_head: got {head!r}; allowed: {', '.join(HEADS)}")
+            raise NemoModelError(f"model.nemo.head: got {head!r}; allowed: {', '.join(HEADS)}")
         allowed = {"ctc": ("ctc",), "rnnt": ("rnnt",), "hybrid": ("rnnt", "ctc")}[kind]
         resolved = allowed[0] if head == "auto" else head
         if resolved not in allowed:
-            raise NemoModelError(f"model.nemo_head: got {head!r}, but {source or 'the model'} ({type(asr).__name__}) "
+            raise NemoModelError(f"model.nemo.head: got {head!r}, but {source or 'the model'} ({type(asr).__name__}) "
                                  f"has no {head} decoder; allowed: auto, {', '.join(allowed)}")
         self.asr = asr.eval()
         self.source = source
@@ -301,7 +301,7 @@ class NemoASR(Backbone):
     # ---- construction
     @classmethod
     def from_model_config(cls, cfg) -> "NemoASR":
-        return cls.load(cfg.checkpoint, cfg.nemo_head)
+        return cls.load(cfg.checkpoint, cfg.nemo.head)
 
     @classmethod
     def input_files(cls, cfg) -> List[str]:
@@ -313,7 +313,7 @@ class NemoASR(Backbone):
 
     @classmethod
     def evaluate_args(cls, cfg) -> str:
-        return f"model.name=nemo model.checkpoint={cfg.checkpoint} model.nemo_head={cfg.nemo_head}"
+        return f"model.name=nemo model.checkpoint={cfg.checkpoint} model.nemo.head={cfg.nemo.head}"
 
     @classmethod
     def load(cls, checkpoint: str, head: str = "auto") -> "NemoASR":
@@ -383,7 +383,7 @@ class NemoASR(Backbone):
         atomic_write_text(path.with_suffix(".json"), json.dumps({"nemo_head": self.head, "meta": meta}, indent=2,
                                                                 default=str) + "\n")
         return path, (f"NeMo: ASRModel.restore_from('{path}') (a plain model: the adapter is in its weights); or "
-                      f"raysearch-adapters evaluate --model {path} model.nemo_head={self.head} --manifest M")
+                      f"raysearch-adapters evaluate --model {path} model.nemo.head={self.head} --manifest M")
 
     @classmethod
     def load_export(cls, path: Path) -> "NemoASR":

@@ -9,7 +9,7 @@ import importlib
 from typing import Type
 
 from raysearch_adapters.backbones import BACKBONES, names
-from raysearch_adapters.config import ModelConfig
+from raysearch_adapters.config import ConfigError, ModelConfig
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import Backbone
 
@@ -29,14 +29,17 @@ def load_base_model(cfg: ModelConfig) -> Backbone:
     even under ``no_grad`` (WavLM's attention, through ``F.multi_head_attention_forward``, differs in the
     last bits), so the base WERs, the prefix and teacher caches and the adapted trials all run on
     weights in one state, the state adapter injection leaves them in."""
-    return backbone_class(cfg.name).from_model_config(cfg).eval().requires_grad_(False)
+    cls = backbone_class(cfg.name)
+    if not cfg.checkpoint:
+        raise ConfigError(f"model.checkpoint: not set; model.name={cfg.name} takes {BACKBONES[cfg.name].takes}")
+    return cls.from_model_config(cfg).eval().requires_grad_(False)
 
 
 def model_section_for(value: str, cfg: ModelConfig) -> ModelConfig:
     """The model section that ``evaluate --model VALUE`` names: the config's backbone when the config names one
     other than the default, else the backbone that claims ``VALUE`` (a torchaudio bundle name, a ``.nemo`` file),
-    else a checkpoint file of this project (conformer_ctc); ``VALUE`` goes in that backbone's source field."""
+    else a checkpoint file of this project (conformer_ctc); ``VALUE`` is its ``checkpoint``."""
     name = cfg.name
     if name == ModelConfig.name:
         name = next((e.name for e in BACKBONES.values() if e.claims(value)), ModelConfig.name)
-    return dataclasses.replace(cfg, name=name, **{BACKBONES[name].source_field: value})
+    return dataclasses.replace(cfg, name=name, checkpoint=value)

@@ -76,11 +76,11 @@ class Wav2Vec2CTC(CTCBackbone):
     # ---- construction
     @classmethod
     def from_model_config(cls, cfg) -> "Wav2Vec2CTC":
-        return cls.from_bundle(cfg.bundle)
+        return cls.from_bundle(cfg.checkpoint)
 
     @classmethod
     def evaluate_args(cls, cfg) -> str:
-        return f"--model {cfg.bundle}"
+        return f"--model {cfg.checkpoint}"
 
     @classmethod
     def from_bundle(cls, name: str, dl_kwargs: Optional[dict] = None) -> "Wav2Vec2CTC":
@@ -89,7 +89,7 @@ class Wav2Vec2CTC(CTCBackbone):
 
         available = asr_bundle_names()
         if name not in available:
-            raise UserError(f"model.bundle: got {name!r}; available torchaudio ASR bundles: {', '.join(available)}")
+            raise UserError(f"model.checkpoint: got {name!r}; available torchaudio ASR bundles: {', '.join(available)}")
         bundle = getattr(pipelines, name)
         # The architecture parameters are only exposed as the bundle's ``_params`` field;
         # config_dict() needs them to rebuild the model.

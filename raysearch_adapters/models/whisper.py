@@ -21,7 +21,7 @@ pass where the project needs it and owns what an encoder-decoder does differentl
   language and task tokens for a multilingual model, <|notimestamps|>); labels are the
   transcript's tokens and <|endoftext|>; the mean over an utterance's labels.
 * Decoding: greedy, batched, with the checkpoint's suppressed tokens (as transformers'
-  ``generate``), until <|endoftext|> or ``model.max_new_tokens``.
+  ``generate``), until <|endoftext|> or ``model.whisper.max_new_tokens``.
 * Distillation (no labels needed): the teacher cache holds the base model's greedy transcript and,
   per position, its top-k tokens and their logits (the whole 51k vocabulary per token would be
   ~200 KB). The adapted decoder is teacher-forced on that transcript and compared with
@@ -151,7 +151,7 @@ class Whisper(Backbone):
         self.eot = token("<|endoftext|>")
         prompt = [token("<|startoftranscript|>")]
         if self.multilingual:
-            prompt += [token(f"<|{language}|>", "model.language"), token("<|transcribe|>")]
+            prompt += [token(f"<|{language}|>", "model.whisper.language"), token("<|transcribe|>")]
         prompt.append(token("<|notimestamps|>"))
         self.prompt = prompt
         self.suppress = sorted(set(gen.suppress_tokens or []))
@@ -162,7 +162,7 @@ class Whisper(Backbone):
     # ---- construction
     @classmethod
     def from_model_config(cls, cfg) -> "Whisper":
-        return cls.from_pretrained(cfg.checkpoint, cfg.language, cfg.max_new_tokens)
+        return cls.from_pretrained(cfg.checkpoint, cfg.whisper.language, cfg.whisper.max_new_tokens)
 
     @classmethod
     def weights_key(cls, cfg) -> dict:
@@ -191,6 +191,11 @@ class Whisper(Backbone):
         model = hf.pretrained(WhisperForConditionalGeneration, src, cfg)
         return cls(model, tok, fe, language, max_new_tokens, getattr(tok, "english_spelling_normalizer", None)).eval()
 
+    @classmethod
+    def evaluate_args(cls, cfg) -> str:
+        return (f"model.name={cls.name} model.checkpoint={cfg.checkpoint} model.whisper.language={cfg.whisper.language} "
+                f"model.whisper.max_new_tokens={cfg.whisper.max_new_tokens}")
+
     def config_dict(self) -> dict:
         hf_cfg = {k: v for k, v in self.hf.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
         return {"name": self.name, "hf_config": hf_cfg, "prompt": self.prompt, "language": self.language,
@@ -199,13 +204,14 @@ class Whisper(Backbone):
     # ---- a merged export: the transformers folder itself
     def save_export(self, out_dir: Path, meta: dict) -> Tuple[Path, str]:
         """``hf_model/``: ``save_pretrained`` of the merged model (its generation config included) with the
-        checkpoint's tokenizer and log-mel extractor, an ordinary Hugging Face folder; ``model.language`` and
-        ``model.max_new_tokens`` beside them."""
+        checkpoint's tokenizer and log-mel extractor, an ordinary Hugging Face folder; ``model.whisper.language`` and
+        ``model.whisper.max_new_tokens`` beside them."""
         folder = hf.save_export(self.hf, [self.tokenizer.hf, self.extractor], out_dir,
                                 {"language": self.language, "max_new_tokens": self.max_new_tokens}, meta)
         return folder, (f"transformers: WhisperForConditionalGeneration.from_pretrained('{folder}') and "
                         f"WhisperProcessor.from_pretrained('{folder}'); or raysearch-adapters evaluate "
-                        f"model.name={self.name} model.checkpoint={folder} model.language={self.language} --manifest M")
+                        f"model.name={self.name} model.checkpoint={folder} model.whisper.language={self.language} "
+                        f"model.whisper.max_new_tokens={self.max_new_tokens} --manifest M")
 
     @classmethod
     def load_export(cls, path: Path) -> "Whisper":
@@ -371,6 +377,6 @@ class Whisper(Backbone):
         punctuation, numbers and symbols in words), then Whisper's English normaliser (transformers'
         ``EnglishTextNormalizer``: spelled numbers as digits, contractions expanded, fillers dropped), then
         one token per digit, so "five three nine", "539" and "5, 3, 9" all read "5 3 9". A non-English
-        ``model.language`` uses Whisper's ``BasicTextNormalizer`` instead of the English one."""
+        ``model.whisper.language`` uses Whisper's ``BasicTextNormalizer`` instead of the English one."""
         text = normalize_text(_spell_leading_zeros(_BRACKETS.sub(" ", text)))
         return " ".join(_BETWEEN_DIGITS.sub(" ", self._normalizer(text)).split())

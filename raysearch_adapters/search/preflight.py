@@ -23,6 +23,10 @@ from raysearch_adapters.train.hparams import default_hparams
 
 # Manifests a trial trains or is measured on, and the final evaluation's: they must exist and be valid.
 _REQUIRED = ("new_train", "new_dev", "original_dev", "new_test", "original_test")
+_ROLE = {"new_train": "the new domain's training set", "new_dev": "the new domain's dev set (the winner is "
+         "chosen on it)", "original_dev": "the original domain's dev set (degradation is measured on it)",
+         "new_test": "the new domain's test set (the winner is evaluated on it)",
+         "original_test": "the original domain's test set (the winner's degradation is evaluated on it)"}
 # Sets the original domain is measured on: replay and distillation audio must never come from them.
 _MEASURED = ("original_dev", "original_test", "new_dev", "new_test")
 
@@ -161,6 +165,9 @@ def preflight(cfg: Config, model: Backbone) -> List[str]:
     checked = []
     measured_audio: Dict[str, set] = {}
     for key in _REQUIRED:
+        if not getattr(cfg.data, key):
+            raise ConfigError(f"data.{key}: not set; a search needs {_ROLE[key]}: a .json/.jsonl or .parquet "
+                              "manifest (conf/demo.yaml has the demo's)")
         path = Path(getattr(cfg.data, key))
         if not path.is_file():
             raise ConfigError(f"data.{key}: {path} not found; expected a .json/.jsonl or .parquet manifest")

@@ -68,6 +68,8 @@ def results_dir_of(cfg: Config) -> Path:
 
 
 def _ensure_demo_data(cfg: Config) -> None:
+    if not cfg.data.demo_dir:
+        return
     demo = Path(cfg.data.demo_dir)
     manifests = (cfg.data.new_train, cfg.data.new_dev, cfg.data.original_dev, cfg.data.new_test,
                  cfg.data.original_test, cfg.data.replay_manifest, cfg.data.distill_manifest)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import raysearch_adapters
+from raysearch_adapters.backbones import BACKBONES
 from raysearch_adapters.config import Config
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.models.registry import backbone_class
@@ -30,12 +31,12 @@ def versions() -> dict:
 def load_instructions(cfg: Config, adapter_file: Path) -> str:
     """How to use the winner's adapter file."""
     model = backbone_class(cfg.model.name).evaluate_args(cfg.model)
-    to_nemo = (f"   |   NeMo: raysearch-adapters export-nemo {adapter_file.parent} (a file for model.load_adapters)"
-               if cfg.model.name == "nemo" else "")
+    handoff = BACKBONES[cfg.model.name].handoff
+    to_toolkit = f"   |   {handoff.format(results=adapter_file.parent)}" if handoff else ""
     return (f"raysearch-adapters evaluate {model} "
             f"--adapter {adapter_file} --manifest MANIFEST   |   Python: "
             f"load_adapter('{adapter_file}', load_base_model(model_cfg)) "
-            "from raysearch_adapters.adapters.state and raysearch_adapters.models.registry" + to_nemo)
+            "from raysearch_adapters.adapters.state and raysearch_adapters.models.registry" + to_toolkit)
 
 
 def format_hparams(hp: dict) -> str:

@@ -20,7 +20,7 @@ from typing import Dict
 import torch
 from tqdm import tqdm
 
-from raysearch_adapters.config import Config
+from raysearch_adapters.config import Config, ConfigError
 from raysearch_adapters.data.batching import duration_batches
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.data.demo import ensure_demo_corpus
@@ -53,7 +53,11 @@ def _feature_sets(cfg: Config, model, names) -> Dict[str, object]:
 
 
 def _ensure_corpus(cfg: Config) -> None:
-    if not Path(cfg.data.original_train).is_file() and Path(cfg.data.original_train).is_relative_to(cfg.data.demo_dir):
+    if not cfg.data.original_train:
+        raise ConfigError("data.original_train: not set; pretrain trains the base model on this original-domain "
+                          "manifest (.json/.jsonl or .parquet)")
+    if (cfg.data.demo_dir and not Path(cfg.data.original_train).is_file()
+            and Path(cfg.data.original_train).is_relative_to(cfg.data.demo_dir)):
         ensure_demo_corpus(cfg.data.demo_dir)
 
 
@@ -160,14 +164,14 @@ def export(cfg: Config, out: Path, history: list, seconds: float, device: torch.
                 value.copy_(value.half().float())
     model.to(device)
     sets = _feature_sets(cfg, model, list(SPLITS))
-    results = {name: evaluate(model, fs, device=device) for name, fs in sets.items()}
+    measured = {name: evaluate(model, fs, device=device) for name, fs in sets.items()}
     card = {
         "command": command, "seed": cfg.pretrain.seed, "device": _device_name(device),
         "wall_minutes": round(seconds / 60, 1), "epochs_run": len(history),
         "parameters": sum(p.numel() for p in model.parameters()),
         "best_epoch": model.meta.get("epoch"),
-        "wer": {name: round(r["wer"], 2) for name, r in results.items()},
-        "cer": {name: round(r["cer"], 2) for name, r in results.items()},
+        "wer": {name: round(r["wer"], 2) for name, r in measured.items()},
+        "cer": {name: round(r["cer"], 2) for name, r in measured.items()},
         "recipe": {"model": model.config_dict(), "pretrain": _asdict(cfg.pretrain), "specaugment": _asdict(cfg.data.specaugment)},
         "data": {name: getattr(cfg.data, name) for name in ("original_train", *SPLITS)},
         "history": history,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from raysearch_adapters.config import ModelConfig, load_config
+from raysearch_adapters.config import DEMO_CONFIG, ModelConfig, load_config
 from raysearch_adapters.models.conformer import ASSETS, DEMO_MODEL
 from raysearch_adapters.models.registry import load_base_model
 
@@ -38,7 +38,7 @@ def test_the_shipped_model_reproduces_its_card_on_the_demo_corpus():
     from raysearch_adapters.data.cache import load_feature_set
     from raysearch_adapters.train.evaluate import evaluate
 
-    cfg = load_config()
+    cfg = load_config([DEMO_CONFIG])
     ensure_demo_corpus(cfg.data.demo_dir)
     model = load_base_model(cfg.model)
     card = _card(model)

@@ -229,13 +229,13 @@ def test_hybrid_head_is_chosen_by_a_key(bases):
     rnnt, ctc = outputs(bases["hybrid-rnnt"], x, lengths), outputs(bases["hybrid-ctc"], x, lengths)
     assert ctc[2].shape[-1] == 129 and rnnt[2].shape[1] == 32  # CTC log-probs vs the encoder output
     assert not torch.equal(rnnt[0], ctc[0])
-    assert load_config(overrides=["model.name=nemo", "model.checkpoint=x.nemo", "model.nemo_head=ctc"])
-    with pytest.raises(ConfigError, match=r"^model\.nemo_head: got 'tdt'; allowed: auto, rnnt, ctc"):
-        load_config(overrides=["model.name=nemo", "model.checkpoint=x.nemo", "model.nemo_head=tdt"])
+    assert load_config(overrides=["model.name=nemo", "model.checkpoint=x.nemo", "model.nemo.head=ctc"])
+    with pytest.raises(ConfigError, match=r"^model\.nemo\.head: got 'tdt'; allowed: auto, rnnt, ctc"):
+        load_config(overrides=["model.name=nemo", "model.checkpoint=x.nemo", "model.nemo.head=tdt"])
 
 
 def test_a_head_the_model_lacks_is_refused(tiny_nemo):
-    with pytest.raises(NemoModelError, match=r"^model\.nemo_head: got 'ctc', but .*tiny_rnnt\.nemo \(EncDecRNNTBPEModel\) "
+    with pytest.raises(NemoModelError, match=r"^model\.nemo\.head: got 'ctc', but .*tiny_rnnt\.nemo \(EncDecRNNTBPEModel\) "
                                              r"has no ctc decoder; allowed: auto, rnnt$"):
         NemoASR.load(str(tiny_nemo("rnnt")), "ctc")
 
@@ -329,8 +329,8 @@ def test_a_pretrained_name_nemo_cannot_get_is_one_error_naming_it():
     with pytest.raises(NemoModelError, match=r"^model\.checkpoint: 'no_such_model_xyz' is not a file, and NeMo could "
                                              r"not get the pretrained model of that name \("):
         NemoASR.load("no_such_model_xyz")
-    with pytest.raises(ConfigError, match=r"^model\.checkpoint: got 'demo'; model\.name=nemo needs a \.nemo file"):
-        load_config(overrides=["model.name=nemo"])
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: got 'demo'; model\.name=nemo takes a \.nemo file"):
+        load_config(overrides=["model.name=nemo", "model.checkpoint=demo"])
 
 
 def test_blocks_and_positions_the_model_does_not_have_are_refused(bases):
@@ -411,8 +411,8 @@ def test_the_search_prints_an_evaluate_command_that_names_the_nemo_model_section
     from raysearch_adapters.search.summary import load_instructions
 
     cfg = load_config(overrides=["model.name=nemo", "model.checkpoint=stt_en_conformer_ctc_small",
-                                 "model.nemo_head=ctc"])
+                                 "model.nemo.head=ctc"])
     how = load_instructions(cfg, tmp_path / "best_adapter.pt")
     assert how.startswith("raysearch-adapters evaluate model.name=nemo model.checkpoint=stt_en_conformer_ctc_small "
-                          f"model.nemo_head=ctc --adapter {tmp_path / 'best_adapter.pt'} --manifest MANIFEST")
+                          f"model.nemo.head=ctc --adapter {tmp_path / 'best_adapter.pt'} --manifest MANIFEST")
     assert f"NeMo: raysearch-adapters export-nemo {tmp_path}" in how

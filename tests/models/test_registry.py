@@ -3,10 +3,12 @@ each registration names, and what `evaluate --model VALUE` loads."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from raysearch_adapters.backbones import BACKBONES, BackboneEntry, names, register
-from raysearch_adapters.config import ConfigError, ModelConfig, load_config
+from raysearch_adapters.config import DEMO_CONFIG, ConfigError, ModelConfig, load_config
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.base import Backbone
 from raysearch_adapters.models.registry import backbone_class, model_section_for
@@ -24,21 +26,21 @@ def test_model_name_is_checked_against_the_registry_when_the_config_loads():
     with pytest.raises(ConfigError, match=r"^model\.name: got 'whisperx'; allowed: conformer_ctc, wav2vec2, hf_ctc, "
                                           r"whisper, nemo$"):
         load_config([], ["model.name=whisperx"])
-    with pytest.raises(ConfigError, match=r"^model\.checkpoint: got 'demo'; model\.name=nemo needs a \.nemo file"):
-        load_config([], ["model.name=nemo"])
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: got 'demo'; model\.name=nemo takes a \.nemo file"):
+        load_config([], ["model.name=nemo", "model.checkpoint=demo"])
     with pytest.raises(UserError, match="model.name: got 'x'"):
         backbone_class("x")
 
 
 def test_a_name_registers_once():
     with pytest.raises(ValueError, match="registered twice"):
-        register(BackboneEntry("whisper", "raysearch_adapters.models.whisper:Whisper"))
+        register(BackboneEntry("whisper", "raysearch_adapters.models.whisper:Whisper", "a folder"))
     assert len(BACKBONES) == 5
 
 
 @pytest.mark.parametrize("value, config, expected", [
-    ("WAV2VEC2_ASR_BASE_960H", {}, ("wav2vec2", "bundle", "WAV2VEC2_ASR_BASE_960H")),
-    ("hubert_asr_large", {}, ("wav2vec2", "bundle", "hubert_asr_large")),
+    ("WAV2VEC2_ASR_BASE_960H", {}, ("wav2vec2", "checkpoint", "WAV2VEC2_ASR_BASE_960H")),
+    ("hubert_asr_large", {}, ("wav2vec2", "checkpoint", "hubert_asr_large")),
     ("models/stt.nemo", {}, ("nemo", "checkpoint", "models/stt.nemo")),
     ("pretrain/model.pt", {}, ("conformer_ctc", "checkpoint", "pretrain/model.pt")),
     ("stt_en_conformer_ctc_small", {"name": "nemo", "checkpoint": "x.nemo"},
@@ -88,3 +90,33 @@ def test_a_field_an_adapter_type_has_no_use_for_must_be_zero():
     with pytest.raises(ConfigError, match=r"^adapter\.stochastic_depth: got 0\.1; has no effect on type lora \(lora "
                                           r"has no branch output to skip or penalise\): set 0$"):
         load_config([], ["adapter.type=lora", "adapter.stochastic_depth=0.1"])
+
+
+@pytest.mark.parametrize("old, new", [
+    ("model.bundle=WAV2VEC2_ASR_BASE_960H", r"model\.checkpoint \(the torchaudio bundle's name"),
+    ("model.language=de", r"model\.whisper\.language$"),
+    ("model.max_new_tokens=64", r"model\.whisper\.max_new_tokens$"),
+    ("model.nemo_head=ctc", r"model\.nemo\.head$"),
+])
+def test_a_backbone_option_moved_to_its_section_fails_naming_the_new_key(old, new, tmp_path):
+    key = old.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^override '{old}': '{key}' is no longer a key: use {new}"):
+        load_config([], [old])
+    conf = tmp_path / "old.yaml"
+    conf.write_text(f"model:\n  {key.split('.')[1]}: {old.split('=')[1]}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(conf))}: '{key}' is no longer a key: use {new}"):
+        load_config([conf])
+
+
+def test_each_backbone_reads_its_own_section():
+    cfg = load_config([], ["model.name=whisper", "model.checkpoint=openai/whisper-tiny.en", "model.whisper.language=de",
+                           "model.whisper.max_new_tokens=64", "model.nemo.head=ctc"])
+    assert (cfg.model.whisper.language, cfg.model.whisper.max_new_tokens, cfg.model.nemo.head) == ("de", 64, "ctc")
+    assert backbone_class("whisper").evaluate_args(cfg.model) == (
+        "model.name=whisper model.checkpoint=openai/whisper-tiny.en model.whisper.language=de "
+        "model.whisper.max_new_tokens=64")
+    with pytest.raises(ConfigError, match=r"^model\.whisper\.max_new_tokens: got 0; must be >= 1 and <= 440$"):
+        load_config([], ["model.whisper.max_new_tokens=0"])
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: got 'demo'; model\.name=wav2vec2 takes a "
+                                          r"torchaudio\.pipelines ASR bundle name"):
+        load_config([DEMO_CONFIG], ["model.name=wav2vec2"])

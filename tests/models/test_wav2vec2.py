@@ -148,7 +148,7 @@ def test_unknown_bundle_lists_the_asr_bundles():
     names = asr_bundle_names()
     assert "WAV2VEC2_ASR_BASE_960H" in names and "HUBERT_ASR_LARGE" in names
     assert "WAV2VEC2_BASE" not in names  # no CTC head
-    with pytest.raises(UserError, match=r"model.bundle: got 'WAV2VEC2_BASE'; available .*WAV2VEC2_ASR_BASE_960H"):
+    with pytest.raises(UserError, match=r"model.checkpoint: got 'WAV2VEC2_BASE'; available .*WAV2VEC2_ASR_BASE_960H"):
         Wav2Vec2CTC.from_bundle("WAV2VEC2_BASE")
 
 

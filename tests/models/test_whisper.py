@@ -10,7 +10,7 @@ import transformers
 from torch.nn.utils.rnn import pad_sequence
 
 from builders import save_tiny_hf_ctc, save_tiny_whisper
-from raysearch_adapters.config import ModelConfig
+from raysearch_adapters.config import ModelConfig, WhisperOptions
 from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.registry import load_base_model
@@ -92,7 +92,7 @@ def test_prompts_english_only_and_multilingual(folders):
     multi = Whisper.from_pretrained(str(folders["multi"]), language="de")
     assert tok.convert_ids_to_tokens(multi.prompt) == ["<|startoftranscript|>", "<|de|>", "<|transcribe|>",
                                                        "<|notimestamps|>"]
-    with pytest.raises(UserError, match=r"model.language: the tokenizer has no <\|xx\|> token"):
+    with pytest.raises(UserError, match=r"model.whisper.language: the tokenizer has no <\|xx\|> token"):
         Whisper.from_pretrained(str(folders["multi"]), language="xx")
 
 
@@ -186,8 +186,8 @@ def test_an_utterance_longer_than_the_window_names_the_utterance(folders, tmp_pa
 
 
 def test_loads_through_the_registry_and_refuses_other_models(folders, tmp_path):
-    model = load_base_model(ModelConfig(name="whisper", checkpoint=str(folders["multi"]), language="de",
-                                        max_new_tokens=7))
+    model = load_base_model(ModelConfig(name="whisper", checkpoint=str(folders["multi"]),
+                                        whisper=WhisperOptions(language="de", max_new_tokens=7)))
     assert isinstance(model, Whisper) and model.multilingual and model.max_new_tokens == 7 and not model.training
     with pytest.raises(UserError, match=r"model.checkpoint: .* is a 'wav2vec2' model; model.name=whisper takes Whisper"):
         Whisper.from_pretrained(str(save_tiny_hf_ctc(tmp_path / "ctc")))

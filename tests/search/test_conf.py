@@ -15,13 +15,19 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def test_demo_yaml_spells_out_the_defaults_and_adds_its_start_point():
-    """conf/demo.yaml is the packaged demo config (a link to it), every value the default but the start point."""
+    """conf/demo.yaml is the packaged demo config (a link to it), every value the default but its data, its model
+    checkpoint and its start point."""
     from raysearch_adapters.config import DEMO_CONFIG
 
     assert (CONF / "demo.yaml").resolve() == DEMO_CONFIG
     demo, defaults = load_config([CONF / "demo.yaml"]), load_config([])
     assert demo.search.start_points and not defaults.search.start_points
-    assert dataclasses.replace(demo, search=dataclasses.replace(demo.search, start_points=[])) == defaults
+    assert demo.model.checkpoint == "demo" and demo.data.new_train.endswith("/demo/new/train.json")
+    assert dataclasses.replace(demo, search=dataclasses.replace(demo.search, start_points=[]),
+                               data=dataclasses.replace(demo.data, **{k: getattr(defaults.data, k) for k in (
+                                   "demo_dir", "new_train", "new_dev", "new_test", "original_train", "original_dev",
+                                   "original_test", "replay_manifest", "distill_manifest")}),
+                               model=dataclasses.replace(demo.model, checkpoint="")) == defaults
 
 
 # Each example's model: its block count, or its (stack, blocks) layout (hf_ctc.yaml's wav2vec2 BASE has 12

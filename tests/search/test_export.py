@@ -73,7 +73,7 @@ def test_a_lora_winner_is_merged_written_in_the_project_format_and_checked_on_bo
 
 # Each Hugging Face backbone: how its tiny model is saved, its model section, where its LoRA winner sits.
 HF_BACKBONES = {"hf_ctc": (save_tiny_hf_ctc, ["model.name=hf_ctc"], "top:1"),
-                "whisper": (save_tiny_whisper, ["model.name=whisper", "model.max_new_tokens=6"], "decoder:all")}
+                "whisper": (save_tiny_whisper, ["model.name=whisper", "model.whisper.max_new_tokens=6"], "decoder:all")}
 
 
 @pytest.mark.parametrize("name", sorted(HF_BACKBONES))

@@ -17,7 +17,7 @@ from raysearch_adapters.search import run
 # What differs per backbone: its model section and a space that fits its blocks.
 BACKBONES = {
     "hf_ctc": (save_tiny_hf_ctc, ["model.name=hf_ctc", "search.space.blocks.choices=[all,top:1]"]),
-    "whisper": (save_tiny_whisper, ["model.name=whisper", "model.max_new_tokens=6",
+    "whisper": (save_tiny_whisper, ["model.name=whisper", "model.whisper.max_new_tokens=6",
                                     "search.space.blocks.choices=[decoder:all,encoder:top:1+decoder:top:1]"]),
 }
 
@@ -53,7 +53,7 @@ def test_evaluate_takes_the_model_section_and_reproduces_the_winners_dev_wers(se
     name, cfg, summary, out = searched
     capsys.readouterr()
     code = main(["evaluate", f"model.name={name}", f"model.checkpoint={cfg.model.checkpoint}",
-                 f"model.max_new_tokens={cfg.model.max_new_tokens}", "--adapter", str(out / "best_adapter.pt"),
+                 f"model.whisper.max_new_tokens={cfg.model.whisper.max_new_tokens}", "--adapter", str(out / "best_adapter.pt"),
                  "--manifest", cfg.data.new_dev, cfg.data.original_dev, f"data.cache_dir={cfg.data.cache_dir}"])
     printed = capsys.readouterr().out
     assert code == 0, printed

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from raysearch_adapters.adapters.inject import inject_adapters
-from raysearch_adapters.config import AdapterConfig, TrainConfig, load_config
+from raysearch_adapters.config import DEMO_CONFIG, AdapterConfig, TrainConfig, load_config
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.train.evaluate import evaluate
@@ -22,7 +22,7 @@ CFG = TrainConfig(steps=40, lr=3e-2, eval_every=10, max_batch_seconds=10.0, lr_s
 
 @pytest.fixture(scope="module")
 def demo_sets(small_demo, tmp_path_factory):
-    cfg = load_config([], [f"data.demo_dir={small_demo}", f"data.cache_dir={tmp_path_factory.mktemp('cache')}"])
+    cfg = load_config([DEMO_CONFIG], [f"data.demo_dir={small_demo}", f"data.cache_dir={tmp_path_factory.mktemp('cache')}"])
     model = load_base_model(cfg.model)
     train = load_feature_set(cfg.data, model, cfg.data.new_train, progress=False)
     # New-domain WER measured on the training utterances falls steadily; the original domain's rises.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raysearch_adapters.commands.main import main
-from raysearch_adapters.config import load_config
+from raysearch_adapters.config import DEMO_CONFIG, load_config
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.conformer import load_checkpoint_model
 from raysearch_adapters.schedule import warmup_cosine
@@ -38,7 +38,7 @@ def test_pretrain_exports_model_and_card_then_resumes(small_demo, tmp_path, caps
     text = (out / "MODEL_CARD.md").read_text()
     assert "| original test |" in text and "| new test |" in text
     # the card describes the shipped (fp16-rounded) file itself
-    cfg = load_config([], [f"data.demo_dir={small_demo}", f"data.cache_dir={tmp_path / 'cache'}"])
+    cfg = load_config([DEMO_CONFIG], [f"data.demo_dir={small_demo}", f"data.cache_dir={tmp_path / 'cache'}"])
     for split in ("original_dev", "new_dev"):
         fs = load_feature_set(cfg.data, model, getattr(cfg.data, split), progress=False)
         assert evaluate(model, fs)["cer"] == pytest.approx(card["cer"][split], abs=0.005)

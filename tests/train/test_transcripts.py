@@ -66,7 +66,7 @@ def test_rows_score_whisper_text_as_evaluate_does(small_demo, tmp_path):
 
 
 def test_evaluate_scores_wer_and_cer_on_the_same_normalised_text(small_demo, tmp_path):
-    from raysearch_adapters.config import ModelConfig
+    from raysearch_adapters.config import ModelConfig, WhisperOptions
     from raysearch_adapters.metrics import char_error_rate
     from raysearch_adapters.models.registry import load_base_model
     from builders import save_tiny_whisper
@@ -74,7 +74,7 @@ def test_evaluate_scores_wer_and_cer_on_the_same_normalised_text(small_demo, tmp
     from raysearch_adapters.train.evaluate import evaluate
 
     model = load_base_model(ModelConfig(name="whisper", checkpoint=str(save_tiny_whisper(tmp_path / "whisper")),
-                                        max_new_tokens=8))
+                                        whisper=WhisperOptions(max_new_tokens=8)))
     cfg = load_config([], [f"data.cache_dir={tmp_path / 'cache'}"])
     features = load_feature_set(cfg.data, model, str(small_demo / "new" / "dev.json"), progress=False)
     r = evaluate(model, features, indices=range(8))
