@@ -152,6 +152,10 @@ class SearchConfig:
     sampler: str = "tpe"  # tpe (constrained) | random | grid | nsga2 (multi-objective)
     kappa: float = 1.0  # allowed degradation of original-domain dev WER
     kappa_mode: str = "absolute"  # absolute (WER points) | relative (fraction of base WER)
+    # What is held to kappa: the degradation measured on original-domain dev (point), or its one-sided upper
+    # confidence bound at search.confidence (upper; a paired bootstrap over the dev utterances, docs/protecting.md)
+    feasibility: str = "point"
+    confidence: float = 0.95  # of the degradation's bounds (each one-sided): in (0.5, 1)
     seed: int = 0  # the sampler's seed
     asha: AshaConfig = field(default_factory=AshaConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -216,6 +220,8 @@ class SearchConfig:
         check_choice(f"{key}.sampler", self.sampler, SAMPLERS)
         check_range(f"{key}.kappa", self.kappa, 0, None)
         check_choice(f"{key}.kappa_mode", self.kappa_mode, ("absolute", "relative"))
+        check_choice(f"{key}.feasibility", self.feasibility, ("point", "upper"))
+        check_range(f"{key}.confidence", self.confidence, 0.5, 1, low_open=True, high_open=True)
         self.asha.validate(f"{key}.asha")
         self.space.validate(f"{key}.space")
         self.grid.validate(f"{key}.grid")

@@ -81,10 +81,23 @@ def _hover(r: dict) -> str:
 
 
 def _points(rows: List[dict], x: str, name: str, color: str, symbol: str = "circle") -> dict:
-    return {"type": "scatter", "mode": "markers", "name": name, "x": [r[x] for r in rows],
-            "y": [r["dev_wer_new"] for r in rows], "text": [_hover(r) for r in rows],
-            "hovertemplate": "%{text}<br>%{x:.3g}, WER %{y:.2f}<extra></extra>",
-            "marker": {"color": color, "size": 10, "symbol": symbol, "line": {"width": 1, "color": "#333"}}}
+    trace = {"type": "scatter", "mode": "markers", "name": name, "x": [r[x] for r in rows],
+             "y": [r["dev_wer_new"] for r in rows], "text": [_hover(r) for r in rows],
+             "hovertemplate": "%{text}<br>%{x:.3g}, WER %{y:.2f}<extra></extra>",
+             "marker": {"color": color, "size": 10, "symbol": symbol, "line": {"width": 1, "color": "#333"}}}
+    if x == "degradation" and any(r.get("degradation_upper") is not None for r in rows):
+        # the degradation's confidence bounds as horizontal error bars (0 where a row has none)
+        trace["error_x"] = {"type": "data", "symmetric": False, "color": color, "thickness": 1,
+                            "array": [_span(r, "degradation_upper", r[x]) for r in rows],
+                            "arrayminus": [_span(r, "degradation_lower", r[x]) for r in rows]}
+        trace["text"] = [t + (f"<br>degradation {r[x]:+.2f} [{r['degradation_lower']:+.2f}, "
+                              f"{r['degradation_upper']:+.2f}]" if r.get("degradation_upper") is not None else "")
+                         for t, r in zip(trace["text"], rows)]
+    return trace
+
+
+def _span(row: dict, bound: str, value: float) -> float:
+    return 0.0 if row.get(bound) is None else abs(row[bound] - value)
 
 
 def _kappa_line(limit: Optional[float], axis: str = "x") -> List[dict]:

@@ -39,7 +39,7 @@ TABLE_COLUMNS = (
     ("adapter_params", "adapter params"), ("adapter_percent", "% of base"),
     ("evals", "evals"), ("best_step", "best at step"),
     ("dev_wer_new", "dev WER new"), ("dev_wer_original", "dev WER original"), ("degradation", "degradation"),
-    ("feasible", "feasible"), ("wall_time_s", "time (s)"), ("device", "device"), ("error", "error"),
+    ("degradation_lower", "lower bound"), ("degradation_upper", "upper bound"), ("feasible", "feasible"), ("wall_time_s", "time (s)"), ("device", "device"), ("error", "error"),
 )
 
 
@@ -75,6 +75,12 @@ class Snapshot:
         # summary.json once the search ended; the tables' metadata (written from the first trial) before.
         value = _number((self.summary or {}).get(key))
         return value if value is not None else _number(self.metadata.get(key))
+
+    def feasibility(self) -> tuple:
+        """(what is held to kappa: point | upper, the bounds' confidence), from summary.json or the tables' metadata
+        (("point", None) for results written before the bounds)."""
+        mode = (self.summary or {}).get("feasibility") or self.metadata.get("feasibility") or "point"
+        return mode, self._setting("confidence")
 
     def degradation_limit(self) -> Optional[float]:
         """Kappa in degradation units; None when neither summary.json nor trials.parquet says."""
@@ -221,7 +227,8 @@ def _own(hparams: dict) -> dict:
 def _brief(row: dict) -> dict:
     return {"trial_id": row["trial_id"], "hparams": _own({k: row.get(k) for k in HPARAM_NAMES}),
             "adapter_params": row.get("adapter_params"), "adapter_percent": row.get("adapter_percent"),
-            "degradation": row.get("degradation"), "dev_wer_new": row.get("dev_wer_new")}
+            "degradation": row.get("degradation"), "degradation_lower": row.get("degradation_lower"),
+            "degradation_upper": row.get("degradation_upper"), "dev_wer_new": row.get("dev_wer_new")}
 
 
 def summary_view(snap: Snapshot) -> dict:
@@ -232,7 +239,9 @@ def summary_view(snap: Snapshot) -> dict:
     feasible = [r for r in snap.trials if r.get("feasible")]
     per_type = best_per_type(feasible, math.inf)
     counts = {st: sum(r["status"] == st for r in snap.trials) for st in ("RUNNING", "COMPLETE", "PRUNED", "FAIL")}
+    mode, confidence = snap.feasibility()
     out = {"search_id": snap.search_id, "state": snap.state, "degradation_limit": snap.degradation_limit(),
+           "feasibility": mode, "confidence": confidence,
            "kappa": None, "kappa_mode": None, "units": None, "rows": [], "winner": None, "note": None,
            "per_type": [{"type": t, **_brief(r)} for t, r in per_type.items()] if len(per_type) > 1 else [],
            "counts": {"total": len(snap.trials), **counts}, "versions": None}
@@ -255,7 +264,9 @@ def summary_view(snap: Snapshot) -> dict:
     w = s.get("winner")
     if w:
         out["rows"].append(_wers(f"winner (trial {w.get('trial_id')})", w.get("dev"), w.get("test")))
-        out["winner"] = {k: w.get(k) for k in ("trial_id", "adapter_params", "adapter_percent", "degradation")}
+        out["winner"] = {k: w.get(k) for k in ("trial_id", "adapter_params", "adapter_percent", "degradation",
+                                               "degradation_lower", "degradation_upper", "test_degradation",
+                                               "test_degradation_lower", "test_degradation_upper")}
         out["winner"]["hparams"] = _own(w.get("hparams") or {})
     else:
         c = s.get("no_feasible_trial")

@@ -38,6 +38,11 @@ def _scatter(ax, t: dict) -> None:
         ax.plot(xs, ys, _DASHES.get(t.get("line", {}).get("dash", "solid"), "-"), color=color,
                 marker="o" if "markers" in mode else None, markersize=4, label=t.get("name"), **step)
     else:
+        bars = t.get("error_x")
+        if bars:  # horizontal error bars (the degradation's confidence bounds)
+            kept = [i for i, (x, y) in enumerate(zip(t["x"], t["y"])) if x is not None and y is not None]
+            ax.errorbar(xs, ys, xerr=[[bars["arrayminus"][i] for i in kept], [bars["array"][i] for i in kept]],
+                        fmt="none", ecolor=color, elinewidth=1, zorder=2)
         open_marker = symbol.endswith("-open")
         ax.scatter(xs, ys, marker=_MARKERS.get(symbol, "o"), s=(marker.get("size", 8) ** 2) / 2, label=t.get("name"),
                    facecolors="none" if open_marker else color, edgecolors=color if open_marker else "#333",

@@ -23,6 +23,13 @@ def measured(rows: Sequence[dict]) -> List[dict]:
             and r.get("degradation") is not None]
 
 
+def held_degradation(row: dict) -> float:
+    """The degradation a row's feasibility holds to the limit: the estimate, or with ``search.feasibility=upper``
+    its upper confidence bound (a row without the column, or without a bound, holds the estimate)."""
+    held = row.get("held_degradation")
+    return float(row["degradation"] if held is None else held)
+
+
 def _order(row: dict) -> tuple:
     """Ties go to the trial the search started first (trial ids are random: a tie broken on them would not
     repeat from one run to the next)."""
@@ -31,10 +38,10 @@ def _order(row: dict) -> tuple:
 
 
 def select_winner(rows: Sequence[dict], limit: float) -> Optional[dict]:
-    """The COMPLETE feasible trial (degradation <= ``limit``) with the lowest dev new WER; ties: lower degradation,
-    then the earlier trial; None if none."""
-    feasible = [r for r in measured(rows) if r["status"] in WINNER_STATUSES and r["degradation"] <= limit]
-    return min(feasible, key=lambda r: (r["dev_wer_new"], r["degradation"], *_order(r)), default=None)
+    """The COMPLETE feasible trial (:func:`held_degradation` <= ``limit``) with the lowest dev new WER; ties: lower
+    held degradation, then the earlier trial; None if none."""
+    feasible = [r for r in measured(rows) if r["status"] in WINNER_STATUSES and held_degradation(r) <= limit]
+    return min(feasible, key=lambda r: (r["dev_wer_new"], held_degradation(r), *_order(r)), default=None)
 
 
 def best_per_type(rows: Sequence[dict], limit: float) -> Dict[str, dict]:
@@ -57,6 +64,6 @@ def pareto_front(rows: Sequence[dict]) -> List[dict]:
 
 
 def closest_infeasible(rows: Sequence[dict], limit: float) -> Optional[dict]:
-    """The infeasible trial nearest to the limit (lowest degradation; ties: lower dev new WER)."""
-    infeasible = [r for r in measured(rows) if r["degradation"] > limit]
-    return min(infeasible, key=lambda r: (r["degradation"], r["dev_wer_new"], *_order(r)), default=None)
+    """The infeasible trial nearest to the limit (lowest held degradation; ties: lower dev new WER)."""
+    infeasible = [r for r in measured(rows) if held_degradation(r) > limit]
+    return min(infeasible, key=lambda r: (held_degradation(r), r["dev_wer_new"], *_order(r)), default=None)

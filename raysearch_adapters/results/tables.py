@@ -28,6 +28,10 @@ TRIAL_STATUSES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL")
 _DEGRADATION_DOC = ("orig_wer_adapted - orig_wer_base on original-domain dev: absolute WER points, or, "
                     "when summary.json kappa_mode is 'relative', that difference as a percentage of the "
                     "base WER")
+_BOUND_DOC = ("one-sided {} confidence bound (summary.json confidence) of the degradation: a paired bootstrap "
+              "over the original-domain dev utterances")
+_HELD_DOC = ("the degradation feasibility holds to kappa: the degradation itself, or (summary.json feasibility "
+             "'upper') its upper bound")
 
 
 def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
@@ -56,7 +60,10 @@ TRIALS_SCHEMA = pa.schema([
     _f("dev_wer_new", pa.float64(), "new-domain dev WER (%) of the best evaluation"),
     _f("dev_wer_original", pa.float64(), "original-domain dev WER (%) with adapters, best evaluation"),
     _f("degradation", pa.float64(), _DEGRADATION_DOC + "; best evaluation"),
-    _f("feasible", pa.bool_(), "degradation <= kappa (best evaluation)"),
+    _f("degradation_lower", pa.float64(), _BOUND_DOC.format("lower") + "; best evaluation"),
+    _f("degradation_upper", pa.float64(), _BOUND_DOC.format("upper") + "; best evaluation"),
+    _f("held_degradation", pa.float64(), _HELD_DOC + "; best evaluation"),
+    _f("feasible", pa.bool_(), "held_degradation <= kappa (best evaluation)"),
     _f("base_dev_wer_original", pa.float64(),
        "original-domain dev WER (%) of the base model measured on this trial's path (same blocks, precision)"),
     _f("wall_time_s", pa.float64(), "seconds from the trial's start to its last result"),
@@ -77,6 +84,10 @@ EPOCHS_SCHEMA = pa.schema([
     _f("dev_wer_new", pa.float64(), "new-domain dev WER (%)"),
     _f("dev_wer_original", pa.float64(), "original-domain dev WER (%) with adapters"),
     _f("degradation", pa.float64(), _DEGRADATION_DOC),
+    _f("degradation_lower", pa.float64(), _BOUND_DOC.format("lower")),
+    _f("degradation_upper", pa.float64(), _BOUND_DOC.format("upper")),
+    _f("held_degradation", pa.float64(), _HELD_DOC),
+    _f("feasible", pa.bool_(), "held_degradation <= kappa"),
     _f("lr", pa.float64(), "learning rate at this step"),
     _f("time_s", pa.float64(), "seconds since the trial's training started"),
 ])

@@ -55,7 +55,8 @@ class BudgetScheduler(TrialScheduler):
         self._trials: Dict[str, Trial] = {}  # in the order the search created them: the cohort
         self._milestone: Dict[str, int] = {}  # the step a trial in the halving trains to
         self._score: Dict[str, float] = {}  # its score there, once it has reached it
-        self._evals: Dict[str, List[Tuple[float, float]]] = {}  # every evaluation's (dev new WER, degradation)
+        # every evaluation's (dev new WER, the degradation held to the limit: search.feasibility)
+        self._evals: Dict[str, List[Tuple[float, float]]] = {}
         self._steps: Dict[str, int] = {}  # steps each trial has trained
         self._allowance: Dict[str, int] = {}  # finalists: the step each may train to
         self._out: Set[str] = set()  # trials no longer in the race (stopped, ended, failed)
@@ -143,7 +144,9 @@ class BudgetScheduler(TrialScheduler):
         step = int(result["step"])
         if result.get("final"):  # it ends by itself (patience, or its last step): on_trial_complete follows
             return TrialScheduler.CONTINUE
-        self._evals.setdefault(tid, []).append((float(result["eval_dev_wer_new"]), float(result["eval_degradation"])))
+        held = result.get("eval_held_degradation")  # the degradation feasibility holds to the limit
+        self._evals.setdefault(tid, []).append((float(result["eval_dev_wer_new"]),
+                                                float(result["eval_degradation"] if held is None else held)))
         if tid in self._allowance:
             if step >= self._allowance[tid]:
                 self.finished.add(tid)

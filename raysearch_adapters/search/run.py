@@ -43,7 +43,8 @@ from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE, HYPOTHESES_SCHEMA, set_wers
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, OPTUNA_DB, SUMMARY_FILE
 from raysearch_adapters.results.select import closest_infeasible, pareto_front, select_winner
-from raysearch_adapters.results.tables import EPOCHS_FILE, TRIALS_FILE, TRIALS_SCHEMA, read_rows, write_table
+from raysearch_adapters.results.tables import (EPOCHS_FILE, EPOCHS_SCHEMA, TRIALS_FILE, TRIALS_SCHEMA, read_rows,
+                                               write_table)
 from raysearch_adapters.search.preflight import may_be_positive, preflight, shared_measurement_block
 from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
 from raysearch_adapters.search.searcher import fail_abandoned_trials, tell_finished_trials
@@ -52,7 +53,7 @@ from raysearch_adapters.search.stored_state import checkpoint_folder, keep_only_
 from raysearch_adapters.search.summary import build_summary, format_summary, write_summary
 from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner, num_trials, objective
 from raysearch_adapters.train.evaluate import evaluate
-from raysearch_adapters.train.objective import degradation_limit
+from raysearch_adapters.train.objective import degradation_bounds, degradation_limit, utterances_to_resolve
 from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
 from raysearch_adapters.train.transcripts import decode_sets
 from raysearch_adapters.train.worker import TRIAL_BEST_ADAPTER_FILE, training_sets
@@ -169,8 +170,9 @@ def _interrupted(trials, cfg: Config) -> bool:
 
 
 def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[dict], best_adapter: Path,
-                     dev_sets: dict, results_dir: Path) -> tuple[dict, Optional[dict], Optional[int]]:
-    """(base test WERs, winner test WERs or None, the block k they were measured from or None).
+                     dev_sets: dict, results_dir: Path) -> tuple[dict, Optional[dict], Optional[int], Optional[dict]]:
+    """(base test WERs, winner test WERs or None, the block k they were measured from or None, the bounds of the
+    winner's original-domain test degradation or None).
 
     The base and the winner decode the dev and test sets of both domains once, through the winner's
     own path: the frozen-prefix cache at its lowest adapted block (unless it trained with SpecAugment)
@@ -193,7 +195,28 @@ def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[
                 {"search_id": cfg.search.name, "winner_trial_id": winner["trial_id"] if winner else "",
                  "measured_from_block": "" if k is None else str(k), "precision": cfg.train.precision})
     wers = set_wers(rows)
-    return wers["base"]["test"], wers["winner"]["test"] if winner is not None else None, k
+    if winner is None:
+        return wers["base"]["test"], None, k, None
+    test = [r for r in rows if (r["domain"], r["split"]) == ("original", "test")]
+    low, high = degradation_bounds([r["winner_errors"] for r in test], [r["base_errors"] for r in test],
+                                   [r["reference_words"] for r in test], cfg.search.kappa_mode, cfg.search.confidence,
+                                   seed=[cfg.search.seed, 0])
+    return wers["base"]["test"], wers["winner"]["test"], k, {"lower": low, "upper": high}
+
+
+def dev_resolution(cfg: Config, epochs: list, utterances: int, limit: float) -> Optional[dict]:
+    """When the original-domain dev set is too small to tell a degradation of ``limit`` from none: the median
+    half-width of the degradation's bounds at the trials' first evaluations, and how many utterances would
+    bring it within the limit (None when it already is, or without bounds)."""
+    widths = sorted((r["degradation_upper"] - r["degradation_lower"]) / 2 for r in epochs
+                    if r["eval_index"] == 1 and r.get("degradation_upper") is not None)
+    if not widths:
+        return None
+    half = widths[len(widths) // 2]
+    needed = utterances_to_resolve(half, limit, utterances)
+    if needed is None:
+        return None
+    return {"half_width": half, "confidence": cfg.search.confidence, "utterances": utterances, "needed": needed}
 
 
 def _all_failed_reason(rows: list) -> Optional[str]:
@@ -249,6 +272,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     cfg = _prepare_dir(cfg, resume)
     study_storage, study_url = _study_storage(cfg, results_dir)
     metadata = {"kappa": str(cfg.search.kappa), "kappa_mode": cfg.search.kappa_mode,
+                "feasibility": cfg.search.feasibility, "confidence": str(cfg.search.confidence),
                 "degradation_limit": str(limit), "num_blocks": str(num_blocks),
                 "block_stacks": json.dumps(block_stacks)}
     recorder = TablesRecorder(str(results_dir), cfg.search.name, metadata)
@@ -304,8 +328,10 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     if winner is not None:
         _copy_adapter(winner["checkpoint_path"], best_adapter)
         paths["best_adapter"] = str(best_adapter)
-    baseline["test"], winner_test, test_k = _test_evaluation(cfg, model, device, winner, best_adapter,
-                                                             dev_sets, results_dir)
+    baseline["test"], winner_test, test_k, test_bounds = _test_evaluation(cfg, model, device, winner, best_adapter,
+                                                                          dev_sets, results_dir)
+    epochs = read_rows(results_dir / EPOCHS_FILE, EPOCHS_SCHEMA) if (results_dir / EPOCHS_FILE).is_file() else []
+    resolution = dev_resolution(cfg, epochs, len(dev_sets["original"]), limit)
     ended = time.monotonic()
     timings = {"setup": trials_started - started, "trials": trials_ended - trials_started,
                "test": ended - trials_ended, "total": ended - started}
@@ -313,7 +339,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
                             closest_infeasible(rows, limit) if winner is None else None, pareto_front(rows), paths,
                             num_blocks=num_blocks, timings=timings, all_failed=_all_failed_reason(rows),
                             block_stacks=block_stacks,
-                            test_from_block=test_k)
+                            test_from_block=test_k, test_bounds=test_bounds, dev_resolution=resolution)
     write_summary(results_dir / SUMMARY_FILE, summary)
     print("\n" + format_summary(summary), flush=True)
     return summary

@@ -25,8 +25,11 @@ import optuna
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from raysearch_adapters.results.select import held_degradation
+
 # The trial's result (its best evaluation) kept on the Optuna trial (optuna-dashboard shows them).
-USER_ATTRS = ("dev_wer_new", "dev_wer_original", "degradation", "feasible", "best_step", "eval_index", "step",
+USER_ATTRS = ("dev_wer_new", "dev_wer_original", "degradation", "degradation_lower", "degradation_upper",
+              "held_degradation", "feasible", "best_step", "eval_index", "step",
               "base_dev_wer_original", "adapter_params", "adapter_percent", "checkpoint_path")
 TUNE_TRIAL_ID = "tune_trial_id"  # user attr linking an Optuna trial to its Ray Tune trial
 
@@ -153,7 +156,8 @@ def tell_outcome(study: optuna.Study, ot_trial: optuna.trial.Trial, result: Opti
     before it) or FAIL (an error, or no evaluation)."""
     measured = bool(result) and result.get("degradation") is not None
     if measured:
-        ot_trial.set_constraint("degradation", float(result["degradation"]) - limit)
+        # the degradation feasibility holds to the limit: the estimate, or its upper bound (search.feasibility)
+        ot_trial.set_constraint("degradation", held_degradation(result) - limit)
         for key in USER_ATTRS:
             if result.get(key) is not None:
                 ot_trial.set_user_attr(key, result[key])

@@ -13,7 +13,7 @@ from raysearch_adapters.backbones import BACKBONES
 from raysearch_adapters.config import Config
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.models.registry import backbone_class
-from raysearch_adapters.results.select import best_per_type
+from raysearch_adapters.results.select import best_per_type, held_degradation
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
 
@@ -48,7 +48,9 @@ def _trial_brief(row: dict) -> dict:
     return {"trial_id": row["trial_id"], "status": row["status"], "hparams": {k: row[k] for k in HPARAM_NAMES},
             "adapter_params": row["adapter_params"], "adapter_percent": row["adapter_percent"],
             "dev": {"new": row["dev_wer_new"], "original": row["dev_wer_original"]},
-            "degradation": row["degradation"], "best_step": row.get("best_step"),
+            "degradation": row["degradation"], "degradation_lower": row.get("degradation_lower"),
+            "degradation_upper": row.get("degradation_upper"), "held_degradation": held_degradation(row),
+            "best_step": row.get("best_step"),
             "base_dev_wer_original": row.get("base_dev_wer_original"), "checkpoint_path": row["checkpoint_path"]}
 
 
@@ -56,18 +58,24 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
                   winner_test: Optional[dict], infeasible: Optional[dict], front: list, paths: dict,
                   num_blocks: Optional[int] = None, timings: Optional[dict] = None, interrupted: bool = False,
                   block_stacks: Optional[list] = None,
-                  all_failed: Optional[str] = None, test_from_block: Optional[int] = None) -> dict:
+                  all_failed: Optional[str] = None, test_from_block: Optional[int] = None,
+                  test_bounds: Optional[dict] = None, dev_resolution: Optional[dict] = None) -> dict:
     """Everything a reader of the search needs, as JSON-able data.
 
     ``interrupted``: the search stopped before its trials finished (no winner, no test evaluation;
     ``--resume`` continues it); ``all_failed``: why no trial was measured; ``test_from_block``: the
-    block the winner's and the base's test WERs were measured from (None: the whole model)."""
+    block the winner's and the base's test WERs were measured from (None: the whole model); ``test_bounds``: the
+    lower and upper confidence bounds of the winner's test degradation; ``dev_resolution``: the original-domain
+    dev set cannot resolve kappa (``dev_resolution`` of search.run)."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("RUNNING", "COMPLETE", "PRUNED", "FAIL")}
     out = {
         "search_id": cfg.search.name,
         "interrupted": interrupted,
         "all_failed": all_failed,
         "kappa": cfg.search.kappa, "kappa_mode": cfg.search.kappa_mode, "degradation_limit": limit,
+        # what is held to the limit: the degradation (point) or its upper bound at `confidence` (upper)
+        "feasibility": cfg.search.feasibility, "confidence": cfg.search.confidence,
+        "dev_resolution": dev_resolution,
         "degradation_units": "WER points" if cfg.search.kappa_mode == "absolute" else "percent of the base WER",
         "num_blocks": num_blocks,  # adaptable blocks of the base model (the dashboard draws placements)
         "block_stacks": block_stacks,  # [[stack, blocks], ...]: encoder (and decoder) blocks, encoder first
@@ -94,10 +102,13 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
     if winner is not None:
         out["winner"] = {**_trial_brief(winner), "test": winner_test, "test_from_block": test_from_block,
                          "test_degradation": winner_test["original"] - baseline["test"]["original"],
+                         "test_degradation_lower": (test_bounds or {}).get("lower"),
+                         "test_degradation_upper": (test_bounds or {}).get("upper"),
                          "adapter_file": paths["best_adapter"],
                          "load": load_instructions(cfg, Path(paths["best_adapter"]))}
     elif infeasible is not None:
-        out["no_feasible_trial"] = {**_trial_brief(infeasible), "over_limit_by": infeasible["degradation"] - limit}
+        out["no_feasible_trial"] = {**_trial_brief(infeasible),
+                                    "over_limit_by": held_degradation(infeasible) - limit}
     return out
 
 
@@ -122,6 +133,17 @@ def _fmt(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _bounds(low: Optional[float], high: Optional[float]) -> str:
+    """`` [low, high]`` of a degradation's confidence bounds ("" without them)."""
+    return "" if low is None or high is None else f" [{low:+.2f}, {high:+.2f}]"
+
+
+def _feasible_rule(summary: dict, units: str) -> str:
+    held = ("original-domain dev degradation" if summary.get("feasibility", "point") == "point" else
+            f"the upper {100 * summary['confidence']:g} % confidence bound of the original-domain dev degradation")
+    return f"feasible = {held} <= {summary['degradation_limit']:g} {units}"
+
+
 def format_summary(summary: dict) -> str:
     """The end-of-search report: base vs winner on dev and test of both domains, then where everything is."""
     b, w = summary["baseline"], summary["winner"]
@@ -131,8 +153,8 @@ def format_summary(summary: dict) -> str:
     budget = summary.get("budget")
     pruned = "stopped at a rung" if budget else "pruned by ASHA"
     lines = [f"search {summary['search_id']}: {t['total']} trials ({t['COMPLETE']} complete, {t['PRUNED']} {pruned}, "
-             f"{t['FAIL']} failed{', %d interrupted' % t['RUNNING'] if t.get('RUNNING') else ''}); feasible = "
-             f"original-domain dev degradation <= {summary['degradation_limit']:g} {units}", "",
+             f"{t['FAIL']} failed{', %d interrupted' % t['RUNNING'] if t.get('RUNNING') else ''}); "
+             f"{_feasible_rule(summary, units)}", "",
              f"{'WER %':<28}{'dev new':>10}{'dev orig':>10}{'test new':>10}{'test orig':>10}",
              f"{'base model':<28}" + "".join(f"{_fmt(v):>10}" for v in (
                  b["dev"]["new"], b["dev"]["original"], test.get("new"), test.get("original")))]
@@ -146,8 +168,13 @@ def format_summary(summary: dict) -> str:
         if budget:  # with a budget, `steps` is the most a trial could train; this is what it did
             hp += f", trained {budget['trained_steps'][w['trial_id']]:,} steps"
         lines += ["", f"winner: {hp}; {w['adapter_params']} adapter params ({w['adapter_percent']:.2f} % of base); "
-                      f"best evaluation at step {w['best_step']}; degradation {w['degradation']:+.2f} {units} on dev "
-                      f"(chosen there), {w['test_degradation']:+.2f} on test (evaluated once)"]
+                      f"best evaluation at step {w['best_step']}; degradation {w['degradation']:+.2f}"
+                      f"{_bounds(w.get('degradation_lower'), w.get('degradation_upper'))} {units} on dev (chosen "
+                      f"there), {w['test_degradation']:+.2f}"
+                      f"{_bounds(w.get('test_degradation_lower'), w.get('test_degradation_upper'))} on test (evaluated "
+                      f"once)" + (f"; [lower, upper]: one-sided {100 * summary['confidence']:g} % confidence bounds "
+                                  "(paired bootstrap over utterances)" if w.get("degradation_upper") is not None
+                                  else "")]
         per_type = summary.get("best_per_type") or {}
         if len(per_type) > 1:
             lines.append("best feasible trial per adapter type (dev):")
@@ -161,9 +188,16 @@ def format_summary(summary: dict) -> str:
                       f"{summary['degradation_limit']:g} {units}; no winner is chosen."]
         c = summary["no_feasible_trial"]
         if c is not None:
-            lines.append(f"closest: trial {c['trial_id']} with degradation {c['degradation']:+.2f} {units} "
+            lines.append(f"closest: trial {c['trial_id']} with degradation {c['degradation']:+.2f}"
+                         f"{_bounds(c.get('degradation_lower'), c.get('degradation_upper'))} {units} "
                          f"({c['over_limit_by']:.2f} over the limit), dev WER new {c['dev']['new']:.2f}; try a "
                          "larger search.kappa, smaller dims or learning rates, or adapters in fewer blocks")
+    r = summary.get("dev_resolution")
+    if r:
+        lines += ["", f"note: the original-domain dev set ({r['utterances']} utterances) cannot resolve the limit: at the "
+                      f"trials' first evaluations the degradation's {100 * r['confidence']:g} % bounds lie "
+                      f"{r['half_width']:.2f} {units} from it (median), more than {summary['degradation_limit']:g}; "
+                      f"about {r['needed']:,} utterances would bring them within it"]
     if budget:
         ends = ", ".join(f"{f['steps']:,} (best at {f['best_step']:,})" for f in budget["finalists"]) or "none"
         lines += ["", f"budget: {budget['spent']:,} of {budget['steps']:,} optimiser steps spent; {budget['cohort']} "

@@ -8,7 +8,7 @@ from typing import Callable, List, Sequence
 import torch
 
 from raysearch_adapters.data.batching import duration_batches
-from raysearch_adapters.metrics import char_error_rate, error_counts
+from raysearch_adapters.metrics import char_error_rate, utterance_error_counts
 from raysearch_adapters.models.base import as_view
 
 
@@ -70,7 +70,8 @@ def model_outputs(model, feature_set, max_batch_seconds: float = 120.0, device: 
 
 def evaluate(model, feature_set, indices: Sequence[int] | None = None, max_batch_seconds: float = 120.0,
              device: torch.device | str = "cpu", precision: str = "auto") -> dict:
-    """WER/CER (percent) plus the raw error and word counts (to reduce across shards), scored on the backbone's
+    """WER/CER (percent) plus the raw error and word counts, in all and per utterance (to reduce across shards and
+    to bootstrap), scored on the backbone's
     ``wer_text`` of references and hypotheses; ``hypotheses`` are the model's own text."""
     idx = list(range(len(feature_set))) if indices is None else list(indices)
     hyps = transcribe(model, feature_set, idx, max_batch_seconds, device, precision)
@@ -78,6 +79,8 @@ def evaluate(model, feature_set, indices: Sequence[int] | None = None, max_batch
     scored = as_view(model).model.wer_text
     refs = [scored(feature_set.texts[i]) for i in idx]
     scored_hyps = [scored(h) for h in hyps]
-    errors, words = error_counts(refs, scored_hyps)
+    utterance_errors, utterance_words = utterance_error_counts(refs, scored_hyps)
+    errors, words = sum(utterance_errors), sum(utterance_words)
     return {"wer": 100.0 * errors / max(words, 1), "cer": char_error_rate(refs, scored_hyps),
-            "errors": errors, "words": words, "hypotheses": hyps}
+            "errors": errors, "words": words, "utterance_errors": utterance_errors,
+            "utterance_words": utterance_words, "hypotheses": hyps}

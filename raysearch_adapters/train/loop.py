@@ -14,12 +14,15 @@ is the same model with the adapters disabled, cached once per utterance (``train
 
 Every ``eval_every`` steps both dev sets are decoded and ``report`` gets the metrics of that
 evaluation *and* of the trial's best one so far: the feasible evaluation (degradation <= the
-limit) with the lowest new-domain WER, else the least infeasible one. A trial's result is that
-best evaluation, and its checkpoint keeps that evaluation's adapter weights.
+limit; with ``feasibility="upper"`` the degradation's upper confidence bound, a paired bootstrap
+over the original-domain dev utterances) with the lowest new-domain WER, else the least
+infeasible one. A trial's result is that best evaluation, and its checkpoint keeps that
+evaluation's adapter weights.
 
 Several ranks (DDP) are supported through one callable, ``all_reduce`` (an in-place sum
 over ranks, e.g. ``torch.distributed.all_reduce``): it averages the adapter gradients and
-sums the error counts of each rank's shard of the dev sets, so every rank sees the same WER.
+sums the per-utterance error counts of each rank's shard of the dev sets, so every rank sees the same
+WER and the same bounds.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from raysearch_adapters.adapters.inject import AdapterHandle
@@ -39,13 +43,16 @@ from raysearch_adapters.data.features import SpecAugment
 from raysearch_adapters.models.base import BackboneView, as_view
 from raysearch_adapters.schedule import cooldown_factor, lr_factor
 from raysearch_adapters.train.evaluate import autocast_context, evaluate
-from raysearch_adapters.train.objective import degradation, evaluation_rank, is_feasible
+from raysearch_adapters.train.objective import (FEASIBILITY_MODES, degradation, degradation_bounds, evaluation_rank,
+                                                is_feasible)
 
 AllReduce = Callable[[torch.Tensor], object]  # sums a tensor over ranks, in place
 Report = Callable[[dict, dict], None]  # (metrics, train state to checkpoint beside the adapter weights)
 
 # The metrics of one evaluation that the trial's best evaluation carries as its result.
-EVAL_KEYS = ("step", "eval_index", "dev_wer_new", "dev_wer_original", "degradation", "feasible")
+# degradation_lower / _upper: its one-sided confidence bounds; held_degradation: what feasibility holds to the limit.
+EVAL_KEYS = ("step", "eval_index", "dev_wer_new", "dev_wer_original", "degradation", "degradation_lower",
+             "degradation_upper", "held_degradation", "feasible")
 
 
 class AdapterNoOpError(RuntimeError):
@@ -75,25 +82,57 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def dev_wer(view: BackboneView, feature_set: FeatureSet, batch_seconds: float, precision: str = "auto",
-            rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> float:
-    """Dev WER (percent) of the whole ``feature_set``: each rank decodes its share, error counts are summed."""
+@dataclass(frozen=True)
+class UtteranceErrors:
+    """Word errors and reference words of each utterance of a dev set, in its order."""
+
+    errors: np.ndarray  # int64, one per utterance
+    words: np.ndarray
+
+    @property
+    def wer(self) -> float:
+        """The set's WER (percent): its errors over its reference words."""
+        return float(100.0 * self.errors.sum() / max(int(self.words.sum()), 1))
+
+
+def dev_errors(view: BackboneView, feature_set: FeatureSet, batch_seconds: float, precision: str = "auto",
+               rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> UtteranceErrors:
+    """Per-utterance errors of the whole ``feature_set``: each rank decodes its share, the ranks' counts are summed
+    (each utterance is counted by one rank, the others add 0)."""
     device = _device_of(view)
-    result = evaluate(view, feature_set, range(rank, len(feature_set), world_size), batch_seconds, device, precision)
-    counts = torch.tensor([result["errors"], result["words"]], dtype=torch.float64, device=device)
+    mine = range(rank, len(feature_set), world_size)
+    result = evaluate(view, feature_set, mine, batch_seconds, device, precision)
+    counts = torch.zeros(2, len(feature_set), dtype=torch.float64, device=device)
+    counts[0, list(mine)] = torch.tensor(result["utterance_errors"], dtype=torch.float64, device=device)
+    counts[1, list(mine)] = torch.tensor(result["utterance_words"], dtype=torch.float64, device=device)
     if all_reduce is not None:
         all_reduce(counts)
-    return float(100.0 * counts[0] / counts[1].clamp(min=1))
+    out = counts.cpu().numpy().astype(np.int64)
+    return UtteranceErrors(out[0], out[1])
+
+
+def dev_wer(view: BackboneView, feature_set: FeatureSet, batch_seconds: float, precision: str = "auto",
+            rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> float:
+    """Dev WER (percent) of the whole ``feature_set`` (:func:`dev_errors`)."""
+    return dev_errors(view, feature_set, batch_seconds, precision, rank, world_size, all_reduce).wer
+
+
+def base_dev_errors(view: BackboneView, handle: AdapterHandle, dev_sets: Dict[str, FeatureSet], batch_seconds: float,
+                    precision: str, rank: int = 0, world_size: int = 1,
+                    all_reduce: Optional[AllReduce] = None) -> Dict[str, UtteranceErrors]:
+    """Per-utterance errors of the base model through exactly the trial's path (same view, precision and
+    batches), adapters disabled: a trial's degradation then carries no offset from another path or precision."""
+    with handle.disabled():
+        return {d: dev_errors(view, s, batch_seconds, precision, rank, world_size, all_reduce)
+                for d, s in dev_sets.items()}
 
 
 def base_dev_wers(view: BackboneView, handle: AdapterHandle, dev_sets: Dict[str, FeatureSet], batch_seconds: float,
                   precision: str, rank: int = 0, world_size: int = 1,
                   all_reduce: Optional[AllReduce] = None) -> Dict[str, float]:
-    """Dev WERs of the base model through exactly the trial's path (same view, precision and batches),
-    adapters disabled: a trial's degradation then carries no offset from another path or precision."""
-    with handle.disabled():
-        return {d: dev_wer(view, s, batch_seconds, precision, rank, world_size, all_reduce)
-                for d, s in dev_sets.items()}
+    """Dev WERs of :func:`base_dev_errors`."""
+    return {d: e.wer for d, e in base_dev_errors(view, handle, dev_sets, batch_seconds, precision, rank, world_size,
+                                                 all_reduce).items()}
 
 
 @torch.no_grad()
@@ -224,16 +263,18 @@ def _better(a: dict, b: Optional[dict], limit: float) -> bool:
 
 
 def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, dev_sets: Dict[str, FeatureSet],
-                   train_cfg: TrainConfig, base_original_wer: float, report: Report, *,
-                   limit: float = math.inf, patience: int = 0,
-                   kappa_mode: str = "absolute", eval_batch_seconds: float = 120.0,
+                   train_cfg: TrainConfig, base_original: Union[UtteranceErrors, float], report: Report, *,
+                   limit: float = math.inf, patience: int = 0, kappa_mode: str = "absolute",
+                   feasibility: str = "point", confidence: float = 0.95, eval_batch_seconds: float = 120.0,
                    specaugment_cfg: SpecAugmentConfig = SpecAugmentConfig(), resume: Optional[dict] = None,
                    rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> dict:
     """Train ``handle``'s adapters for ``train_cfg.steps`` steps; evaluate and ``report`` as it goes.
 
     ``view`` is the model as the inputs of ``sets`` and ``dev_sets`` need it (a backbone: the whole
-    model on features; a ``TopOfModel``: the top on frozen-prefix outputs). ``limit`` is the
-    degradation a feasible evaluation may have. ``dev_sets`` holds the ``new`` and
+    model on features; a ``TopOfModel``: the top on frozen-prefix outputs). ``base_original`` is the base
+    model's per-utterance errors on the original-domain dev set (or only its WER: then no bounds, and
+    ``feasibility`` must be ``point``). ``limit`` is the degradation a feasible evaluation may have, held by
+    ``feasibility``: the degradation itself (``point``) or its upper bound at ``confidence`` (``upper``). ``dev_sets`` holds the ``new`` and
     ``original`` dev sets. ``train_cfg`` is the trial's (its searched values in their fields: ``lr``,
     ``steps``, ``replay``, ``distill_weight``, ...). ``resume`` is a train state passed to an earlier
     ``report``; the adapter weights must already be loaded. Returns the last report's metrics.
@@ -244,6 +285,13 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     Each report's metrics hold this evaluation's values (``eval_*``) and the trial's best
     evaluation so far (``dev_wer_new``, ``degradation``, ``best_step``, ...); the train state
     holds that best evaluation's adapter weights (``best_state_dict``)."""
+    if feasibility not in FEASIBILITY_MODES:
+        raise ValueError(f"feasibility: got {feasibility!r}; allowed: {', '.join(FEASIBILITY_MODES)}")
+    paired = isinstance(base_original, UtteranceErrors)
+    if feasibility == "upper" and not paired:
+        raise ValueError("feasibility='upper' needs the base model's per-utterance errors (base_dev_errors), "
+                         "not only its WER")
+    base_original_wer = base_original.wer if paired else float(base_original)
     view = as_view(view)
     device = _device_of(view)
     steps, lr = train_cfg.steps, train_cfg.lr
@@ -306,13 +354,20 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             eval_index += 1
             handle.eval()
             check_in_forward_path(view, handle, *probe)
-            wers = {domain: dev_wer(view, dev_sets[domain], eval_batch_seconds, train_cfg.precision, rank,
-                                    world_size, all_reduce) for domain in ("new", "original")}
+            measured = {domain: dev_errors(view, dev_sets[domain], eval_batch_seconds, train_cfg.precision, rank,
+                                           world_size, all_reduce) for domain in ("new", "original")}
             handle.train()
             means = _mean_over_ranks(sums, count, device, all_reduce)
-            deg = degradation(wers["original"], base_original_wer, kappa_mode)
-            current = {"step": step, "eval_index": eval_index, "dev_wer_new": wers["new"],
-                       "dev_wer_original": wers["original"], "degradation": deg, "feasible": is_feasible(deg, limit)}
+            deg = degradation(measured["original"].wer, base_original_wer, kappa_mode)
+            low = high = None
+            if paired:  # seeded by the trial's seed and step: a re-run gives the same bounds
+                low, high = degradation_bounds(measured["original"].errors, base_original.errors,
+                                               measured["original"].words, kappa_mode, confidence,
+                                               seed=[train_cfg.seed, step])
+            held = high if feasibility == "upper" else deg
+            current = {"step": step, "eval_index": eval_index, "dev_wer_new": measured["new"].wer,
+                       "dev_wer_original": measured["original"].wer, "degradation": deg, "degradation_lower": low,
+                       "degradation_upper": high, "held_degradation": held, "feasible": is_feasible(held, limit)}
             if _better(current, best, limit):
                 best, best_state = current, handle.state_dict()
             # Patience: this many evaluations since the best one, none better: the trial has stopped improving.

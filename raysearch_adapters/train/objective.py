@@ -1,4 +1,5 @@
-"""The constrained objective's terms: degradation of the original domain and the limit kappa.
+"""The constrained objective's terms: degradation of the original domain, its confidence bounds and the limit
+kappa.
 
 Degradation is ``orig_wer_adapted - orig_wer_base`` on original-domain dev, in absolute WER
 points (``kappa_mode=absolute``) or as a percentage of the base WER (``relative``; kappa is
@@ -6,6 +7,13 @@ then a fraction, so 0.05 allows 5 % relative degradation).
 """
 
 from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from scipy.stats import bootstrap
+
+from raysearch_adapters.results.select import held_degradation
 
 
 def degradation(orig_wer_adapted: float, orig_wer_base: float, kappa_mode: str) -> float:
@@ -25,6 +33,48 @@ def degradation_limit(kappa: float, kappa_mode: str) -> float:
     if kappa_mode == "relative":
         return 100.0 * kappa
     raise ValueError(f"kappa_mode: got {kappa_mode!r}; allowed: absolute, relative")
+
+
+# How feasibility is decided: on the degradation itself, or on its one-sided upper confidence bound.
+FEASIBILITY_MODES = ("point", "upper")
+BOOTSTRAP_RESAMPLES = 4000  # utterance resamples per interval (the bound moves by < 0.05 points between seeds)
+
+
+def degradation_bounds(adapted_errors: Sequence[int], base_errors: Sequence[int], words: Sequence[int],
+                       kappa_mode: str, confidence: float, seed: Sequence[int] | int = 0) -> Tuple[float, float]:
+    """One-sided lower and upper confidence bounds at ``confidence`` of the degradation of a dev set, by a paired
+    percentile bootstrap over its utterances: each resample draws utterances with replacement, keeping each
+    utterance's base and adapted word errors together, and computes the degradation of the resampled set
+    (WER = its errors / its reference words, as the point estimate does). The bounds are the resamples'
+    ``1 - confidence`` and ``confidence`` quantiles (scipy.stats.bootstrap, seeded: the same inputs give the same
+    bounds)."""
+    a, b, w = (np.asarray(x, dtype=np.float64) for x in (adapted_errors, base_errors, words))
+    if not (len(a) == len(b) == len(w)) or len(a) == 0:
+        raise ValueError(f"degradation bounds: {len(a)} adapted, {len(b)} base and {len(w)} word counts; "
+                         "allowed: one of each per utterance, at least one utterance")
+    if np.array_equal(a, b):  # every resample's degradation is 0 (e.g. a zero-initialised adapter)
+        return 0.0, 0.0
+
+    def statistic(a_s, b_s, w_s, axis=-1):
+        diff = 100.0 * (a_s.sum(axis=axis) - b_s.sum(axis=axis))
+        if kappa_mode == "absolute":  # WER points
+            return diff / np.maximum(w_s.sum(axis=axis), 1.0)
+        return diff / np.maximum(b_s.sum(axis=axis), 1e-9)  # percent of the base WER (the word counts cancel)
+
+    if kappa_mode not in ("absolute", "relative"):
+        raise ValueError(f"kappa_mode: got {kappa_mode!r}; allowed: absolute, relative")
+    res = bootstrap((a, b, w), statistic, paired=True, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
+                    confidence_level=2 * confidence - 1, method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def utterances_to_resolve(half_width: float, limit: float, utterances: int) -> Optional[int]:
+    """How many utterances a dev set would need for its degradation bound to sit within ``limit`` of the
+    estimate, from a half-width measured on ``utterances`` (the half-width falls as 1/sqrt(n)); None when it
+    already does."""
+    if half_width <= limit or limit <= 0:
+        return None
+    return int(np.ceil(utterances * (half_width / limit) ** 2))
 
 
 def is_feasible(degradation_value: float, limit: float) -> bool:
@@ -47,7 +97,8 @@ def asha_score(dev_wer_new: float, degradation_value: float, limit: float) -> fl
 
 
 def evaluation_rank(evaluation: dict, limit: float) -> tuple:
-    """Sort key of a trial's evaluations, best first: feasible ones by dev new-domain WER (then degradation),
-    then infeasible ones by degradation (the least infeasible first). A trial reports its best one."""
-    deg, wer = evaluation["degradation"], evaluation["dev_wer_new"]
+    """Sort key of a trial's evaluations, best first: feasible ones by dev new-domain WER (then the degradation
+    held to the limit), then infeasible ones by that degradation (the least infeasible first). A trial reports
+    its best one."""
+    deg, wer = held_degradation(evaluation), evaluation["dev_wer_new"]
     return (0, wer, deg) if is_feasible(deg, limit) else (1, deg, wer)

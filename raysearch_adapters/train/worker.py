@@ -38,7 +38,7 @@ from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.base import Backbone
 from raysearch_adapters.models.registry import backbone_class, load_base_model
 from raysearch_adapters.train.hparams import trial_config
-from raysearch_adapters.train.loop import TrainSets, base_dev_wers, train_adapters
+from raysearch_adapters.train.loop import TrainSets, UtteranceErrors, base_dev_errors, train_adapters
 from raysearch_adapters.train.objective import asha_score, degradation_limit
 from raysearch_adapters.train.prefix import load_prefix_set, load_teacher_set, measurement_block, view_from
 
@@ -155,8 +155,8 @@ def _on_prefix(cfg: Config, model: Backbone, fingerprint: str, sets: TrainSets, 
     return TrainSets(new=at_k(sets.new), replay=at_k(sets.replay), distill=at_k(sets.distill), teacher=sets.teacher)
 
 
-# The base model's original-domain dev WER per measurement path, measured once per process.
-_BASE_WERS: Dict[tuple, float] = {}
+# The base model's per-utterance errors on original-domain dev per measurement path, measured once per process.
+_BASE_ERRORS: Dict[tuple, UtteranceErrors] = {}
 
 
 # (metrics, folder holding this evaluation's checkpoint files or None) -> hands both to Ray
@@ -197,8 +197,8 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
     view = view_from(model, k)
     # The base's WER on exactly this trial's path and precision: a zero-init adapter shows degradation 0.
     base_key = (fingerprint, k, cfg.train.precision, device.type, dev_sets["original"].key, world_size)
-    if base_key not in _BASE_WERS:
-        _BASE_WERS[base_key] = base_dev_wers(view, handle, {"original": dev_sets["original"]},
+    if base_key not in _BASE_ERRORS:
+        _BASE_ERRORS[base_key] = base_dev_errors(view, handle, {"original": dev_sets["original"]},
                                              cfg.data.max_batch_seconds, cfg.train.precision, rank, world_size,
                                              all_reduce)["original"]
     static = {"adapter_params": handle.num_params, "adapter_percent": handle.percent_of_base,
@@ -207,7 +207,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
 
     def report(metrics: dict, state: dict) -> None:
         metrics = {**metrics, **static,
-                   ASHA_METRIC: asha_score(metrics["dev_wer_new"], metrics["degradation"], limit)}
+                   ASHA_METRIC: asha_score(metrics["dev_wer_new"], metrics["held_degradation"], limit)}
         if rank != 0:
             send_report(metrics, None)
             return
@@ -222,9 +222,9 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
             torch.save(state, os.path.join(d, STATE_FILE))
             send_report(metrics, d)
 
-    train_adapters(view, handle, sets, dev_sets, cfg.train, _BASE_WERS[base_key], report, limit=limit,
-                   patience=cfg.search.patience,
-                   kappa_mode=cfg.search.kappa_mode, eval_batch_seconds=cfg.data.max_batch_seconds,
+    train_adapters(view, handle, sets, dev_sets, cfg.train, _BASE_ERRORS[base_key], report, limit=limit,
+                   patience=cfg.search.patience, kappa_mode=cfg.search.kappa_mode,
+                   feasibility=cfg.search.feasibility, confidence=cfg.search.confidence, eval_batch_seconds=cfg.data.max_batch_seconds,
                    specaugment_cfg=cfg.data.specaugment, resume=resume, rank=rank, world_size=world_size,
                    all_reduce=all_reduce)
 

@@ -154,7 +154,7 @@ def test_trial_table_exports_have_the_columns_shown(serve, finished_dir, results
     exported = pq.read_table(io.BytesIO(body))
     assert status == 200 and exported.schema.names == keys
     assert exported.to_pylist() == [{k: t[k] for k in keys} for t in trials]
-    assert exported.schema.field("feasible").metadata[b"doc"].startswith(b"degradation <= kappa")
+    assert exported.schema.field("feasible").metadata[b"doc"].startswith(b"held_degradation <= kappa")
     assert get(s, "/export/trials.json")[0] == 404 and get(s, "/export/..%2Fsummary.json")[0] == 404
     (results_copy / "trials.parquet").rename(tmp_path / "trials.parquet")
     (results_copy / "trials.parquet").symlink_to(tmp_path / "trials.parquet")

@@ -143,3 +143,22 @@ def test_a_rung_scores_every_evaluation_against_its_own_limit_not_only_the_repor
     assert report(b, 4, 79.3, 0.9) == PAUSE
     assert report(a, 4, 75.0, 2.2, best=(85.5, 1.95)) == CONTINUE
     assert controller.stopped == ["b"]
+
+
+def test_a_rung_holds_the_degradation_feasibility_holds_to_the_limit():
+    """With search.feasibility=upper each evaluation carries its upper bound as eval_held_degradation: a trial whose
+    estimate is within the rung's limit but whose bound is far over it is priced by the bound, and stops."""
+    plan = halving_plan(60, grace=2, eta=2, finalists=1, eval_every=2, cohort=2)
+    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0)
+    trials = [_Trial(t) for t in "ab"]
+    controller = _Controller(trials)
+    for t in trials:
+        scheduler.on_trial_add(controller, t)
+    a, b = trials
+    for trial, wer, deg, upper in ((a, 70.0, 0.5, 9.0), (b, 75.0, 0.5, 1.5)):
+        decision = scheduler.on_trial_result(controller, trial, {
+            "step": 2, "eval_dev_wer_new": wer, "eval_degradation": deg, "eval_held_degradation": upper,
+            "dev_wer_new": wer, "degradation": deg, "held_degradation": upper})
+        trial.status = Trial.PAUSED if decision == PAUSE else trial.status
+    # the rung's limit at step 2 is 4 x kappa: a scores 70 + 10 x 5 = 120, b 75
+    assert controller.stopped == ["a"]

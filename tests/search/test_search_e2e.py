@@ -89,7 +89,7 @@ def assert_study_equals_tables(out: Path, name: str, limit: float) -> list:
         if r["status"] == "COMPLETE":
             assert t.value == r["dev_wer_new"]
         if r["status"] != "FAIL":
-            assert t.system_attrs["constraints:degradation"] == pytest.approx(r["degradation"] - limit)
+            assert t.system_attrs["constraints:degradation"] == pytest.approx(r["held_degradation"] - limit)
             assert t.user_attrs["best_step"] == r["best_step"]
     return rows
 

@@ -35,7 +35,7 @@
     if (typeof value !== "number") return String(value);
     if (["lr", "weight_decay", "l2_lambda"].includes(key)) return value === 0 ? "0" : value.toExponential(1);
     if (key === "wall_time_s") return value.toFixed(0);
-    if (key === "degradation") return (value > 0 ? "+" : "") + value.toFixed(2);
+    if (["degradation", "degradation_lower", "degradation_upper"].includes(key)) return (value > 0 ? "+" : "") + value.toFixed(2);
     // WERs and fractions keep two decimals even when whole (20.00, not 20); counts stay integers.
     if (FIXED_2.has(key) || !Number.isInteger(value)) return value.toFixed(2);
     return String(value);
@@ -53,12 +53,20 @@
     list.replaceChildren(...errors.map((m) => el("li", { class: "error" }, m)), ...notes.map((m) => el("li", {}, m)));
   }
 
+  function bounds(low, high) {
+    return low === undefined || low === null || high === undefined || high === null ? ""
+      : ` [${fmt(low, "degradation")}, ${fmt(high, "degradation")}]`;
+  }
+
   function renderSummary(s) {
     const box = document.getElementById("summary");
     const parts = [];
     const units = s.units || "WER points";
+    const held = s.feasibility === "upper"
+      ? `the upper ${100 * s.confidence} % confidence bound of the original-domain dev degradation`
+      : "original-domain dev degradation";
     const kappa = s.degradation_limit === null ? "κ not known yet"
-      : `feasible = original-domain dev degradation ≤ κ = ${s.degradation_limit} ${units}` +
+      : `feasible = ${held} ≤ κ = ${s.degradation_limit} ${units}` +
         (s.kappa_mode ? ` (kappa ${s.kappa}, ${s.kappa_mode})` : "");
     const c = s.counts;
     parts.push(el("p", {}, `${c.total} trials: ${c.COMPLETE} complete, ${c.PRUNED} pruned by ASHA, ` +
@@ -82,7 +90,11 @@
       const hp = Object.entries(w.hparams || {}).map(([k, v]) => `${k}=${fmt(v, k)}`).join(", ");
       parts.push(el("p", { class: "winner-params" },
         `trial ${w.trial_id}: ${hp}; adapter ${fmt(w.adapter_params)} params (${fmt(w.adapter_percent, "adapter_percent")} % of the ` +
-        `base model); degradation ${fmt(w.degradation, "degradation")}`));
+        `base model); degradation ${fmt(w.degradation, "degradation")}${bounds(w.degradation_lower, w.degradation_upper)} on dev` +
+        (w.test_degradation === undefined || w.test_degradation === null ? "" :
+          `, ${fmt(w.test_degradation, "degradation")}${bounds(w.test_degradation_lower, w.test_degradation_upper)} on test`) +
+        (w.degradation_upper === undefined || w.degradation_upper === null ? "" :
+          ` ([lower, upper]: one-sided ${100 * s.confidence} % confidence bounds)`)));
     }
     if (s.per_type && s.per_type.length) parts.push(perTypeTable(s.per_type));
     if (s.note) parts.push(el("p", { class: "chart-note" }, s.note));
