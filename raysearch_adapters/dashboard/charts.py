@@ -69,7 +69,8 @@ def _layout(key: str, x: str, y: str, **extra) -> dict:
 
 def _hover(r: dict) -> str:
     if on_linears(r.get("type") or DEFAULT_TYPE):
-        hp = f"{type_label(r.get('type') or DEFAULT_TYPE)} rank {r.get('rank')}, alpha {r.get('alpha')}, targets {r.get('targets')}, blocks {r.get('blocks')}"
+        hp = (f"{type_label(r.get('type') or DEFAULT_TYPE)} rank {r.get('rank')}, alpha {r.get('alpha')}, "
+              f"targets {r.get('targets')}, blocks {r.get('blocks')}")
     else:
         hp = (f"{r.get('type') or DEFAULT_TYPE} dim {r.get('dim')}, blocks {r.get('blocks')}, "
               f"position {r.get('position')}")

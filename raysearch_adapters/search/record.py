@@ -15,7 +15,7 @@ from ray.tune import Callback
 
 from raysearch_adapters.results.tables import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES, TRIALS_FILE,
                                                TRIALS_SCHEMA, read_rows, write_table)
-from raysearch_adapters.search.summary import format_hparams
+from raysearch_adapters.search.summary import format_bounds, format_hparams
 
 # A result's keys that go to the trial row as they are: the trial's best evaluation (its result)
 # and what stays fixed; this evaluation's own values (eval_*) go to the epoch row.
@@ -151,4 +151,7 @@ def _print_trial(row: dict) -> None:
         return
     print(f"trial {row['trial_id']} {row['status']} after {row['evals']} evals ({hp}): best at step "
           f"{row['best_step']}: dev WER new {row['dev_wer_new']:.1f}, original {row['dev_wer_original']:.1f}, "
-          f"degradation {row['degradation']:+.2f}{'' if row['feasible'] else ' (infeasible)'}", flush=True)
+          f"degradation {row['degradation']:+.2f}"
+          f"{format_bounds(row.get('degradation_lower'), row.get('degradation_upper'))}"
+          f"{'' if row['feasible'] else ' (infeasible)'}", flush=True)
+

@@ -133,7 +133,7 @@ def _fmt(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _bounds(low: Optional[float], high: Optional[float]) -> str:
+def format_bounds(low: Optional[float], high: Optional[float]) -> str:
     """`` [low, high]`` of a degradation's confidence bounds ("" without them)."""
     return "" if low is None or high is None else f" [{low:+.2f}, {high:+.2f}]"
 
@@ -169,12 +169,12 @@ def format_summary(summary: dict) -> str:
             hp += f", trained {budget['trained_steps'][w['trial_id']]:,} steps"
         lines += ["", f"winner: {hp}; {w['adapter_params']} adapter params ({w['adapter_percent']:.2f} % of base); "
                       f"best evaluation at step {w['best_step']}; degradation {w['degradation']:+.2f}"
-                      f"{_bounds(w.get('degradation_lower'), w.get('degradation_upper'))} {units} on dev (chosen "
+                      f"{format_bounds(w.get('degradation_lower'), w.get('degradation_upper'))} {units} on dev (chosen "
                       f"there), {w['test_degradation']:+.2f}"
-                      f"{_bounds(w.get('test_degradation_lower'), w.get('test_degradation_upper'))} on test (evaluated "
-                      f"once)" + (f"; [lower, upper]: one-sided {100 * summary['confidence']:g} % confidence bounds "
-                                  "(paired bootstrap over utterances)" if w.get("degradation_upper") is not None
-                                  else "")]
+                      f"{format_bounds(w.get('test_degradation_lower'), w.get('test_degradation_upper'))} on test "
+                      "(evaluated once)" + (f"; [lower, upper]: one-sided {100 * summary['confidence']:g} % "
+                                            "confidence bounds (paired bootstrap over utterances)"
+                                            if w.get("degradation_upper") is not None else "")]
         per_type = summary.get("best_per_type") or {}
         if len(per_type) > 1:
             lines.append("best feasible trial per adapter type (dev):")
@@ -189,13 +189,13 @@ def format_summary(summary: dict) -> str:
         c = summary["no_feasible_trial"]
         if c is not None:
             lines.append(f"closest: trial {c['trial_id']} with degradation {c['degradation']:+.2f}"
-                         f"{_bounds(c.get('degradation_lower'), c.get('degradation_upper'))} {units} "
+                         f"{format_bounds(c.get('degradation_lower'), c.get('degradation_upper'))} {units} "
                          f"({c['over_limit_by']:.2f} over the limit), dev WER new {c['dev']['new']:.2f}; try a "
                          "larger search.kappa, smaller dims or learning rates, or adapters in fewer blocks")
     r = summary.get("dev_resolution")
     if r:
-        lines += ["", f"note: the original-domain dev set ({r['utterances']} utterances) cannot resolve the limit: at the "
-                      f"trials' first evaluations the degradation's {100 * r['confidence']:g} % bounds lie "
+        lines += ["", f"note: the original-domain dev set ({r['utterances']} utterances) cannot resolve the limit: "
+                      f"at the trials' first evaluations the degradation's {100 * r['confidence']:g} % bounds lie "
                       f"{r['half_width']:.2f} {units} from it (median), more than {summary['degradation_limit']:g}; "
                       f"about {r['needed']:,} utterances would bring them within it"]
     if budget:
