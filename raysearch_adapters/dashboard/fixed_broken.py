@@ -52,6 +52,7 @@ def _utterance(index: int, row: dict, grid) -> dict:
     delta = None if row["winner_errors"] is None else row["winner_errors"] - row["base_errors"]
     return {"row": index, "id": row["utterance_id"], "domain": row["domain"], "split": row["split"],
             "outcome": outcome(row), "base_errors": row["base_errors"], "winner_errors": row["winner_errors"],
+            "base_looping": bool(row["base_looping"]), "winner_looping": row["winner_looping"],
             "delta": delta, "words": row["reference_words"], "manifest": row["manifest"], "line": row["line"],
             "audio": bool(row["audio_path"]), "offset": row["offset"], "duration": row["duration"],
             "grid": [[c.ref, *c.base, *(c.winner or (None, None)), c.mark] for c in grid]}
@@ -61,7 +62,9 @@ def _most_changed(utterances: List[dict], top: int) -> List[dict]:
     """The ``top`` most fixed and the ``top`` most broken utterances (the report's selection)."""
     fixed = [u for u in utterances if u["outcome"] == "fixed"][:top]
     broken = [u for u in utterances if u["outcome"] == "broken"][::-1][:top]
-    return fixed + broken[::-1]
+    # every utterance the winner loops on and the base does not, however many
+    looping = [u for u in utterances if u["winner_looping"] and not u["base_looping"] and u not in fixed + broken]
+    return fixed + broken[::-1] + looping
 
 
 def fixed_broken_view(results_dir: Path, errors: List[str], top: Optional[int] = None) -> dict:
@@ -91,6 +94,8 @@ def fixed_broken_view(results_dir: Path, errors: List[str], top: Optional[int] =
         sets.append({
             "label": label, "domain": rows[0]["domain"], "split": rows[0]["split"], "total": len(rows),
             "has_winner": has_winner, "counts": {o: counts[o] for o in OUTCOMES},
+            "looping": {"base": sum(bool(r["base_looping"]) for r in rows),
+                        "winner": sum(bool(r["winner_looping"]) for r in rows) if has_winner else None},
             "wer": {"base": wer(rows, "base"), "winner": wer(rows, "winner") if has_winner else None},
             "substitutions": {"base": _substitution_table(base_subs, winner_subs, "base"),
                               "winner": _substitution_table(base_subs, winner_subs, "winner") if has_winner else []},

@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import jiwer
 import pyarrow as pa
 
+from raysearch_adapters.metrics import is_looping, utterance_error_counts
 from raysearch_adapters.results.tables import _f
 
 HYPOTHESES_FILE = "hypotheses.parquet"
@@ -48,6 +49,9 @@ HYPOTHESES_SCHEMA = pa.schema([
     _f("winner_hypothesis", pa.string(), "greedy transcript of the winner (evaluate: of the --adapter given); "
                                          "null: no winner (no feasible trial, or evaluate without --adapter)"),
     _f("winner_errors", pa.int64(), "word errors of winner_hypothesis; null when it is null"),
+    _f("base_looping", pa.bool_(), "base_hypothesis repeats itself: its zlib compression ratio exceeds 2.4 "
+                                   "(metrics.is_looping, openai/whisper's rule)"),
+    _f("winner_looping", pa.bool_(), "winner_hypothesis repeats itself (as base_looping); null when it is null"),
 ])
 
 
@@ -69,17 +73,10 @@ def _chunks(refs: Sequence[str], hyps: Sequence[str]) -> Tuple[list, list, list]
     return out.references, out.hypotheses, out.alignments
 
 
-def _errors(chunks) -> int:
-    """Substitutions + deletions + insertions of one alignment."""
-    return sum(max(c.ref_end_idx - c.ref_start_idx, c.hyp_end_idx - c.hyp_start_idx)
-               for c in chunks if c.type != "equal")
-
-
 def word_errors(refs: Sequence[str], hyps: Sequence[str]) -> List[int]:
-    """Word errors of each hypothesis against its reference (summed, they are ``metrics.error_counts``'s)."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return [_errors(c) for c in _chunks(refs, hyps)[2]]
+    """Word errors of each hypothesis against its reference (summed over the utterances with reference words, they
+    are ``metrics.error_counts``'s)."""
+    return utterance_error_counts(refs, hyps)[0]
 
 
 def hypothesis_rows(domain: Optional[str], split: Optional[str], manifest: str, ids: Sequence[str],
@@ -96,7 +93,9 @@ def hypothesis_rows(domain: Optional[str], split: Optional[str], manifest: str, 
                      "reference": references[i], "reference_words": len(references[i].split()),
                      "base_hypothesis": base[i], "base_errors": base_errors[i],
                      "winner_hypothesis": None if winner is None else winner[i],
-                     "winner_errors": None if winner_errors is None else winner_errors[i]})
+                     "winner_errors": None if winner_errors is None else winner_errors[i],
+                     "base_looping": is_looping(base[i]),
+                     "winner_looping": None if winner is None else is_looping(winner[i])})
     return rows
 
 
@@ -117,6 +116,21 @@ def set_wers(rows: Sequence[Mapping]) -> Dict[str, Dict[str, Dict[str, float]]]:
             part = [r for r in rows if (r["domain"], r["split"]) == (domain, split)]
             if all(r[f"{model}_errors"] is not None for r in part):
                 out.setdefault(model, {}).setdefault(split, {})[domain] = wer(part, model)
+    return out
+
+
+def loop_counts(rows: Sequence[Mapping]) -> Dict[str, Dict[str, Dict[str, int]]]:
+    """``{model: {split: {domain: looping hypotheses}}}`` of the sets in ``rows``, plus ``new``: the winner's
+    looping hypotheses whose base hypothesis does not loop (winner only where it has hypotheses)."""
+    out: Dict[str, Dict[str, Dict[str, int]]] = {}
+    sets = sorted({(r["domain"], r["split"]) for r in rows}, key=str)
+    for domain, split in sets:
+        part = [r for r in rows if (r["domain"], r["split"]) == (domain, split)]
+        out.setdefault("base", {}).setdefault(split, {})[domain] = sum(bool(r["base_looping"]) for r in part)
+        if all(r["winner_looping"] is not None for r in part):
+            out.setdefault("winner", {}).setdefault(split, {})[domain] = sum(bool(r["winner_looping"]) for r in part)
+            out.setdefault("new", {}).setdefault(split, {})[domain] = sum(
+                bool(r["winner_looping"]) and not r["base_looping"] for r in part)
     return out
 
 

@@ -40,7 +40,7 @@ from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.base import block_layout
 from raysearch_adapters.models.registry import load_base_model
-from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE, HYPOTHESES_SCHEMA, set_wers
+from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE, HYPOTHESES_SCHEMA, loop_counts, set_wers
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, OPTUNA_DB, SUMMARY_FILE
 from raysearch_adapters.results.select import closest_infeasible, pareto_front, select_winner
 from raysearch_adapters.results.tables import (EPOCHS_FILE, EPOCHS_SCHEMA, TRIALS_FILE, TRIALS_SCHEMA, read_rows,
@@ -172,7 +172,7 @@ def _interrupted(trials, cfg: Config) -> bool:
 def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[dict], best_adapter: Path,
                      dev_sets: dict, results_dir: Path) -> tuple[dict, Optional[dict], Optional[int], Optional[dict]]:
     """(base test WERs, winner test WERs or None, the block k they were measured from or None, the bounds of the
-    winner's original-domain test degradation or None).
+    winner's original-domain test degradation and the looping hypotheses of dev and test (``checks``)).
 
     The base and the winner decode the dev and test sets of both domains once, through the winner's
     own path: the frozen-prefix cache at its lowest adapted block (unless it trained with SpecAugment)
@@ -195,13 +195,14 @@ def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[
                 {"search_id": cfg.search.name, "winner_trial_id": winner["trial_id"] if winner else "",
                  "measured_from_block": "" if k is None else str(k), "precision": cfg.train.precision})
     wers = set_wers(rows)
+    loops = loop_counts(rows)
     if winner is None:
-        return wers["base"]["test"], None, k, None
+        return wers["base"]["test"], None, k, {"loops": loops}
     test = [r for r in rows if (r["domain"], r["split"]) == ("original", "test")]
     low, high = degradation_bounds([r["winner_errors"] for r in test], [r["base_errors"] for r in test],
                                    [r["reference_words"] for r in test], cfg.search.kappa_mode, cfg.search.confidence,
                                    seed=[cfg.search.seed, 0])
-    return wers["base"]["test"], wers["winner"]["test"], k, {"lower": low, "upper": high}
+    return wers["base"]["test"], wers["winner"]["test"], k, {"lower": low, "upper": high, "loops": loops}
 
 
 def dev_resolution(cfg: Config, epochs: list, utterances: int, limit: float) -> Optional[dict]:
@@ -328,7 +329,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     if winner is not None:
         _copy_adapter(winner["checkpoint_path"], best_adapter)
         paths["best_adapter"] = str(best_adapter)
-    baseline["test"], winner_test, test_k, test_bounds = _test_evaluation(cfg, model, device, winner, best_adapter,
+    baseline["test"], winner_test, test_k, checks = _test_evaluation(cfg, model, device, winner, best_adapter,
                                                                           dev_sets, results_dir)
     epochs = read_rows(results_dir / EPOCHS_FILE, EPOCHS_SCHEMA) if (results_dir / EPOCHS_FILE).is_file() else []
     resolution = dev_resolution(cfg, epochs, len(dev_sets["original"]), limit)
@@ -339,7 +340,8 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
                             closest_infeasible(rows, limit) if winner is None else None, pareto_front(rows), paths,
                             num_blocks=num_blocks, timings=timings, all_failed=_all_failed_reason(rows),
                             block_stacks=block_stacks,
-                            test_from_block=test_k, test_bounds=test_bounds, dev_resolution=resolution)
+                            test_from_block=test_k, test_bounds=checks, loops=checks["loops"],
+                            dev_resolution=resolution)
     write_summary(results_dir / SUMMARY_FILE, summary)
     print("\n" + format_summary(summary), flush=True)
     return summary

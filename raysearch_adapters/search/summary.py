@@ -12,6 +12,7 @@ import raysearch_adapters
 from raysearch_adapters.backbones import BACKBONES
 from raysearch_adapters.config import Config
 from raysearch_adapters.fileio import atomic_write_text
+from raysearch_adapters.metrics import LOOP_COMPRESSION_RATIO
 from raysearch_adapters.models.registry import backbone_class
 from raysearch_adapters.results.select import best_per_type, held_degradation
 from raysearch_adapters.results.tables import HPARAM_NAMES
@@ -59,13 +60,15 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
                   num_blocks: Optional[int] = None, timings: Optional[dict] = None, interrupted: bool = False,
                   block_stacks: Optional[list] = None,
                   all_failed: Optional[str] = None, test_from_block: Optional[int] = None,
-                  test_bounds: Optional[dict] = None, dev_resolution: Optional[dict] = None) -> dict:
+                  test_bounds: Optional[dict] = None, loops: Optional[dict] = None,
+                  dev_resolution: Optional[dict] = None) -> dict:
     """Everything a reader of the search needs, as JSON-able data.
 
     ``interrupted``: the search stopped before its trials finished (no winner, no test evaluation;
     ``--resume`` continues it); ``all_failed``: why no trial was measured; ``test_from_block``: the
     block the winner's and the base's test WERs were measured from (None: the whole model); ``test_bounds``: the
-    lower and upper confidence bounds of the winner's test degradation; ``dev_resolution``: the original-domain
+    lower and upper confidence bounds of the winner's test degradation; ``loops``: the looping hypotheses of the
+    base and the winner (``results.hypotheses.loop_counts``); ``dev_resolution``: the original-domain
     dev set cannot resolve kappa (``dev_resolution`` of search.run)."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("RUNNING", "COMPLETE", "PRUNED", "FAIL")}
     out = {
@@ -80,6 +83,9 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
         "num_blocks": num_blocks,  # adaptable blocks of the base model (the dashboard draws placements)
         "block_stacks": block_stacks,  # [[stack, blocks], ...]: encoder (and decoder) blocks, encoder first
         "baseline": baseline,
+        # hypotheses that repeat themselves (metrics.is_looping), per model, split and domain; "new": the winner's
+        # where the base's does not
+        "loops": loops,
         "winner": None,
         "no_feasible_trial": None,
         "pareto_front": [_trial_brief(r) for r in front],
@@ -138,6 +144,30 @@ def format_bounds(low: Optional[float], high: Optional[float]) -> str:
     return "" if low is None or high is None else f" [{low:+.2f}, {high:+.2f}]"
 
 
+def _loops_lines(loops: Optional[dict]) -> list:
+    """The looping transcripts of the base model and the winner, and a warning when the winner adds any on the
+    original domain."""
+    if not loops:
+        return []
+
+    def counts(model: str) -> str:
+        m = loops.get(model) or {}
+        return ", ".join(f"{split} {m[split].get('new', 0)}/{m[split].get('original', 0)}"
+                         for split in ("dev", "test") if split in m)
+
+    text = (f"looping transcripts (zlib compression ratio > {LOOP_COMPRESSION_RATIO:g}), new/original domain: "
+            f"base model {counts('base')}")
+    if "winner" in loops:
+        text += f"; winner {counts('winner')}"
+    lines = [text]
+    added = {split: d.get("original", 0) for split, d in (loops.get("new") or {}).items()}
+    if any(added.values()):
+        lines.append("WARNING: the winner loops on " + " and ".join(f"{n} original-domain {split} utterance(s)"
+                                                                   for split, n in added.items() if n)
+                     + " that the base model transcribes without looping (hypotheses.parquet: winner_looping)")
+    return lines
+
+
 def _feasible_rule(summary: dict, units: str) -> str:
     held = ("original-domain dev degradation" if summary.get("feasibility", "point") == "point" else
             f"the upper {100 * summary['confidence']:g} % confidence bound of the original-domain dev degradation")
@@ -192,6 +222,8 @@ def format_summary(summary: dict) -> str:
                          f"{format_bounds(c.get('degradation_lower'), c.get('degradation_upper'))} {units} "
                          f"({c['over_limit_by']:.2f} over the limit), dev WER new {c['dev']['new']:.2f}; try a "
                          "larger search.kappa, smaller dims or learning rates, or adapters in fewer blocks")
+    if not summary.get("interrupted"):
+        lines += ["", *_loops_lines(summary.get("loops"))] if summary.get("loops") else []
     r = summary.get("dev_resolution")
     if r:
         lines += ["", f"note: the original-domain dev set ({r['utterances']} utterances) cannot resolve the limit: "

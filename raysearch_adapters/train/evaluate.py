@@ -8,7 +8,7 @@ from typing import Callable, List, Sequence
 import torch
 
 from raysearch_adapters.data.batching import duration_batches
-from raysearch_adapters.metrics import char_error_rate, utterance_error_counts
+from raysearch_adapters.metrics import char_error_rate, scored_errors, utterance_error_counts
 from raysearch_adapters.models.base import as_view
 
 
@@ -80,6 +80,7 @@ def evaluate(model, feature_set, indices: Sequence[int] | None = None, max_batch
     refs = [scored(feature_set.texts[i]) for i in idx]
     scored_hyps = [scored(h) for h in hyps]
     utterance_errors, utterance_words = utterance_error_counts(refs, scored_hyps)
+    utterance_errors = scored_errors(utterance_errors, utterance_words)  # what the WER and its bounds count
     errors, words = sum(utterance_errors), sum(utterance_words)
     return {"wer": 100.0 * errors / max(words, 1), "cer": char_error_rate(refs, scored_hyps),
             "errors": errors, "words": words, "utterance_errors": utterance_errors,

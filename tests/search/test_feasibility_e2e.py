@@ -97,6 +97,13 @@ def test_the_point_search_reports_bounds_of_the_winner_on_dev_and_test(demo_mode
     assert (f"degradation {w['degradation']:+.2f} [{w['degradation_lower']:+.2f}, {w['degradation_upper']:+.2f}] "
             "points on dev") in text
     assert "one-sided 95 % confidence bounds (paired bootstrap over utterances)" in text
+    # looping transcripts: counted per model, split and domain from hypotheses.parquet, and printed
+    from raysearch_adapters.results.hypotheses import HYPOTHESES_SCHEMA, loop_counts
+    rows = read_rows(out / "hypotheses.parquet", HYPOTHESES_SCHEMA)
+    assert all(isinstance(r["base_looping"], bool) and isinstance(r["winner_looping"], bool) for r in rows)
+    assert summary["loops"] == loop_counts(rows) and set(summary["loops"]) == {"base", "winner", "new"}
+    assert set(summary["loops"]["winner"]) == {"dev", "test"}
+    assert "looping transcripts (zlib compression ratio > 2.4), new/original domain: base model dev " in text
 
 
 @pytest.mark.parametrize("override, message", [

@@ -272,6 +272,9 @@
     head.appendChild(el("span", { class: "utt-id" }, u.id));
     head.appendChild(el("span", { class: "utt-set" }, set.label));
     if (u.outcome) head.appendChild(el("span", { class: "badge outcome " + u.outcome }, u.outcome));
+    // a transcript that repeats itself (zlib compression ratio > 2.4)
+    if (u.winner_looping) head.appendChild(el("span", { class: "badge outcome broken looping" }, "winner loops"));
+    if (u.base_looping) head.appendChild(el("span", { class: "badge outcome looping" }, "base loops"));
     const change = u.delta === null ? "" : ` → ${u.winner_errors} (${u.delta > 0 ? "+" : u.delta < 0 ? "−" : "±"}${Math.abs(u.delta)})`;
     head.appendChild(el("span", { class: "utt-errors" }, `word errors ${u.base_errors}${change} of ${u.words} words`));
     if (!embedded && u.audio) {
@@ -322,12 +325,13 @@
     const values = (key) => [...new Set(fb.sets.map((s) => s[key]).filter((v) => v !== null))];
     const controls = el("div", { class: "fb-controls" });
     controls.append(filterSelect("domain", "domain", values("domain")), filterSelect("split", "split", values("split")),
-      filterSelect("outcome", "show", ["changed", "fixed", "broken", "unchanged"]));
+      filterSelect("outcome", "show", ["changed", "fixed", "broken", "unchanged", "looping"]));
     const sets = fb.sets.filter((s) => (fbFilter.domain === "all" || s.domain === fbFilter.domain) &&
       (fbFilter.split === "all" || s.split === fbFilter.split));
     let utterances = sets.flatMap((s) => s.utterances.map((u) => [u, s]))
       .filter(([u]) => fbFilter.outcome === "all" || u.outcome === fbFilter.outcome ||
-        (fbFilter.outcome === "changed" && (u.outcome === "fixed" || u.outcome === "broken")));
+        (fbFilter.outcome === "changed" && (u.outcome === "fixed" || u.outcome === "broken")) ||
+        (fbFilter.outcome === "looping" && (u.winner_looping || u.base_looping)));
     // Sorted by the change in word errors: the most fixed first, or, when showing the broken ones, the most broken.
     utterances.sort(([a], [b]) => (a.delta || 0) - (b.delta || 0) || b.base_errors - a.base_errors || (a.id < b.id ? -1 : 1));
     if (fbFilter.outcome === "broken") utterances.reverse();
