@@ -7,7 +7,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from raysearch_adapters.metrics import error_counts, utterance_error_counts
+from raysearch_adapters.metrics import error_counts, scored_errors, utterance_error_counts
 from raysearch_adapters.train.objective import degradation, degradation_bounds, utterances_to_resolve
 
 
@@ -69,7 +69,9 @@ def test_per_utterance_errors_sum_to_the_corpus_counts_and_match_each_utterance_
     refs = ["the cat sat on the mat", "a b c", "", "hello world", "one two three four"]
     hyps = ["the cat sat on mat", "a x c d", "noise", "", "one too three four five"]
     errors, words = utterance_error_counts(refs, hyps)
-    alone = [round(jiwer.wer(r, h) * len(r.split())) if r else 0 for r, h in zip(refs, hyps)]
-    assert errors == alone == [1, 2, 0, 2, 2]
+    # each utterance alone; an empty reference: every hypothesis word is an insertion
+    alone = [round(jiwer.wer(r, h) * len(r.split())) if r else len(h.split()) for r, h in zip(refs, hyps)]
+    assert errors == alone == [1, 2, 1, 2, 2]
     assert words == [6, 3, 0, 2, 4]
-    assert error_counts(refs, hyps) == (7, 15)
+    assert error_counts(refs, hyps) == (7, 15)  # the WER counts no errors where there is no reference word
+    assert scored_errors(errors, words) == [1, 2, 0, 2, 2]
