@@ -133,11 +133,15 @@ class WhisperOptions:
 
     language: str = "en"  # the language token of a multilingual checkpoint (English-only ones ignore it)
     max_new_tokens: int = 128  # greedy decoding stops at <|endoftext|> or after this many tokens
+    # > 0: no n-gram of this many tokens occurs twice in a transcript (transformers' no_repeat_ngram_size, the
+    # guard deployments use against a decoder that loops); 0: off. Measure with the decoding you will ship.
+    no_repeat_ngram_size: int = 0
 
     def validate(self, key: str) -> None:
         if not self.language or not re.fullmatch(r"[A-Za-z-]+", self.language):
             fail(f"{key}.language", self.language, "must be a language code such as en or de")
         check_range(f"{key}.max_new_tokens", self.max_new_tokens, 1, 440)
+        check_range(f"{key}.no_repeat_ngram_size", self.no_repeat_ngram_size, 0, None)
 
 
 NEMO_HEADS = ("auto", "rnnt", "ctc")

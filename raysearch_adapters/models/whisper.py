@@ -122,7 +122,7 @@ class Whisper(Backbone):
     name = "whisper"
 
     def __init__(self, model: nn.Module, tokenizer, extractor, language: str = "en", max_new_tokens: int = 128,
-                 spelling: Optional[dict] = None):
+                 spelling: Optional[dict] = None, no_repeat_ngram_size: int = 0):
         super().__init__()
         from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
 
@@ -141,6 +141,7 @@ class Whisper(Backbone):
         self.multilingual = bool(cfg.vocab_size >= 51865 if multilingual is None else multilingual)
         self.language = language
         self.max_new_tokens = int(max_new_tokens)
+        self.no_repeat_ngram_size = int(no_repeat_ngram_size)
 
         def token(t: str, key: str = "model.checkpoint") -> int:
             i = tokenizer.convert_tokens_to_ids(t)
@@ -162,14 +163,16 @@ class Whisper(Backbone):
     # ---- construction
     @classmethod
     def from_model_config(cls, cfg) -> "Whisper":
-        return cls.from_pretrained(cfg.checkpoint, cfg.whisper.language, cfg.whisper.max_new_tokens)
+        return cls.from_pretrained(cfg.checkpoint, cfg.whisper.language, cfg.whisper.max_new_tokens,
+                                   cfg.whisper.no_repeat_ngram_size)
 
     @classmethod
     def weights_key(cls, cfg) -> dict:
         return {"files": hf.files_key(cfg.checkpoint)}
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str, language: str = "en", max_new_tokens: int = 128) -> "Whisper":
+    def from_pretrained(cls, checkpoint: str, language: str = "en", max_new_tokens: int = 128,
+                        no_repeat_ngram_size: int = 0) -> "Whisper":
         """A folder written by ``save_pretrained`` (or converted, see ``tools/ct2_whisper_to_hf.py``) or a hub id."""
         from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
@@ -189,17 +192,23 @@ class Whisper(Backbone):
             fe = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins)
         fe.dither = 0.0  # features are cached once: dithering would only freeze one draw of noise
         model = hf.pretrained(WhisperForConditionalGeneration, src, cfg)
-        return cls(model, tok, fe, language, max_new_tokens, getattr(tok, "english_spelling_normalizer", None)).eval()
+        return cls(model, tok, fe, language, max_new_tokens, getattr(tok, "english_spelling_normalizer", None),
+                   no_repeat_ngram_size).eval()
 
     @classmethod
     def evaluate_args(cls, cfg) -> str:
         return (f"model.name={cls.name} model.checkpoint={cfg.checkpoint} model.whisper.language={cfg.whisper.language} "
-                f"model.whisper.max_new_tokens={cfg.whisper.max_new_tokens}")
+                f"model.whisper.max_new_tokens={cfg.whisper.max_new_tokens}" +
+                (f" model.whisper.no_repeat_ngram_size={cfg.whisper.no_repeat_ngram_size}"
+                 if cfg.whisper.no_repeat_ngram_size else ""))
 
     def config_dict(self) -> dict:
         hf_cfg = {k: v for k, v in self.hf.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
-        return {"name": self.name, "hf_config": hf_cfg, "prompt": self.prompt, "language": self.language,
-                "max_new_tokens": self.max_new_tokens, "suppress": self.suppress, "begin_suppress": self.begin_suppress}
+        out = {"name": self.name, "hf_config": hf_cfg, "prompt": self.prompt, "language": self.language,
+               "max_new_tokens": self.max_new_tokens, "suppress": self.suppress, "begin_suppress": self.begin_suppress}
+        if self.no_repeat_ngram_size:  # decoding with the guard is another teacher (its caches are keyed by this)
+            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return out
 
     # ---- a merged export: the transformers folder itself
     def save_export(self, out_dir: Path, meta: dict) -> Tuple[Path, str]:
@@ -207,7 +216,8 @@ class Whisper(Backbone):
         checkpoint's tokenizer and log-mel extractor, an ordinary Hugging Face folder; ``model.whisper.language`` and
         ``model.whisper.max_new_tokens`` beside them."""
         folder = hf.save_export(self.hf, [self.tokenizer.hf, self.extractor], out_dir,
-                                {"language": self.language, "max_new_tokens": self.max_new_tokens}, meta)
+                                {"language": self.language, "max_new_tokens": self.max_new_tokens,
+                                 "no_repeat_ngram_size": self.no_repeat_ngram_size}, meta)
         return folder, (f"transformers: WhisperForConditionalGeneration.from_pretrained('{folder}') and "
                         f"WhisperProcessor.from_pretrained('{folder}'); or raysearch-adapters evaluate "
                         f"model.name={self.name} model.checkpoint={folder} model.whisper.language={self.language} "
@@ -301,9 +311,20 @@ class Whisper(Backbone):
     def _cap(self) -> int:
         return min(self.max_new_tokens, self.hf.config.max_target_positions - len(self.prompt))
 
+    def _repeats(self, history: List[int]) -> List[int]:
+        """The tokens that would complete an n-gram (n = ``no_repeat_ngram_size``) already in ``history`` (the
+        prompt and the tokens so far), as transformers' NoRepeatNGramLogitsProcessor bans them."""
+        n = self.no_repeat_ngram_size
+        if n <= 0 or len(history) + 1 < n:
+            return []
+        prefix = history[len(history) - n + 1:]
+        return [history[i + n - 1] for i in range(len(history) - n + 1) if history[i:i + n - 1] == prefix]
+
     @torch.no_grad()
     def greedy(self, encoded: torch.Tensor) -> List[List[int]]:
-        """Greedy token ids per utterance (<|endoftext|> included when reached) with a key-value cache."""
+        """Greedy token ids per utterance (<|endoftext|> included when reached) with a key-value cache; with
+        ``no_repeat_ngram_size`` > 0 no n-gram of that size occurs twice (the guard against a decoder that
+        loops)."""
         b = encoded.shape[0]
         ids = torch.tensor(self.prompt, device=encoded.device).expand(b, -1)
         decoder = self.hf.model.decoder
@@ -315,6 +336,12 @@ class Whisper(Backbone):
             suppressed = self.suppress + (self.begin_suppress if step == 0 else [])
             if suppressed:
                 logits[:, suppressed] = -float("inf")
+            if self.no_repeat_ngram_size:
+                so_far = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(b)]
+                for i, seq in enumerate(so_far):
+                    banned = self._repeats(self.prompt + seq)
+                    if banned:
+                        logits[i, banned] = -float("inf")
             nxt = logits.argmax(dim=-1).masked_fill(done, self.eot)
             tokens.append(nxt)
             done = done | (nxt == self.eot)

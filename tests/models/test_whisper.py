@@ -196,3 +196,45 @@ def test_loads_through_the_registry_and_refuses_other_models(folders, tmp_path):
     with pytest.raises(UserError, match=r"is a 'whisper' model; model.name=hf_ctc takes .*model.name=whisper takes "
                                         r"Whisper"):
         HFCTC.from_pretrained(str(folders["en"]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@torch.no_grad()
+def test_no_repeat_ngram_size_decodes_as_transformers_generate_does(folders, n):
+    """The guard against a looping decoder: no n-gram twice in prompt + transcript, token for token what
+    transformers' generate(no_repeat_ngram_size=n) decodes; the tiny random model repeats itself without it."""
+    plain = Whisper.from_pretrained(str(folders["en"]), max_new_tokens=20)
+    guarded = Whisper.from_pretrained(str(folders["en"]), max_new_tokens=20, no_repeat_ngram_size=n)
+    ref = transformers.WhisperForConditionalGeneration.from_pretrained(folders["en"]).eval()
+    extractor = transformers.WhisperFeatureExtractor.from_pretrained(folders["en"])
+    feats, lengths = _features(guarded)
+    encoded = guarded._encoded(guarded.encode_prefix(feats, lengths, 0)[0], 0)
+    ours, unguarded = guarded.greedy(encoded), plain.greedy(encoded)
+    assert ours != unguarded  # the guard changed something
+    waves, wave_lengths = _waves()
+    for i in range(2):
+        full = extractor(waves[i, : wave_lengths[i]].numpy(), sampling_rate=16000, return_tensors="pt").input_features
+        generated = ref.generate(full, max_new_tokens=20, no_repeat_ngram_size=n)[0].tolist()
+        assert generated[: len(ours[i])] == ours[i]
+        seq = guarded.prompt + [t for t in ours[i] if t != guarded.eot]
+        grams = [tuple(seq[j:j + n]) for j in range(len(seq) - n + 1)]
+        assert len(grams) == len(set(grams))
+
+
+def test_the_decoding_guard_is_a_model_option_checked_by_key():
+    from raysearch_adapters.config import ConfigError, load_config
+
+    cfg = load_config([], ["model.name=whisper", "model.checkpoint=x", "model.whisper.no_repeat_ngram_size=3"])
+    assert cfg.model.whisper.no_repeat_ngram_size == 3
+    assert Whisper.evaluate_args(cfg.model).endswith("model.whisper.no_repeat_ngram_size=3")
+    with pytest.raises(ConfigError, match=r"^model\.whisper\.no_repeat_ngram_size: got -1; must be >= 0$"):
+        load_config([], ["model.whisper.no_repeat_ngram_size=-1"])
+
+
+def test_the_guard_keys_the_caches_only_when_on(folders):
+    from raysearch_adapters.adapters.state import base_fingerprint
+
+    plain = Whisper.from_pretrained(str(folders["en"]))
+    assert "no_repeat_ngram_size" not in plain.config_dict()  # adapters saved without the option still load
+    guarded = Whisper.from_pretrained(str(folders["en"]), no_repeat_ngram_size=3)
+    assert base_fingerprint(guarded) != base_fingerprint(plain)  # its transcripts, so its teacher cache, differ
