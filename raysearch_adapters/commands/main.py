@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("demo-data", help="build the embedded two-domain demo corpus (offline TTS)")
-    p.add_argument("--out", default=None, help="output folder (default: data.demo_dir of the config)")
+    p.add_argument("--out", default=None, help="output folder (default: data.demo_dir of the embedded demo config)")
     p.add_argument("--small", action="store_true", help="a tiny corpus for tests (seconds)")
     p.add_argument("--seed", type=int, default=0, help="random seed (the corpus is deterministic per seed)")
     p.add_argument("--jobs", type=int, default=0, help="parallel synthesis processes (0 = all cores)")

@@ -154,13 +154,9 @@ def _read_file(path: Path, chain: tuple = ()) -> list:
     if base_path.resolve() in (*chain, here):
         raise ConfigError(f"config file {path}: extends: {base!r} is a file this one already extends (a cycle: "
                           f"{' -> '.join(str(p) for p in (*chain, here, base_path.resolve()))})")
-    try:
-        return _read_file(base_path, (*chain, here)) + [(path, loaded)]
-    except ConfigError:
-        if base_path.is_file():
-            raise
-        raise ConfigError(f"config file {path}: extends: {base!r}: {base_path} not found; allowed: "
-                          f"{EXTENDS_FORMS}") from None
+    if not base_path.is_file():
+        raise ConfigError(f"config file {path}: extends: {base!r}: {base_path} not found; allowed: {EXTENDS_FORMS}")
+    return _read_file(base_path, (*chain, here)) + [(path, loaded)]
 
 
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:

@@ -39,7 +39,8 @@ TABLE_COLUMNS = (
     ("adapter_params", "adapter params"), ("adapter_percent", "% of base"),
     ("evals", "evals"), ("best_step", "best at step"),
     ("dev_wer_new", "dev WER new"), ("dev_wer_original", "dev WER original"), ("degradation", "degradation"),
-    ("degradation_lower", "lower bound"), ("degradation_upper", "upper bound"), ("feasible", "feasible"), ("wall_time_s", "time (s)"), ("device", "device"), ("error", "error"),
+    ("degradation_lower", "lower bound"), ("degradation_upper", "upper bound"), ("feasible", "feasible"),
+    ("wall_time_s", "time (s)"), ("device", "device"), ("error", "error"),
 )
 
 

@@ -94,8 +94,6 @@ def fixed_broken_view(results_dir: Path, errors: List[str], top: Optional[int] =
         sets.append({
             "label": label, "domain": rows[0]["domain"], "split": rows[0]["split"], "total": len(rows),
             "has_winner": has_winner, "counts": {o: counts[o] for o in OUTCOMES},
-            "looping": {"base": sum(bool(r["base_looping"]) for r in rows),
-                        "winner": sum(bool(r["winner_looping"]) for r in rows) if has_winner else None},
             "wer": {"base": wer(rows, "base"), "winner": wer(rows, "winner") if has_winner else None},
             "substitutions": {"base": _substitution_table(base_subs, winner_subs, "base"),
                               "winner": _substitution_table(base_subs, winner_subs, "winner") if has_winner else []},

@@ -331,19 +331,22 @@ class Whisper(Backbone):
         out = decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True)
         done = torch.zeros(b, dtype=torch.bool, device=encoded.device)
         tokens: List[torch.Tensor] = []
+        history = [list(self.prompt) for _ in range(b)]  # prompt + tokens so far (the no-repeat guard's n-grams)
         for step in range(self._cap()):
             logits = self.hf.proj_out(out.last_hidden_state[:, -1]).float()
             suppressed = self.suppress + (self.begin_suppress if step == 0 else [])
             if suppressed:
                 logits[:, suppressed] = -float("inf")
             if self.no_repeat_ngram_size:
-                so_far = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(b)]
-                for i, seq in enumerate(so_far):
-                    banned = self._repeats(self.prompt + seq)
+                for i, seq in enumerate(history):
+                    banned = self._repeats(seq)
                     if banned:
                         logits[i, banned] = -float("inf")
             nxt = logits.argmax(dim=-1).masked_fill(done, self.eot)
             tokens.append(nxt)
+            if self.no_repeat_ngram_size:
+                for seq, t in zip(history, nxt.tolist()):
+                    seq.append(t)
             done = done | (nxt == self.eot)
             if bool(done.all()):
                 break

@@ -107,13 +107,17 @@ def wer(rows: Iterable[Mapping], model: str) -> float:
     return 100.0 * errors / max(sum(r["reference_words"] for r in scored), 1)
 
 
+def _by_set(rows: Sequence[Mapping]) -> List[Tuple[Optional[str], Optional[str], List[Mapping]]]:
+    """``[(domain, split, its rows), ...]`` of the sets in ``rows``."""
+    sets = sorted({(r["domain"], r["split"]) for r in rows}, key=str)
+    return [(d, s, [r for r in rows if (r["domain"], r["split"]) == (d, s)]) for d, s in sets]
+
+
 def set_wers(rows: Sequence[Mapping]) -> Dict[str, Dict[str, Dict[str, float]]]:
     """``{model: {split: {domain: WER}}}`` of the sets in ``rows`` (winner only where it has hypotheses)."""
     out: Dict[str, Dict[str, Dict[str, float]]] = {}
-    sets = sorted({(r["domain"], r["split"]) for r in rows}, key=str)
     for model in ("base", "winner"):
-        for domain, split in sets:
-            part = [r for r in rows if (r["domain"], r["split"]) == (domain, split)]
+        for domain, split, part in _by_set(rows):
             if all(r[f"{model}_errors"] is not None for r in part):
                 out.setdefault(model, {}).setdefault(split, {})[domain] = wer(part, model)
     return out
@@ -123,9 +127,7 @@ def loop_counts(rows: Sequence[Mapping]) -> Dict[str, Dict[str, Dict[str, int]]]
     """``{model: {split: {domain: looping hypotheses}}}`` of the sets in ``rows``, plus ``new``: the winner's
     looping hypotheses whose base hypothesis does not loop (winner only where it has hypotheses)."""
     out: Dict[str, Dict[str, Dict[str, int]]] = {}
-    sets = sorted({(r["domain"], r["split"]) for r in rows}, key=str)
-    for domain, split in sets:
-        part = [r for r in rows if (r["domain"], r["split"]) == (domain, split)]
+    for domain, split, part in _by_set(rows):
         out.setdefault("base", {}).setdefault(split, {})[domain] = sum(bool(r["base_looping"]) for r in part)
         if all(r["winner_looping"] is not None for r in part):
             out.setdefault("winner", {}).setdefault(split, {})[domain] = sum(bool(r["winner_looping"]) for r in part)

@@ -23,11 +23,12 @@ def measured(rows: Sequence[dict]) -> List[dict]:
             and r.get("degradation") is not None]
 
 
-def held_degradation(row: dict) -> float:
+def held_degradation(row: dict, prefix: str = "") -> float:
     """The degradation a row's feasibility holds to the limit: the estimate, or with ``search.feasibility=upper``
-    its upper confidence bound (a row without the column, or without a bound, holds the estimate)."""
-    held = row.get("held_degradation")
-    return float(row["degradation"] if held is None else held)
+    its upper confidence bound (a row without the column, or without a bound, holds the estimate). ``prefix``:
+    ``eval_`` reads a trial result's latest evaluation instead of its best one."""
+    held = row.get(f"{prefix}held_degradation")
+    return float(row[f"{prefix}degradation"] if held is None else held)
 
 
 def _order(row: dict) -> tuple:

@@ -37,6 +37,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from raysearch_adapters.halving import HalvingPlan, next_alive
+from raysearch_adapters.results.select import held_degradation
 from raysearch_adapters.train.objective import asha_score
 
 
@@ -144,9 +145,8 @@ class BudgetScheduler(TrialScheduler):
         step = int(result["step"])
         if result.get("final"):  # it ends by itself (patience, or its last step): on_trial_complete follows
             return TrialScheduler.CONTINUE
-        held = result.get("eval_held_degradation")  # the degradation feasibility holds to the limit
         self._evals.setdefault(tid, []).append((float(result["eval_dev_wer_new"]),
-                                                float(result["eval_degradation"] if held is None else held)))
+                                                held_degradation(result, prefix="eval_")))
         if tid in self._allowance:
             if step >= self._allowance[tid]:
                 self.finished.add(tid)

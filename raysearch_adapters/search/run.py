@@ -170,9 +170,9 @@ def _interrupted(trials, cfg: Config) -> bool:
 
 
 def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[dict], best_adapter: Path,
-                     dev_sets: dict, results_dir: Path) -> tuple[dict, Optional[dict], Optional[int], Optional[dict]]:
+                     dev_sets: dict, results_dir: Path) -> tuple[dict, Optional[dict], Optional[int], Optional[dict], dict]:
     """(base test WERs, winner test WERs or None, the block k they were measured from or None, the bounds of the
-    winner's original-domain test degradation and the looping hypotheses of dev and test (``checks``)).
+    winner's original-domain test degradation or None, the looping hypotheses of dev and test).
 
     The base and the winner decode the dev and test sets of both domains once, through the winner's
     own path: the frozen-prefix cache at its lowest adapted block (unless it trained with SpecAugment)
@@ -197,12 +197,12 @@ def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[
     wers = set_wers(rows)
     loops = loop_counts(rows)
     if winner is None:
-        return wers["base"]["test"], None, k, {"loops": loops}
+        return wers["base"]["test"], None, k, None, loops
     test = [r for r in rows if (r["domain"], r["split"]) == ("original", "test")]
     low, high = degradation_bounds([r["winner_errors"] for r in test], [r["base_errors"] for r in test],
                                    [r["reference_words"] for r in test], cfg.search.kappa_mode, cfg.search.confidence,
                                    seed=[cfg.search.seed, 0])
-    return wers["base"]["test"], wers["winner"]["test"], k, {"lower": low, "upper": high, "loops": loops}
+    return wers["base"]["test"], wers["winner"]["test"], k, {"lower": low, "upper": high}, loops
 
 
 def dev_resolution(cfg: Config, epochs: list, utterances: int, limit: float) -> Optional[dict]:
@@ -329,8 +329,8 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     if winner is not None:
         _copy_adapter(winner["checkpoint_path"], best_adapter)
         paths["best_adapter"] = str(best_adapter)
-    baseline["test"], winner_test, test_k, checks = _test_evaluation(cfg, model, device, winner, best_adapter,
-                                                                          dev_sets, results_dir)
+    baseline["test"], winner_test, test_k, test_bounds, loops = _test_evaluation(cfg, model, device, winner,
+                                                                                 best_adapter, dev_sets, results_dir)
     epochs = read_rows(results_dir / EPOCHS_FILE, EPOCHS_SCHEMA) if (results_dir / EPOCHS_FILE).is_file() else []
     resolution = dev_resolution(cfg, epochs, len(dev_sets["original"]), limit)
     ended = time.monotonic()
@@ -340,7 +340,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
                             closest_infeasible(rows, limit) if winner is None else None, pareto_front(rows), paths,
                             num_blocks=num_blocks, timings=timings, all_failed=_all_failed_reason(rows),
                             block_stacks=block_stacks,
-                            test_from_block=test_k, test_bounds=checks, loops=checks["loops"],
+                            test_from_block=test_k, test_bounds=test_bounds, loops=loops,
                             dev_resolution=resolution)
     write_summary(results_dir / SUMMARY_FILE, summary)
     print("\n" + format_summary(summary), flush=True)

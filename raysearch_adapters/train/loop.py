@@ -100,11 +100,11 @@ def dev_errors(view: BackboneView, feature_set: FeatureSet, batch_seconds: float
     """Per-utterance errors of the whole ``feature_set``: each rank decodes its share, the ranks' counts are summed
     (each utterance is counted by one rank, the others add 0)."""
     device = _device_of(view)
-    mine = range(rank, len(feature_set), world_size)
+    mine = list(range(rank, len(feature_set), world_size))
     result = evaluate(view, feature_set, mine, batch_seconds, device, precision)
     counts = torch.zeros(2, len(feature_set), dtype=torch.float64, device=device)
-    counts[0, list(mine)] = torch.tensor(result["utterance_errors"], dtype=torch.float64, device=device)
-    counts[1, list(mine)] = torch.tensor(result["utterance_words"], dtype=torch.float64, device=device)
+    counts[:, mine] = torch.tensor([result["utterance_errors"], result["utterance_words"]], dtype=torch.float64,
+                                   device=device)
     if all_reduce is not None:
         all_reduce(counts)
     out = counts.cpu().numpy().astype(np.int64)
