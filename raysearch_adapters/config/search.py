@@ -156,6 +156,9 @@ class SearchConfig:
     # confidence bound at search.confidence (upper; a paired bootstrap over the dev utterances, docs/protecting.md)
     feasibility: str = "point"
     confidence: float = 0.95  # of the degradation's bounds (each one-sided): in (0.5, 1)
+    # Original-domain dev utterances an evaluation may newly loop on (its hypothesis repeats itself: zlib compression
+    # ratio > 2.4, where the base model's does not) and stay feasible; null: loops are counted, not held to a limit
+    max_new_loops: Optional[int] = 0
     seed: int = 0  # the sampler's seed
     asha: AshaConfig = field(default_factory=AshaConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -222,6 +225,8 @@ class SearchConfig:
         check_choice(f"{key}.kappa_mode", self.kappa_mode, ("absolute", "relative"))
         check_choice(f"{key}.feasibility", self.feasibility, ("point", "upper"))
         check_range(f"{key}.confidence", self.confidence, 0.5, 1, low_open=True, high_open=True)
+        if self.max_new_loops is not None:
+            check_range(f"{key}.max_new_loops", self.max_new_loops, 0, None)
         self.asha.validate(f"{key}.asha")
         self.space.validate(f"{key}.space")
         self.grid.validate(f"{key}.grid")

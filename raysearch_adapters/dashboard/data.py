@@ -39,7 +39,8 @@ TABLE_COLUMNS = (
     ("adapter_params", "adapter params"), ("adapter_percent", "% of base"),
     ("evals", "evals"), ("best_step", "best at step"),
     ("dev_wer_new", "dev WER new"), ("dev_wer_original", "dev WER original"), ("degradation", "degradation"),
-    ("degradation_lower", "lower bound"), ("degradation_upper", "upper bound"), ("feasible", "feasible"),
+    ("degradation_lower", "lower bound"), ("degradation_upper", "upper bound"), ("new_loops", "new loops"),
+    ("feasible", "feasible"),
     ("wall_time_s", "time (s)"), ("device", "device"), ("error", "error"),
 )
 
@@ -82,6 +83,12 @@ class Snapshot:
         (("point", None) for results written before the bounds)."""
         mode = (self.summary or {}).get("feasibility") or self.metadata.get("feasibility") or "point"
         return mode, self._setting("confidence")
+
+    def max_new_loops(self) -> Optional[int]:
+        """Original-domain dev utterances a feasible trial may newly loop on; None when not held to a limit (or not
+        said)."""
+        value = self._setting("max_new_loops")
+        return int(value) if value is not None else None
 
     def degradation_limit(self) -> Optional[float]:
         """Kappa in degradation units; None when neither summary.json nor trials.parquet says."""
@@ -242,7 +249,7 @@ def summary_view(snap: Snapshot) -> dict:
     counts = {st: sum(r["status"] == st for r in snap.trials) for st in ("RUNNING", "COMPLETE", "PRUNED", "FAIL")}
     mode, confidence = snap.feasibility()
     out = {"search_id": snap.search_id, "state": snap.state, "degradation_limit": snap.degradation_limit(),
-           "feasibility": mode, "confidence": confidence,
+           "feasibility": mode, "confidence": confidence, "max_new_loops": snap.max_new_loops(),
            "kappa": None, "kappa_mode": None, "units": None, "rows": [], "winner": None, "note": None,
            "per_type": [{"type": t, **_brief(r)} for t, r in per_type.items()] if len(per_type) > 1 else [],
            "counts": {"total": len(snap.trials), **counts}, "versions": None}
@@ -271,9 +278,12 @@ def summary_view(snap: Snapshot) -> dict:
         out["winner"]["hparams"] = _own(w.get("hparams") or {})
     else:
         c = s.get("no_feasible_trial")
+        loops = snap.max_new_loops()
         out["note"] = ("no feasible trial: every measured trial degraded the original domain by more than the "
-                       "limit" + (f"; closest: trial {c.get('trial_id')}, degradation {c.get('degradation'):+.2f}"
-                                  if c and c.get("degradation") is not None else ""))
+                       "limit" + ("" if loops is None else f" or newly looped on more than {loops} dev utterance(s)")
+                       + (f"; closest: trial {c.get('trial_id')}, degradation {c.get('degradation'):+.2f}"
+                          + (f", {c['new_loops']} newly looping" if c.get("new_loops") else "")
+                          if c and c.get("degradation") is not None else ""))
     return out
 
 

@@ -31,6 +31,34 @@ def held_degradation(row: dict, prefix: str = "") -> float:
     return float(row[f"{prefix}degradation"] if held is None else held)
 
 
+# What one looping utterance over ``search.max_new_loops`` weighs against degradation over the limit, in degradation
+# units, where infeasible results are ranked (a trial's least infeasible evaluation, ASHA's penalty, the closest
+# infeasible trial): one loop counts as far from feasible as one point of degradation over the limit.
+LOOP_PRICE = 1.0
+
+
+def new_loops(row: dict, prefix: str = "") -> int:
+    """The looping hypotheses a row's evaluation added on original-domain dev (0 when not measured)."""
+    return int(row.get(f"{prefix}new_loops") or 0)
+
+
+def violation(row: dict, limit: float, max_new_loops: Optional[int] = None, prefix: str = "") -> float:
+    """How far a row is from feasible, in degradation units (0 when it is): its :func:`held_degradation` over
+    ``limit``, plus :data:`LOOP_PRICE` per looping utterance it added beyond ``max_new_loops`` (None: loops are not
+    held to a limit)."""
+    over = max(0.0, held_degradation(row, prefix) - limit)
+    if max_new_loops is not None:
+        over += LOOP_PRICE * max(0, new_loops(row, prefix) - max_new_loops)
+    return over
+
+
+def within_limits(row: dict, limit: float, max_new_loops: Optional[int] = None, prefix: str = "") -> bool:
+    """Whether a row is feasible: :func:`held_degradation` <= ``limit`` and, with ``max_new_loops`` an int, at most
+    that many looping hypotheses added on original-domain dev."""
+    return held_degradation(row, prefix) <= limit and (max_new_loops is None
+                                                       or new_loops(row, prefix) <= max_new_loops)
+
+
 def _order(row: dict) -> tuple:
     """Ties go to the trial the search started first (trial ids are random: a tie broken on them would not
     repeat from one run to the next)."""
@@ -38,18 +66,19 @@ def _order(row: dict) -> tuple:
     return (0, number, row["trial_id"]) if number is not None else (1, 0, row["trial_id"])
 
 
-def select_winner(rows: Sequence[dict], limit: float) -> Optional[dict]:
-    """The COMPLETE feasible trial (:func:`held_degradation` <= ``limit``) with the lowest dev new WER; ties: lower
-    held degradation, then the earlier trial; None if none."""
-    feasible = [r for r in measured(rows) if r["status"] in WINNER_STATUSES and held_degradation(r) <= limit]
+def select_winner(rows: Sequence[dict], limit: float, max_new_loops: Optional[int] = None) -> Optional[dict]:
+    """The COMPLETE feasible trial (:func:`within_limits`) with the lowest dev new WER; ties: lower held
+    degradation, then the earlier trial; None if none."""
+    feasible = [r for r in measured(rows)
+                if r["status"] in WINNER_STATUSES and within_limits(r, limit, max_new_loops)]
     return min(feasible, key=lambda r: (r["dev_wer_new"], held_degradation(r), *_order(r)), default=None)
 
 
-def best_per_type(rows: Sequence[dict], limit: float) -> Dict[str, dict]:
+def best_per_type(rows: Sequence[dict], limit: float, max_new_loops: Optional[int] = None) -> Dict[str, dict]:
     """Per adapter type, the trial :func:`select_winner` would choose among that type's trials (the search's
     winner is the best of these); types without a feasible COMPLETE trial are left out."""
     types = sorted({r.get("type") for r in rows if r.get("type")})
-    best = {t: select_winner([r for r in rows if r.get("type") == t], limit) for t in types}
+    best = {t: select_winner([r for r in rows if r.get("type") == t], limit, max_new_loops) for t in types}
     return {t: r for t, r in best.items() if r is not None}
 
 
@@ -64,7 +93,9 @@ def pareto_front(rows: Sequence[dict]) -> List[dict]:
     return sorted((r for r in done if not dominated(r)), key=lambda r: (r["dev_wer_new"], r["degradation"]))
 
 
-def closest_infeasible(rows: Sequence[dict], limit: float) -> Optional[dict]:
-    """The infeasible trial nearest to the limit (lowest held degradation; ties: lower dev new WER)."""
-    infeasible = [r for r in measured(rows) if held_degradation(r) > limit]
-    return min(infeasible, key=lambda r: (held_degradation(r), r["dev_wer_new"], *_order(r)), default=None)
+def closest_infeasible(rows: Sequence[dict], limit: float, max_new_loops: Optional[int] = None) -> Optional[dict]:
+    """The infeasible trial nearest to feasible (lowest :func:`violation`, then held degradation; ties: lower dev
+    new WER)."""
+    infeasible = [r for r in measured(rows) if not within_limits(r, limit, max_new_loops)]
+    return min(infeasible, key=lambda r: (violation(r, limit, max_new_loops), held_degradation(r), r["dev_wer_new"],
+                                          *_order(r)), default=None)

@@ -32,6 +32,9 @@ _BOUND_DOC = ("one-sided {} confidence bound (summary.json confidence) of the de
               "over the original-domain dev utterances")
 _HELD_DOC = ("the degradation feasibility holds to kappa: the degradation itself, or (summary.json feasibility "
              "'upper') its upper bound")
+_LOOPS_DOC = ("original-domain dev utterances whose hypothesis loops (zlib compression ratio > 2.4) where the base "
+              "model's does not")
+_FEASIBLE_DOC = "held_degradation <= kappa and new_loops <= search.max_new_loops (unless null)"
 
 
 def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
@@ -63,7 +66,8 @@ TRIALS_SCHEMA = pa.schema([
     _f("degradation_lower", pa.float64(), _BOUND_DOC.format("lower") + "; best evaluation"),
     _f("degradation_upper", pa.float64(), _BOUND_DOC.format("upper") + "; best evaluation"),
     _f("held_degradation", pa.float64(), _HELD_DOC + "; best evaluation"),
-    _f("feasible", pa.bool_(), "held_degradation <= kappa (best evaluation)"),
+    _f("new_loops", pa.int64(), _LOOPS_DOC + "; best evaluation"),
+    _f("feasible", pa.bool_(), _FEASIBLE_DOC + "; best evaluation"),
     _f("base_dev_wer_original", pa.float64(),
        "original-domain dev WER (%) of the base model measured on this trial's path (same blocks, precision)"),
     _f("wall_time_s", pa.float64(), "seconds from the trial's start to its last result"),
@@ -87,7 +91,8 @@ EPOCHS_SCHEMA = pa.schema([
     _f("degradation_lower", pa.float64(), _BOUND_DOC.format("lower")),
     _f("degradation_upper", pa.float64(), _BOUND_DOC.format("upper")),
     _f("held_degradation", pa.float64(), _HELD_DOC),
-    _f("feasible", pa.bool_(), "held_degradation <= kappa"),
+    _f("new_loops", pa.int64(), _LOOPS_DOC),
+    _f("feasible", pa.bool_(), _FEASIBLE_DOC),
     _f("lr", pa.float64(), "learning rate at this step"),
     _f("time_s", pa.float64(), "seconds since the trial's training started"),
 ])

@@ -37,17 +37,19 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from raysearch_adapters.halving import HalvingPlan, next_alive
-from raysearch_adapters.results.select import held_degradation
+from raysearch_adapters.results.select import held_degradation, new_loops
 from raysearch_adapters.train.objective import asha_score
 
 
 class BudgetScheduler(TrialScheduler):
     """Synchronous successive halving over a cohort of trials, then the finalists' shares (module docstring)."""
 
-    def __init__(self, plan: HalvingPlan, eta: int, eval_every: int, metric: str, limit: float, sink=None):
+    def __init__(self, plan: HalvingPlan, eta: int, eval_every: int, metric: str, limit: float, sink=None,
+                 max_new_loops: Optional[int] = None):
         super().__init__()
         self._metric, self._mode = metric, "min"
         self._limit = limit  # kappa in degradation units; a rung widens it (rung_limit)
+        self._max_new_loops = max_new_loops  # looping utterances an evaluation may add (None: not held); no rung widens it
         self.plan, self._eta, self._eval_every = plan, eta, eval_every
         # Where the state goes with each experiment snapshot: the searcher, which Tune saves with the trials'
         # states in one snapshot and restores on --resume (the scheduler itself is not saved).
@@ -56,8 +58,9 @@ class BudgetScheduler(TrialScheduler):
         self._trials: Dict[str, Trial] = {}  # in the order the search created them: the cohort
         self._milestone: Dict[str, int] = {}  # the step a trial in the halving trains to
         self._score: Dict[str, float] = {}  # its score there, once it has reached it
-        # every evaluation's (dev new WER, the degradation held to the limit: search.feasibility)
-        self._evals: Dict[str, List[Tuple[float, float]]] = {}
+        # every evaluation's (dev new WER, the degradation held to the limit: search.feasibility, looping
+        # utterances it added)
+        self._evals: Dict[str, List[Tuple[float, float, int]]] = {}
         self._steps: Dict[str, int] = {}  # steps each trial has trained
         self._allowance: Dict[str, int] = {}  # finalists: the step each may train to
         self._out: Set[str] = set()  # trials no longer in the race (stopped, ended, failed)
@@ -146,7 +149,8 @@ class BudgetScheduler(TrialScheduler):
         if result.get("final"):  # it ends by itself (patience, or its last step): on_trial_complete follows
             return TrialScheduler.CONTINUE
         self._evals.setdefault(tid, []).append((float(result["eval_dev_wer_new"]),
-                                                held_degradation(result, prefix="eval_")))
+                                                held_degradation(result, prefix="eval_"),
+                                                new_loops(result, prefix="eval_")))
         if tid in self._allowance:
             if step >= self._allowance[tid]:
                 self.finished.add(tid)
@@ -163,15 +167,17 @@ class BudgetScheduler(TrialScheduler):
         docstring): the limit times how many times further the finalists' start is."""
         return self._limit * self.plan.milestones[-1] / milestone
 
-    def rung_score(self, evaluations: List[Tuple[float, float]], milestone: int) -> float:
+    def rung_score(self, evaluations: List[Tuple[float, float, int]], milestone: int) -> float:
         """What ranks a trial at a rung (lower is better): the best score of its evaluations ((dev new WER,
-        degradation) of each) against the rung's limit.
+        degradation, looping utterances added) of each) against the rung's limit (loops: against
+        ``max_new_loops``, the same at every rung).
 
         Scored against the rung's limit, not the one the trial's reported best was chosen by: with kappa, a
         trial whose every evaluation is over kappa reports its least degraded one, often its first, while a
         later one that learned far more and sits within the rung's limit is what it will build on."""
         limit = self.rung_limit(milestone)
-        return min(asha_score(wer, deg, limit) for wer, deg in evaluations)
+        return min(asha_score(wer, deg, limit, (loops or [0])[0], self._max_new_loops)
+                   for wer, deg, *loops in evaluations)
 
     def _decide(self, tune_controller, current: Optional[str]) -> str:
         """Halve (or start the finalists) once every trial in the race has reached its rung; the decision

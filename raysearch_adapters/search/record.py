@@ -20,13 +20,14 @@ from raysearch_adapters.search.summary import format_bounds, format_hparams
 # A result's keys that go to the trial row as they are: the trial's best evaluation (its result)
 # and what stays fixed; this evaluation's own values (eval_*) go to the epoch row.
 _METRIC_COLUMNS = ("adapter_params", "adapter_percent", "step", "best_step", "dev_wer_new", "dev_wer_original",
-                   "degradation", "degradation_lower", "degradation_upper", "held_degradation", "feasible",
+                   "degradation", "degradation_lower", "degradation_upper", "held_degradation", "new_loops", "feasible",
                    "base_dev_wer_original", "device", "node_id")
 _EPOCH_COLUMNS = {"step": "step", "eval_index": "eval_index", "train_loss": "train_loss",
                   "supervised_loss": "supervised_loss", "distill_loss": "distill_loss",
                   "dev_wer_new": "eval_dev_wer_new", "dev_wer_original": "eval_dev_wer_original",
                   "degradation": "eval_degradation", "degradation_lower": "eval_degradation_lower",
                   "degradation_upper": "eval_degradation_upper", "held_degradation": "eval_held_degradation",
+                  "new_loops": "eval_new_loops",
                   "feasible": "eval_feasible", "lr": "lr", "time_s": "time_s"}
 _EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Interrupt)\b.*")
 

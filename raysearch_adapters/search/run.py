@@ -263,7 +263,9 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     print(f"base model dev WER{'' if k is None else f' (from block {k}, on the frozen-prefix cache)'}: new domain "
           f"{baseline['dev']['new']:.2f}, original domain {baseline['dev']['original']:.2f} %; trials must keep the "
           f"original-domain degradation <= {limit:g} "
-          f"{'WER points' if cfg.search.kappa_mode == 'absolute' else '% of the base WER'}", flush=True)
+          f"{'WER points' if cfg.search.kappa_mode == 'absolute' else '% of the base WER'}"
+          + ("" if cfg.search.max_new_loops is None else
+             f" and newly loop on at most {cfg.search.max_new_loops} of its dev utterances"), flush=True)
 
     if cfg.results.study_storage and not resume:  # the default sqlite file is new with a new results folder
         study_storage, study_url = _study_storage(cfg, results_dir)
@@ -274,7 +276,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     study_storage, study_url = _study_storage(cfg, results_dir)
     metadata = {"kappa": str(cfg.search.kappa), "kappa_mode": cfg.search.kappa_mode,
                 "feasibility": cfg.search.feasibility, "confidence": str(cfg.search.confidence),
-                "degradation_limit": str(limit), "num_blocks": str(num_blocks),
+                "max_new_loops": str(cfg.search.max_new_loops), "degradation_limit": str(limit), "num_blocks": str(num_blocks),
                 "block_stacks": json.dumps(block_stacks)}
     recorder = TablesRecorder(str(results_dir), cfg.search.name, metadata)
     print(f"searching: {cfg.search.sampler} sampler, {num_trials(cfg)} trials; live tables in {results_dir}; "
@@ -293,7 +295,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     trials = tune.ExperimentAnalysis(f"{storage_path}/{TUNE_RUN_NAME}").trials
     # Outcomes the run noted but had not told yet (told only once on storage): the state just read is.
     study = optuna.load_study(study_name=cfg.search.name, storage=study_storage)
-    tell_finished_trials(study, trials, objective(cfg), limit)
+    tell_finished_trials(study, trials, objective(cfg), limit, cfg.search.max_new_loops)
     for trial in trials:  # the state just saved names each trial's newest checkpoint: the others can go
         if trial.checkpoint is not None:  # (a Ray Train trial's are in its Train run's folder)
             keep_only_checkpoint(trial.checkpoint.filesystem, checkpoint_folder(trial.checkpoint.path),
@@ -322,7 +324,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     keep_only_trials(results_dir, [t.trial_id for t in trials], metadata)
     fail_abandoned_trials(study)
     rows = read_rows(results_dir / TRIALS_FILE, TRIALS_SCHEMA)
-    winner = select_winner(rows, limit)
+    winner = select_winner(rows, limit, cfg.search.max_new_loops)
 
     # The only use of the test sets: the base model and the winner, once each.
     best_adapter = results_dir / BEST_ADAPTER_FILE
@@ -337,7 +339,8 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     timings = {"setup": trials_started - started, "trials": trials_ended - trials_started,
                "test": ended - trials_ended, "total": ended - started}
     summary = build_summary(cfg, rows, limit, baseline, winner, winner_test,
-                            closest_infeasible(rows, limit) if winner is None else None, pareto_front(rows), paths,
+                            closest_infeasible(rows, limit, cfg.search.max_new_loops) if winner is None else None,
+                            pareto_front(rows), paths,
                             num_blocks=num_blocks, timings=timings, all_failed=_all_failed_reason(rows),
                             block_stacks=block_stacks,
                             test_from_block=test_k, test_bounds=test_bounds, loops=loops,

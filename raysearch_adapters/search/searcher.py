@@ -25,7 +25,7 @@ import optuna
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from raysearch_adapters.results.select import held_degradation
+from raysearch_adapters.results.select import held_degradation, new_loops
 
 # The trial's result (its best evaluation) kept on the Optuna trial (optuna-dashboard shows them).
 USER_ATTRS = ("dev_wer_new", "dev_wer_original", "degradation", "degradation_lower", "degradation_upper",
@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that sets ``degradation - limit`` as the constraint and tells ASHA-stopped trials PRUNED."""
+    """OptunaSearch that sets ``degradation - limit`` (and ``new_loops - max_new_loops``) as the constraints and
+    tells ASHA-stopped trials PRUNED."""
 
-    def __init__(self, *args, limit: float, **kwargs):
+    def __init__(self, *args, limit: float, max_new_loops: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._limit = limit
+        self._max_new_loops = max_new_loops
         self._orphans: Optional[List[int]] = None
         # trial id -> (result, error, when noted): outcomes Tune has, not yet on storage, so not told
         self._untold: Dict[str, Tuple[Optional[Dict], bool, float]] = {}
@@ -141,7 +143,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
             # Told from the stored Tune state after the run that noted it (tell_finished_trials).
             self._completed_trials.add(trial_id)
             return
-        tell_outcome(self._ot_study, ot_trial, result, error, self.metric, self._limit)
+        tell_outcome(self._ot_study, ot_trial, result, error, self.metric, self._limit, self._max_new_loops)
         self._completed_trials.add(trial_id)
 
 
@@ -151,13 +153,16 @@ def _optuna_step(result: Dict) -> int:
 
 
 def tell_outcome(study: optuna.Study, ot_trial: optuna.trial.Trial, result: Optional[Dict], error: bool,
-                 metric: Union[str, List[str]], limit: float) -> None:
-    """Constraint and user attrs first, then COMPLETE (the final evaluation), PRUNED (stopped by the scheduler
-    before it) or FAIL (an error, or no evaluation)."""
+                 metric: Union[str, List[str]], limit: float, max_new_loops: Optional[int] = None) -> None:
+    """Constraints and user attrs first, then COMPLETE (the final evaluation), PRUNED (stopped by the scheduler
+    before it) or FAIL (an error, or no evaluation). The constraints (feasible when each is <= 0): the held
+    degradation over ``limit``; with ``max_new_loops`` an int, the looping utterances added over it."""
     measured = bool(result) and result.get("degradation") is not None
     if measured:
         # the degradation feasibility holds to the limit: the estimate, or its upper bound (search.feasibility)
         ot_trial.set_constraint("degradation", held_degradation(result) - limit)
+        if max_new_loops is not None:
+            ot_trial.set_constraint("new_loops", float(new_loops(result) - max_new_loops))
         for key in USER_ATTRS:
             if result.get(key) is not None:
                 ot_trial.set_user_attr(key, result[key])
@@ -176,7 +181,7 @@ def tell_outcome(study: optuna.Study, ot_trial: optuna.trial.Trial, result: Opti
 
 
 def tell_finished_trials(study: optuna.Study, trials: Iterable, metric: Union[str, List[str]],
-                         limit: float) -> List[str]:
+                         limit: float, max_new_loops: Optional[int] = None) -> List[str]:
     """Tell the outcome of each trial the stored Tune state has finished (TERMINATED or ERROR) whose Optuna
     trial is still RUNNING: noted by a driver that ended (or was killed) before the stored state caught up.
     The trial ids told."""
@@ -189,7 +194,7 @@ def tell_finished_trials(study: optuna.Study, trials: Iterable, metric: Union[st
             continue
         error = trial.status == "ERROR"
         tell_outcome(study, optuna.trial.Trial(study, frozen._trial_id), None if error else trial.last_result,
-                     error, metric, limit)
+                     error, metric, limit, max_new_loops)
         told.append(trial.trial_id)
     return told
 

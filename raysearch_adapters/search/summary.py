@@ -14,7 +14,7 @@ from raysearch_adapters.config import Config
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.metrics import LOOP_COMPRESSION_RATIO
 from raysearch_adapters.models.registry import backbone_class
-from raysearch_adapters.results.select import best_per_type, held_degradation
+from raysearch_adapters.results.select import best_per_type, held_degradation, new_loops
 from raysearch_adapters.results.tables import HPARAM_NAMES
 
 
@@ -51,7 +51,7 @@ def _trial_brief(row: dict) -> dict:
             "dev": {"new": row["dev_wer_new"], "original": row["dev_wer_original"]},
             "degradation": row["degradation"], "degradation_lower": row.get("degradation_lower"),
             "degradation_upper": row.get("degradation_upper"), "held_degradation": held_degradation(row),
-            "best_step": row.get("best_step"),
+            "new_loops": row.get("new_loops"), "best_step": row.get("best_step"),
             "base_dev_wer_original": row.get("base_dev_wer_original"), "checkpoint_path": row["checkpoint_path"]}
 
 
@@ -78,6 +78,8 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
         "kappa": cfg.search.kappa, "kappa_mode": cfg.search.kappa_mode, "degradation_limit": limit,
         # what is held to the limit: the degradation (point) or its upper bound at `confidence` (upper)
         "feasibility": cfg.search.feasibility, "confidence": cfg.search.confidence,
+        # original-domain dev utterances a feasible trial may newly loop on (null: not held to a limit)
+        "max_new_loops": cfg.search.max_new_loops,
         "dev_resolution": dev_resolution,
         "degradation_units": "WER points" if cfg.search.kappa_mode == "absolute" else "percent of the base WER",
         "num_blocks": num_blocks,  # adaptable blocks of the base model (the dashboard draws placements)
@@ -90,7 +92,7 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
         "no_feasible_trial": None,
         "pareto_front": [_trial_brief(r) for r in front],
         # per adapter type tried: its best COMPLETE feasible trial on dev (the winner is the best of them)
-        "best_per_type": {t: _trial_brief(r) for t, r in best_per_type(rows, limit).items()},
+        "best_per_type": {t: _trial_brief(r) for t, r in best_per_type(rows, limit, cfg.search.max_new_loops).items()},
         "trials": {"total": len(rows), **counts},
         "search": {"sampler": cfg.search.sampler, "num_trials": cfg.search.num_trials, "seed": cfg.search.seed,
                    "budget_steps": cfg.search.budget_steps, "finalists": cfg.search.finalists,
@@ -115,6 +117,8 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
     elif infeasible is not None:
         out["no_feasible_trial"] = {**_trial_brief(infeasible),
                                     "over_limit_by": held_degradation(infeasible) - limit}
+        if cfg.search.max_new_loops is not None:
+            out["no_feasible_trial"]["loops_over_limit_by"] = new_loops(infeasible) - cfg.search.max_new_loops
     return out
 
 
@@ -171,7 +175,9 @@ def _loops_lines(loops: Optional[dict]) -> list:
 def _feasible_rule(summary: dict, units: str) -> str:
     held = ("original-domain dev degradation" if summary.get("feasibility", "point") == "point" else
             f"the upper {100 * summary['confidence']:g} % confidence bound of the original-domain dev degradation")
-    return f"feasible = {held} <= {summary['degradation_limit']:g} {units}"
+    loops = summary.get("max_new_loops")
+    return (f"feasible = {held} <= {summary['degradation_limit']:g} {units}"
+            + ("" if loops is None else f", and at most {loops} original-domain dev transcript(s) newly looping"))
 
 
 def format_summary(summary: dict) -> str:
@@ -214,13 +220,19 @@ def format_summary(summary: dict) -> str:
     elif summary.get("all_failed"):
         lines += ["", f"NO TRIAL WAS MEASURED: {summary['all_failed']}"]
     else:
+        loops = summary.get("max_new_loops")
         lines += ["", "NO FEASIBLE TRIAL: every measured trial degraded the original domain by more than "
-                      f"{summary['degradation_limit']:g} {units}; no winner is chosen."]
+                      f"{summary['degradation_limit']:g} {units}"
+                      + ("" if loops is None else f" or newly looped on more than {loops} of its dev utterances")
+                      + "; no winner is chosen."]
         c = summary["no_feasible_trial"]
         if c is not None:
+            over = (f"{c['over_limit_by']:.2f} over the limit" if c["over_limit_by"] > 0 else "within the limit")
+            if (c.get("loops_over_limit_by") or 0) > 0:
+                over += f"; {c['new_loops']} newly looping transcript(s), {c['loops_over_limit_by']} over the limit"
             lines.append(f"closest: trial {c['trial_id']} with degradation {c['degradation']:+.2f}"
                          f"{format_bounds(c.get('degradation_lower'), c.get('degradation_upper'))} {units} "
-                         f"({c['over_limit_by']:.2f} over the limit), dev WER new {c['dev']['new']:.2f}; try a "
+                         f"({over}), dev WER new {c['dev']['new']:.2f}; try a "
                          "larger search.kappa, smaller dims or learning rates, or adapters in fewer blocks")
     if not summary.get("interrupted"):
         lines += ["", *_loops_lines(summary.get("loops"))] if summary.get("loops") else []

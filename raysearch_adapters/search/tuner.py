@@ -120,7 +120,8 @@ def make_searcher(cfg: Config, storage: optuna.storages.BaseStorage) -> Constrai
                                    sampler=make_sampler(cfg.search, num_trials(cfg)),
                                    study_name=cfg.search.name, storage=storage,
                                    points_to_evaluate=(start_points(cfg.search) if fresh else None) or None,
-                                   limit=degradation_limit(cfg.search.kappa, cfg.search.kappa_mode))
+                                   limit=degradation_limit(cfg.search.kappa, cfg.search.kappa_mode),
+                                   max_new_loops=cfg.search.max_new_loops)
 
 
 def make_scheduler(cfg: Config, searcher: Optional[ConstrainedOptunaSearch] = None):
@@ -129,7 +130,8 @@ def make_scheduler(cfg: Config, searcher: Optional[ConstrainedOptunaSearch] = No
     a = cfg.search.asha
     if cfg.search.budget_steps:
         return BudgetScheduler(cfg.budget_plan(), a.reduction_factor, cfg.train.eval_every, ASHA_METRIC,
-                               degradation_limit(cfg.search.kappa, cfg.search.kappa_mode), sink=searcher)
+                               degradation_limit(cfg.search.kappa, cfg.search.kappa_mode), sink=searcher,
+                               max_new_loops=cfg.search.max_new_loops)
     if not a.enabled:
         return FIFOScheduler()
     top = max_evals(cfg)

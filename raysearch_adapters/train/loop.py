@@ -40,19 +40,21 @@ from raysearch_adapters.config import SpecAugmentConfig, TrainConfig
 from raysearch_adapters.data.batching import SecondsSampler, duration_batches
 from raysearch_adapters.data.cache import FeatureSet, concat_padded
 from raysearch_adapters.data.features import SpecAugment
+from raysearch_adapters.metrics import is_looping
 from raysearch_adapters.models.base import BackboneView, as_view
 from raysearch_adapters.schedule import cooldown_factor, lr_factor
 from raysearch_adapters.train.evaluate import autocast_context, evaluate
-from raysearch_adapters.train.objective import (FEASIBILITY_MODES, degradation, degradation_bounds, evaluation_rank,
-                                                is_feasible)
+from raysearch_adapters.results.select import within_limits
+from raysearch_adapters.train.objective import FEASIBILITY_MODES, degradation, degradation_bounds, evaluation_rank
 
 AllReduce = Callable[[torch.Tensor], object]  # sums a tensor over ranks, in place
 Report = Callable[[dict, dict], None]  # (metrics, train state to checkpoint beside the adapter weights)
 
 # The metrics of one evaluation that the trial's best evaluation carries as its result.
 # degradation_lower / _upper: its one-sided confidence bounds; held_degradation: what feasibility holds to the limit.
+# new_loops: original-domain dev utterances whose hypothesis loops (metrics.is_looping) where the base model's does not.
 EVAL_KEYS = ("step", "eval_index", "dev_wer_new", "dev_wer_original", "degradation", "degradation_lower",
-             "degradation_upper", "held_degradation", "feasible")
+             "degradation_upper", "held_degradation", "new_loops", "feasible")
 
 
 class AdapterNoOpError(RuntimeError):
@@ -84,15 +86,24 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 @dataclass(frozen=True)
 class UtteranceErrors:
-    """Word errors and reference words of each utterance of a dev set, in its order."""
+    """Word errors and reference words of each utterance of a dev set, in its order, and whether its hypothesis
+    loops (:func:`~raysearch_adapters.metrics.is_looping`; None: not known)."""
 
     errors: np.ndarray  # int64, one per utterance
     words: np.ndarray
+    looping: Optional[np.ndarray] = None  # bool, one per utterance
 
     @property
     def wer(self) -> float:
         """The set's WER (percent): its errors over its reference words."""
         return float(100.0 * self.errors.sum() / max(int(self.words.sum()), 1))
+
+
+def new_loops(adapted: UtteranceErrors, base: UtteranceErrors) -> Optional[int]:
+    """Utterances whose hypothesis loops with the adapters and not without (None when either is not known)."""
+    if adapted.looping is None or base.looping is None:
+        return None
+    return int(np.count_nonzero(adapted.looping & ~base.looping))
 
 
 def dev_errors(view: BackboneView, feature_set: FeatureSet, batch_seconds: float, precision: str = "auto",
@@ -102,13 +113,14 @@ def dev_errors(view: BackboneView, feature_set: FeatureSet, batch_seconds: float
     device = _device_of(view)
     mine = list(range(rank, len(feature_set), world_size))
     result = evaluate(view, feature_set, mine, batch_seconds, device, precision)
-    counts = torch.zeros(2, len(feature_set), dtype=torch.float64, device=device)
-    counts[:, mine] = torch.tensor([result["utterance_errors"], result["utterance_words"]], dtype=torch.float64,
+    counts = torch.zeros(3, len(feature_set), dtype=torch.float64, device=device)
+    counts[:, mine] = torch.tensor([result["utterance_errors"], result["utterance_words"],
+                                    [float(is_looping(h)) for h in result["hypotheses"]]], dtype=torch.float64,
                                    device=device)
     if all_reduce is not None:
         all_reduce(counts)
     out = counts.cpu().numpy().astype(np.int64)
-    return UtteranceErrors(out[0], out[1])
+    return UtteranceErrors(out[0], out[1], out[2] > 0)
 
 
 def dev_wer(view: BackboneView, feature_set: FeatureSet, batch_seconds: float, precision: str = "auto",
@@ -258,13 +270,14 @@ def step_loss(view: BackboneView, handle: AdapterHandle, sets: TrainSets, batch:
     return loss, terms
 
 
-def _better(a: dict, b: Optional[dict], limit: float) -> bool:
-    return b is None or evaluation_rank(a, limit) < evaluation_rank(b, limit)
+def _better(a: dict, b: Optional[dict], limit: float, max_new_loops: Optional[int]) -> bool:
+    return b is None or evaluation_rank(a, limit, max_new_loops) < evaluation_rank(b, limit, max_new_loops)
 
 
 def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, dev_sets: Dict[str, FeatureSet],
                    train_cfg: TrainConfig, base_original: Union[UtteranceErrors, float], report: Report, *,
-                   limit: float = math.inf, patience: int = 0, kappa_mode: str = "absolute",
+                   limit: float = math.inf, max_new_loops: Optional[int] = None, patience: int = 0,
+                   kappa_mode: str = "absolute",
                    feasibility: str = "point", confidence: float = 0.95, eval_batch_seconds: float = 120.0,
                    specaugment_cfg: SpecAugmentConfig = SpecAugmentConfig(), resume: Optional[dict] = None,
                    rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> dict:
@@ -274,7 +287,9 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     model on features; a ``TopOfModel``: the top on frozen-prefix outputs). ``base_original`` is the base
     model's per-utterance errors on the original-domain dev set (or only its WER: then no bounds, and
     ``feasibility`` must be ``point``). ``limit`` is the degradation a feasible evaluation may have, held by
-    ``feasibility``: the degradation itself (``point``) or its upper bound at ``confidence`` (``upper``). ``dev_sets`` holds the ``new`` and
+    ``feasibility``: the degradation itself (``point``) or its upper bound at ``confidence`` (``upper``); with
+    ``max_new_loops`` an int, a feasible evaluation also adds at most that many looping hypotheses on the
+    original-domain dev set (``new_loops``; needs ``base_original`` per utterance). ``dev_sets`` holds the ``new`` and
     ``original`` dev sets. ``train_cfg`` is the trial's (its searched values in their fields: ``lr``,
     ``steps``, ``replay``, ``distill_weight``, ...). ``resume`` is a train state passed to an earlier
     ``report``; the adapter weights must already be loaded. Returns the last report's metrics.
@@ -290,6 +305,9 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     paired = isinstance(base_original, UtteranceErrors)
     if feasibility == "upper" and not paired:
         raise ValueError("feasibility='upper' needs the base model's per-utterance errors (base_dev_errors), "
+                         "not only its WER")
+    if max_new_loops is not None and not paired:
+        raise ValueError("max_new_loops needs the base model's per-utterance errors and loops (base_dev_errors), "
                          "not only its WER")
     base_original_wer = base_original.wer if paired else float(base_original)
     view = as_view(view)
@@ -367,8 +385,10 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             held = high if feasibility == "upper" else deg
             current = {"step": step, "eval_index": eval_index, "dev_wer_new": measured["new"].wer,
                        "dev_wer_original": measured["original"].wer, "degradation": deg, "degradation_lower": low,
-                       "degradation_upper": high, "held_degradation": held, "feasible": is_feasible(held, limit)}
-            if _better(current, best, limit):
+                       "degradation_upper": high, "held_degradation": held,
+                       "new_loops": new_loops(measured["original"], base_original) if paired else None}
+            current["feasible"] = within_limits(current, limit, max_new_loops)
+            if _better(current, best, limit, max_new_loops):
                 best, best_state = current, handle.state_dict()
             # Patience: this many evaluations since the best one, none better: the trial has stopped improving.
             # It ends now, or (wsd) cools down first; once cooling down it finishes the cool-down.

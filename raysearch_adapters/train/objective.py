@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy.stats import bootstrap
 
-from raysearch_adapters.results.select import held_degradation
+from raysearch_adapters.results.select import held_degradation, violation, within_limits
 
 
 def degradation(orig_wer_adapted: float, orig_wer_base: float, kappa_mode: str) -> float:
@@ -77,11 +77,6 @@ def utterances_to_resolve(half_width: float, limit: float, utterances: int) -> O
     return int(np.ceil(utterances * (half_width / limit) ** 2))
 
 
-def is_feasible(degradation_value: float, limit: float) -> bool:
-    """A trial is feasible when its degradation is at most the limit."""
-    return degradation_value <= limit
-
-
 # What ASHA minimises: dev new-domain WER plus this many points per point of degradation over the
 # limit. On new-domain WER alone ASHA keeps the trials that learn fastest, which are the ones
 # wrecking the original domain (+17..+47 points seen); ranking every infeasible trial behind every
@@ -91,14 +86,20 @@ def is_feasible(degradation_value: float, limit: float) -> bool:
 INFEASIBLE_PENALTY = 10.0
 
 
-def asha_score(dev_wer_new: float, degradation_value: float, limit: float) -> float:
-    """What ASHA minimises: dev new-domain WER + :data:`INFEASIBLE_PENALTY` x the degradation over the limit."""
-    return dev_wer_new + INFEASIBLE_PENALTY * max(0.0, degradation_value - limit)
+def asha_score(dev_wer_new: float, degradation_value: float, limit: float, new_loops: Optional[int] = None,
+               max_new_loops: Optional[int] = None) -> float:
+    """What ASHA minimises: dev new-domain WER + :data:`INFEASIBLE_PENALTY` x how far the evaluation is from
+    feasible (the degradation over the limit, and the looping utterances over ``max_new_loops`` at
+    ``results.select.LOOP_PRICE`` each: ``results.select.violation``)."""
+    over = violation({"degradation": degradation_value, "new_loops": new_loops}, limit, max_new_loops)
+    return dev_wer_new + INFEASIBLE_PENALTY * over
 
 
-def evaluation_rank(evaluation: dict, limit: float) -> tuple:
-    """Sort key of a trial's evaluations, best first: feasible ones by dev new-domain WER (then the degradation
-    held to the limit), then infeasible ones by that degradation (the least infeasible first). A trial reports
-    its best one."""
+def evaluation_rank(evaluation: dict, limit: float, max_new_loops: Optional[int] = None) -> tuple:
+    """Sort key of a trial's evaluations, best first: feasible ones (``results.select.within_limits``) by dev
+    new-domain WER (then the degradation held to the limit), then infeasible ones by how far from feasible they
+    are (``results.select.violation``; the least infeasible first). A trial reports its best one."""
     deg, wer = held_degradation(evaluation), evaluation["dev_wer_new"]
-    return (0, wer, deg) if is_feasible(deg, limit) else (1, deg, wer)
+    if within_limits(evaluation, limit, max_new_loops):
+        return (0, wer, deg)
+    return (1, violation(evaluation, limit, max_new_loops), deg, wer)

@@ -207,7 +207,8 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
 
     def report(metrics: dict, state: dict) -> None:
         metrics = {**metrics, **static,
-                   ASHA_METRIC: asha_score(metrics["dev_wer_new"], metrics["held_degradation"], limit)}
+                   ASHA_METRIC: asha_score(metrics["dev_wer_new"], metrics["held_degradation"], limit,
+                                           metrics.get("new_loops"), cfg.search.max_new_loops)}
         if rank != 0:
             send_report(metrics, None)
             return
@@ -223,7 +224,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
             send_report(metrics, d)
 
     train_adapters(view, handle, sets, dev_sets, cfg.train, _BASE_ERRORS[base_key], report, limit=limit,
-                   patience=cfg.search.patience, kappa_mode=cfg.search.kappa_mode,
+                   max_new_loops=cfg.search.max_new_loops, patience=cfg.search.patience, kappa_mode=cfg.search.kappa_mode,
                    feasibility=cfg.search.feasibility, confidence=cfg.search.confidence, eval_batch_seconds=cfg.data.max_batch_seconds,
                    specaugment_cfg=cfg.data.specaugment, resume=resume, rank=rank, world_size=world_size,
                    all_reduce=all_reduce)

@@ -36,7 +36,8 @@ def test_trial_table_has_every_trial_with_status_and_column_docs(finished_dir):
     keys = [c["key"] for c in t["columns"]]
     assert {tuple(r[keys.index(k)] for k in ("trial_id", "status")) for r in t["rows"]} == {(x[0], x[5]) for x in TRIALS}
     doc = {c["key"]: c["doc"] for c in t["columns"]}
-    assert doc["feasible"] == "held_degradation <= kappa (best evaluation)" and set(keys) <= set(TRIALS_SCHEMA.names)
+    assert doc["feasible"] == ("held_degradation <= kappa and new_loops <= search.max_new_loops (unless null); "
+                              "best evaluation") and set(keys) <= set(TRIALS_SCHEMA.names)
 
 
 def test_tradeoff_chart_has_kappa_line_pareto_front_winner_and_base(finished_dir):
@@ -166,3 +167,43 @@ def test_placement_draws_an_encoder_decoders_stacks_from_the_layout(tmp_path):
     assert sorted({x for t in chart["data"] for x in t["x"]}) == [3, 4, 5, 6, 7]
     assert "encoder blocks 0-3 and decoder blocks 4-7" in json.dumps(chart["layout"])
     assert chart["layout"]["xaxis"]["range"] == [-0.5, 7.5]
+
+
+def test_a_search_whose_trials_within_kappa_all_loop_has_no_winner_and_says_why(tmp_path):
+    """Every COMPLETE trial within kappa added a looping original-domain dev transcript (max_new_loops 0): the summary,
+    its printed text and the dashboard say there is no feasible trial, and name the loops of the closest."""
+    from dash_helpers import BASELINE, LIMIT, SEARCH
+
+    from raysearch_adapters.config import load_config
+    from raysearch_adapters.results.select import closest_infeasible, pareto_front, select_winner
+    from raysearch_adapters.search.summary import build_summary, format_summary, write_summary
+
+    rows = [{**r, "new_loops": 1 if r["status"] == "COMPLETE" and r["degradation"] <= LIMIT else 0}
+            for r in trial_rows() if r["status"] != "RUNNING"]
+    for r in rows:
+        r["feasible"] = r["feasible"] and not r["new_loops"] if r["degradation"] is not None else None
+    cfg = load_config([], [f"search.name={SEARCH}", f"search.kappa={LIMIT}"])
+    assert cfg.search.max_new_loops == 0  # the default
+    assert select_winner(rows, LIMIT) is not None and select_winner(rows, LIMIT, 0) is None
+    closest = closest_infeasible(rows, LIMIT, 0)
+    assert closest["trial_id"] == "t3"  # one loop (1 point) ties t2's 1.0 over kappa; t3's degradation is lower
+    paths = {"results_dir": str(tmp_path), "trials": "t", "epochs": "e", "study_storage": "s", "summary": "s.json"}
+    summary = build_summary(cfg, rows, LIMIT, BASELINE, None, None, closest, pareto_front(rows), paths)
+    assert summary["max_new_loops"] == 0 and summary["winner"] is None
+    assert summary["no_feasible_trial"]["new_loops"] == 1 and summary["no_feasible_trial"]["loops_over_limit_by"] == 1
+    text = format_summary(summary)
+    assert ("feasible = original-domain dev degradation <= 1 points, and at most 0 original-domain dev transcript(s) "
+            "newly looping") in text
+    assert "NO FEASIBLE TRIAL: every measured trial degraded the original domain by more than 1 points or newly " \
+           "looped on more than 0 of its dev utterances" in text
+    assert "closest: trial t3 with degradation +0.20 points (within the limit; 1 newly looping transcript(s), 1 over " \
+           "the limit)" in text
+    d = tmp_path / "results"
+    d.mkdir()
+    write_table(d / "trials.parquet", rows, TRIALS_SCHEMA, {**METADATA, "max_new_loops": "0"})
+    write_summary(d / "summary.json", summary)
+    view = build_view(d)["summary"]
+    assert view["max_new_loops"] == 0 and view["winner"] is None
+    assert view["note"] == ("no feasible trial: every measured trial degraded the original domain by more than the "
+                            "limit or newly looped on more than 0 dev utterance(s); closest: trial t3, degradation "
+                            "+0.20, 1 newly looping")

@@ -162,3 +162,25 @@ def test_a_rung_holds_the_degradation_feasibility_holds_to_the_limit():
         trial.status = Trial.PAUSED if decision == PAUSE else trial.status
     # the rung's limit at step 2 is 4 x kappa: a scores 70 + 10 x 5 = 120, b 75
     assert controller.stopped == ["a"]
+
+
+def test_a_rung_prices_each_looping_utterance_over_max_new_loops_at_every_rung():
+    """With search.max_new_loops=0 an evaluation that added a looping original-domain utterance is priced
+    LOOP_PRICE points of degradation over the limit (10 x 1 = 10 on the score); the early rungs widen kappa, never
+    the loops: a (70 %, one new loop: 80) stops before b (75 %)."""
+    plan = halving_plan(60, grace=2, eta=2, finalists=1, eval_every=2, cohort=2)
+    scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0, max_new_loops=0)
+    trials = [_Trial(t) for t in "ab"]
+    controller = _Controller(trials)
+    for t in trials:
+        scheduler.on_trial_add(controller, t)
+    a, b = trials
+    for trial, wer, loops in ((a, 70.0, 1), (b, 75.0, 0)):
+        decision = scheduler.on_trial_result(controller, trial, {
+            "step": 2, "eval_dev_wer_new": wer, "eval_degradation": 0.2, "eval_new_loops": loops,
+            "dev_wer_new": wer, "degradation": 0.2, "new_loops": loops})
+        trial.status = Trial.PAUSED if decision == PAUSE else trial.status
+    assert controller.stopped == ["a"]
+    assert scheduler.rung_score([(70.0, 0.2, 1)], 2) == 80.0 and scheduler.rung_score([(70.0, 0.2, 0)], 2) == 70.0
+    unheld = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0, max_new_loops=None)
+    assert unheld.rung_score([(70.0, 0.2, 3)], 2) == 70.0  # loops counted, not held to a limit

@@ -229,8 +229,11 @@ def test_a_killed_search_ends_with_every_trial_exactly_once(ray_session, search_
         _wait(training, driver)
         os.kill(next(iter(pids)), signal.SIGKILL)
         assert driver.wait(timeout=300) == 0, driver.stderr.read().decode()[-2000:]
-        # the process killed was running a trial, and Tune ran that trial again
-        assert sorted(t.num_failures for t in tune.ExperimentAnalysis(str(out / "tune")).trials) == [0, 0, 0, 1]
+        # the process killed was running a trial, and Tune ran that trial again (Ray may count the lost actor's
+        # death more than once: seen [0, 0, 0, 2] once in CI; the tables and the study below still hold each trial
+        # exactly once)
+        failures = sorted(t.num_failures for t in tune.ExperimentAnalysis(str(out / "tune")).trials)
+        assert failures[:3] == [0, 0, 0] and failures[3] >= 1, failures
     else:
         _wait(lambda: _finished(out) >= 1, driver)
         os.kill(driver.pid, getattr(signal, kill.split()[1]))

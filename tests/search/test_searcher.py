@@ -15,7 +15,7 @@ from ray import cloudpickle, tune
 from raysearch_adapters.config import load_config
 from raysearch_adapters.results import TRIALS_SCHEMA, read_rows
 from raysearch_adapters.search.record import TablesRecorder
-from raysearch_adapters.search.searcher import TUNE_TRIAL_ID, tell_finished_trials
+from raysearch_adapters.search.searcher import TUNE_TRIAL_ID, tell_finished_trials, tell_outcome
 from raysearch_adapters.search.stored_state import StoredStateWatcher
 from raysearch_adapters.search.tuner import make_scheduler, make_searcher, objective
 from raysearch_adapters.train.objective import asha_score
@@ -204,3 +204,24 @@ def test_the_demos_start_point_is_the_demo_configs_alone():
     assert load_config([]).search.start_points == []
     with pytest.raises(ConfigError, match=r"^search\.start_points\[0\]\.lr: got 0\.003; must be in search\.space\.lr's"):
         load_from_args(["search.space.lr={low: 1.0e-5, high: 1.0e-3, log: true}"])
+
+
+def test_a_trial_that_added_a_looping_utterance_is_infeasible_for_optuna_with_max_new_loops_0():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    results = {"loops": {"final": True, "dev_wer_new": 30.0, "degradation": 0.1, "new_loops": 1},
+               "clean": {"final": True, "dev_wer_new": 35.0, "degradation": 0.4, "new_loops": 0}}
+    for name, result in results.items():
+        trial = study.ask()
+        trial.set_user_attr(TUNE_TRIAL_ID, name)
+        tell_outcome(study, trial, result, False, "dev_wer_new", 1.0, max_new_loops=0)
+    loops, clean = study.trials
+    assert loops.system_attrs["constraints:new_loops"] == 1.0 and clean.system_attrs["constraints:new_loops"] == 0.0
+    assert loops.system_attrs["constraints:degradation"] == pytest.approx(0.1 - 1.0)
+    assert study.best_trial.user_attrs[TUNE_TRIAL_ID] == "clean"  # the looping trial's better WER does not count
+    # ASHA prices the loop as one point of degradation over kappa: 10 points of score
+    assert asha_score(30.0, 0.1, 1.0, 1, 0) == 40.0 and asha_score(30.0, 0.1, 1.0, 1, None) == 30.0
+    # loops counted, not held to a limit: no such constraint
+    unheld = optuna.create_study()
+    trial = unheld.ask()
+    tell_outcome(unheld, trial, results["loops"], False, "dev_wer_new", 1.0)
+    assert "constraints:new_loops" not in unheld.trials[0].system_attrs
