@@ -265,7 +265,8 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
           f"original-domain degradation <= {limit:g} "
           f"{'WER points' if cfg.search.kappa_mode == 'absolute' else '% of the base WER'}"
           + ("" if cfg.search.max_new_loops is None else
-             f" and newly loop on at most {cfg.search.max_new_loops} of its dev utterances"), flush=True)
+             f" and loop on at most {cfg.search.max_new_loops} more of its dev utterances than the base model"),
+          flush=True)
 
     if cfg.results.study_storage and not resume:  # the default sqlite file is new with a new results folder
         study_storage, study_url = _study_storage(cfg, results_dir)

@@ -172,12 +172,17 @@ def _loops_lines(loops: Optional[dict]) -> list:
     return lines
 
 
+def _loop_limit(max_new_loops: int) -> str:
+    return ("no original-domain dev transcript" if max_new_loops == 0 else
+            f"at most {max_new_loops} original-domain dev transcript{'s' * (max_new_loops > 1)}")
+
+
 def _feasible_rule(summary: dict, units: str) -> str:
     held = ("original-domain dev degradation" if summary.get("feasibility", "point") == "point" else
             f"the upper {100 * summary['confidence']:g} % confidence bound of the original-domain dev degradation")
     loops = summary.get("max_new_loops")
     return (f"feasible = {held} <= {summary['degradation_limit']:g} {units}"
-            + ("" if loops is None else f", and at most {loops} original-domain dev transcript(s) newly looping"))
+            + ("" if loops is None else f", {_loop_limit(loops)} newly looping"))
 
 
 def format_summary(summary: dict) -> str:

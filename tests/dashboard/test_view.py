@@ -192,8 +192,9 @@ def test_a_search_whose_trials_within_kappa_all_loop_has_no_winner_and_says_why(
     assert summary["max_new_loops"] == 0 and summary["winner"] is None
     assert summary["no_feasible_trial"]["new_loops"] == 1 and summary["no_feasible_trial"]["loops_over_limit_by"] == 1
     text = format_summary(summary)
-    assert ("feasible = original-domain dev degradation <= 1 points, and at most 0 original-domain dev transcript(s) "
-            "newly looping") in text
+    assert ("feasible = original-domain dev degradation <= 1 points, no original-domain dev transcript newly "
+            "looping") in text
+    assert "at most 2 original-domain dev transcripts newly looping" in format_summary({**summary, "max_new_loops": 2})
     assert "NO FEASIBLE TRIAL: every measured trial degraded the original domain by more than 1 points or newly " \
            "looped on more than 0 of its dev utterances" in text
     assert "closest: trial t3 with degradation +0.20 points (within the limit; 1 newly looping transcript(s), 1 over " \

@@ -69,7 +69,8 @@
       : `feasible = ${held} ≤ κ = ${s.degradation_limit} ${units}` +
         (s.kappa_mode ? ` (kappa ${s.kappa}, ${s.kappa_mode})` : "") +
         (s.max_new_loops === null || s.max_new_loops === undefined ? ""
-          : `, and at most ${s.max_new_loops} original-domain dev transcript(s) newly looping`);
+          : s.max_new_loops === 0 ? ", no original-domain dev transcript newly looping"
+          : `, at most ${s.max_new_loops} original-domain dev transcript${s.max_new_loops > 1 ? "s" : ""} newly looping`);
     const c = s.counts;
     parts.push(el("p", {}, `${c.total} trials: ${c.COMPLETE} complete, ${c.PRUNED} pruned by ASHA, ` +
       `${c.FAIL} failed, ${c.RUNNING} running. ${kappa}.`));
