@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                 with handle.disabled():
                     base = transcribe(view, inputs, None, cfg.data.max_batch_seconds, device, cfg.train.precision)
                 winner = r["hypotheses"]
-            rows += set_rows(*set_of(cfg.data, manifest), manifest, fs, base, winner, wer_text=model.wer_text)
+            rows += set_rows(*set_of(cfg, manifest), manifest, fs, base, winner, wer_text=model.wer_text)
     if args.hypotheses:
         # --model, else the config's model section it came from
         source = args.model or cfg.model.checkpoint

@@ -10,15 +10,15 @@ with the key, the value and what is allowed.
 
 from raysearch_adapters.config.checks import ConfigError
 from raysearch_adapters.config.loader import DEMO_CONFIG, RENAMED_KEYS, from_dict, load_config, to_dict, to_yaml
-from raysearch_adapters.config.root import Config
+from raysearch_adapters.config.root import Config, MeasuredSet
 from raysearch_adapters.config.search import (SAMPLERS, AshaConfig, GridConfig, ParamSpec,
                                               SearchConfig, SpaceConfig)
 from raysearch_adapters.config.sections import (ACTIVATIONS, DEFAULT_HOME, NEMO_HEADS, AdapterConfig, ConformerConfig,
-                                                DataConfig, FrontendConfig, ModelConfig, NemoOptions, PretrainConfig,
+                                                DataConfig, EvalSet, FrontendConfig, ModelConfig, NemoOptions, PretrainConfig,
                                                 ResourcesConfig, ResultsConfig, SpecAugmentConfig, TrainConfig,
                                                 WhisperOptions)
 
 __all__ = ["ACTIVATIONS", "DEFAULT_HOME", "DEMO_CONFIG", "NEMO_HEADS", "RENAMED_KEYS", "SAMPLERS", "AdapterConfig",
-           "AshaConfig", "Config", "ConfigError", "ConformerConfig", "DataConfig", "FrontendConfig", "GridConfig",
-           "ModelConfig", "NemoOptions", "ParamSpec", "PretrainConfig", "ResourcesConfig", "ResultsConfig", "SearchConfig",
+           "AshaConfig", "Config", "ConfigError", "ConformerConfig", "DataConfig", "EvalSet", "FrontendConfig", "GridConfig",
+           "MeasuredSet", "ModelConfig", "NemoOptions", "ParamSpec", "PretrainConfig", "ResourcesConfig", "ResultsConfig", "SearchConfig",
            "SpaceConfig", "SpecAugmentConfig", "TrainConfig", "WhisperOptions", "from_dict", "load_config", "to_dict", "to_yaml"]

@@ -15,6 +15,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from raysearch_adapters.config.checks import ConfigError
 from raysearch_adapters.config.root import Config
 from raysearch_adapters.config.search import ParamSpec, SpaceConfig
+from raysearch_adapters.config.sections import EvalSet
 from raysearch_adapters.errors import first_line
 
 
@@ -71,6 +72,10 @@ def _merge(base: Any, other: Any, where: str) -> Any:
     try:
         return OmegaConf.merge(base, other)
     except ConfigKeyError as e:
+        if getattr(e, "object_type", None) is EvalSet:  # a key inside an entry of data.targets / data.protected
+            allowed = ", ".join(f.name for f in dataclasses.fields(EvalSet))
+            raise ConfigError(f"{where}data.targets / data.protected: an entry has the unknown key '{e.key}' "
+                              f"(allowed in each entry: {allowed})") from None
         raise _unknown_key_error(str(e.full_key), where) from None
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e, where) from None
@@ -190,6 +195,9 @@ def _expand_user_paths(cfg: Config) -> Config:
              if f.name in ("demo_dir", "new_train", "new_dev", "new_test", "original_train",
                            "original_dev", "original_test", "replay_manifest", "distill_manifest", "cache_dir")
              and getattr(d, f.name)}
+    for kind in ("targets", "protected"):
+        paths[kind] = [dataclasses.replace(s, **{k: str(Path(getattr(s, k)).expanduser()) for k in ("dev", "test")
+                                                 if getattr(s, k)}) for s in getattr(d, kind)]
     return dataclasses.replace(cfg, data=dataclasses.replace(d, **paths))
 
 

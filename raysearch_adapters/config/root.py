@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 from raysearch_adapters.config.checks import fail
 from raysearch_adapters.config.search import SearchConfig
@@ -12,6 +12,21 @@ from raysearch_adapters.config.sections import (AdapterConfig, DataConfig, Model
                                                 ResultsConfig, TrainConfig)
 from raysearch_adapters.halving import HalvingError, HalvingPlan, halving_plan
 from raysearch_adapters.schedule import HORIZON_FREE
+
+
+@dataclass(frozen=True)
+class MeasuredSet:
+    """A set the search measures, as resolved from the config: a new-domain target or a protected set (with its
+    kappa); ``dev_key`` / ``test_key`` are the config keys that name its manifests (for messages)."""
+
+    name: str
+    role: str  # target | protected
+    dev: str
+    test: str
+    dev_key: str
+    test_key: str
+    kappa: Optional[float] = None
+    kappa_mode: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,29 @@ class Config:
             fail("train.decay_steps", t.decay_steps, f"the cool-down must fit in the finalists' share of the budget "
                   f"({plan.finalist_share} steps each after the halving); allowed: at most {plan.finalist_share}, or "
                   "a larger search.budget_steps")
+
+    def target_sets(self) -> Tuple[MeasuredSet, ...]:
+        """The new-domain sets, in order: ``data.targets``, else one named ``new`` (data.new_dev, data.new_test)."""
+        d = self.data
+        if not d.targets:
+            return (MeasuredSet("new", "target", d.new_dev, d.new_test, "data.new_dev", "data.new_test"),)
+        return tuple(MeasuredSet(s.name, "target", s.dev, s.test, f"data.targets[{i}].dev", f"data.targets[{i}].test")
+                     for i, s in enumerate(d.targets))
+
+    def protected_sets(self) -> Tuple[MeasuredSet, ...]:
+        """The protected sets, in order, each with its kappa: ``data.protected`` (a null kappa or kappa_mode takes
+        search's), else one named ``original`` (data.original_dev, data.original_test, search.kappa)."""
+        d, s = self.data, self.search
+        if not d.protected:
+            return (MeasuredSet("original", "protected", d.original_dev, d.original_test, "data.original_dev",
+                                "data.original_test", s.kappa, s.kappa_mode),)
+        return tuple(MeasuredSet(p.name, "protected", p.dev, p.test, f"data.protected[{i}].dev",
+                                 f"data.protected[{i}].test", s.kappa if p.kappa is None else p.kappa,
+                                 p.kappa_mode or s.kappa_mode) for i, p in enumerate(d.protected))
+
+    def measured_sets(self) -> Tuple[MeasuredSet, ...]:
+        """Targets, then protected sets."""
+        return self.target_sets() + self.protected_sets()
 
     def budget_plan(self) -> HalvingPlan:
         """How ``search.budget_steps`` is spent (raises HalvingError when it cannot be)."""

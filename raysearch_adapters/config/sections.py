@@ -55,6 +55,21 @@ class SpecAugmentConfig:
             check_range(f"{key}.{name}", getattr(self, name), 0, None)
 
 
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A dev and test set the search measures: a new-domain target (``data.targets``), or an original-domain set it
+    protects (``data.protected``) with its limit."""
+
+    name: str = ""  # how tables, the summary and the dashboard name it: letters, digits, '_' and '-'
+    dev: str = ""  # manifest measured at every evaluation (new domain: the objective; protected: the constraint)
+    test: str = ""  # manifest measured once, for the winner and the base model
+    kappa: Optional[float] = None  # protected sets: the degradation this set allows (null: search.kappa)
+    kappa_mode: Optional[str] = None  # protected sets: absolute | relative (null: search.kappa_mode)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Manifests of both domains, the feature cache and batching.
@@ -73,6 +88,13 @@ class DataConfig:
     original_train: str = ""
     original_dev: str = ""  # degradation is measured here
     original_test: str = ""  # final evaluation only
+    # Several new-domain sets, each {name, dev, test}: the objective is the mean of their dev WERs, each is reported.
+    # [] (the default): one set named "new", data.new_dev and data.new_test (leave those "" when listing targets).
+    targets: List[EvalSet] = field(default_factory=list)
+    # Several original-domain sets to protect, each {name, dev, test, kappa, kappa_mode}: each is a constraint of its
+    # own (kappa, kappa_mode: null takes search.kappa, search.kappa_mode); a winner is feasible on all. [] (the
+    # default): one set named "original", data.original_dev and data.original_test (leave those "" when listing sets).
+    protected: List[EvalSet] = field(default_factory=list)
     # Labelled original-domain audio mixed into adapter training batches (train.replay); null = none.
     replay_manifest: Optional[str] = "${data.original_train}"
     # Original-domain audio the adapted model is distilled to the base on (train.distill_weight); its
@@ -90,12 +112,52 @@ class DataConfig:
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
     def validate(self, key: str) -> None:
+        self._validate_sets(key)
         check_choice(f"{key}.on_error", self.on_error, ("fail", "skip"))
         check_range(f"{key}.duration_tolerance", self.duration_tolerance, 0, None)
         check_range(f"{key}.max_batch_seconds", self.max_batch_seconds, 0, None, low_open=True)
         check_range(f"{key}.pool_hours", self.pool_hours, 0, None)
         self.frontend.validate(f"{key}.frontend")
         self.specaugment.validate(f"{key}.specaugment")
+
+    def _validate_sets(self, key: str) -> None:
+        """Named sets, each with a dev set; names unique over targets and protected sets; the single-set keys left
+        empty where a list replaces them."""
+        seen: dict = {}
+        for kind, singles in (("targets", ("new_dev", "new_test")), ("protected", ("original_dev", "original_test"))):
+            sets = getattr(self, kind)
+            for single in singles if sets else ():
+                if getattr(self, single):
+                    fail(f"{key}.{single}", getattr(self, single),
+                         f"must be empty when {key}.{kind} lists the sets (it replaces {key}.{singles[0]} and "
+                         f"{key}.{singles[1]}); list this one in {key}.{kind} instead, or set {key}.{single}=\"\"")
+            for i, s in enumerate(sets):
+                where = f"{key}.{kind}[{i}]"
+                if not SET_NAME.fullmatch(s.name or ""):
+                    fail(f"{where}.name", s.name, "must be a name of letters, digits, '_' and '-' (it names the set's "
+                         "columns, summary lines and views)")
+                if s.name in seen:
+                    fail(f"{where}.name", s.name, f"is also the name of {seen[s.name]}; each set needs its own name")
+                seen[s.name] = where
+                if not s.dev:
+                    fail(f"{where}.dev", s.dev, "must name the set's dev manifest (it is measured at every "
+                         "evaluation)")
+                if not s.test:
+                    fail(f"{where}.test", s.test, "must name the set's test manifest (the winner is evaluated on it)")
+                if kind == "targets":
+                    for field_name in ("kappa", "kappa_mode"):
+                        if getattr(s, field_name) is not None:
+                            fail(f"{where}.{field_name}", getattr(s, field_name), "applies to protected sets only "
+                                 f"(a target's WER is the objective); move it to {key}.protected")
+                else:
+                    if s.kappa is not None:
+                        check_range(f"{where}.kappa", s.kappa, 0, None)
+                    if s.kappa_mode is not None:
+                        check_choice(f"{where}.kappa_mode", s.kappa_mode, ("absolute", "relative"))
+        for name, kind in (("new", "targets"), ("original", "protected")):
+            if not getattr(self, kind) and name in seen:  # the default set of the other kind has this name
+                fail(f"{seen[name]}.name", name, f"is the name of the default set data.{name}_dev / data.{name}_test "
+                     f"measures (data.{kind} is empty); choose another name")
 
 
 # --------------------------------------------------------------------------- model

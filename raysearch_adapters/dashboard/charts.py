@@ -151,12 +151,13 @@ def tradeoff(snap: Snapshot) -> dict:
     w = (snap.summary or {}).get("winner")
     if w and w.get("degradation") is not None:
         traces.append({"type": "scatter", "mode": "markers", "name": f"winner (trial {w['trial_id']})",
-                       "x": [w["degradation"]], "y": [w["dev"]["new"]],
+                       "x": [w["degradation"]], "y": [w.get("dev_wer_new", w["dev"].get("new"))],
                        "marker": {"color": WINNER, "size": 18, "symbol": "star", "line": {"width": 1, "color": "#333"}}})
     base = ((snap.summary or {}).get("baseline") or {}).get("dev") or {}
-    if base.get("new") is not None:
+    targets = [base.get(r["set"]) for r in snap.roles() if r["role"] == "target"]
+    if targets and None not in targets:  # the objective: the targets' mean dev WER
         traces.append({"type": "scatter", "mode": "markers", "name": "base model (no adapter)", "x": [0.0],
-                       "y": [base["new"]], "marker": {"color": BASE, "size": 13, "symbol": "diamond"}})
+                       "y": [sum(targets) / len(targets)], "marker": {"color": BASE, "size": 13, "symbol": "diamond"}})
     limit = snap.degradation_limit()
     units = (snap.summary or {}).get("degradation_units", "WER points")
     layout = _layout("tradeoff", f"degradation of the original domain ({units})", "new-domain dev WER (%)",

@@ -23,7 +23,7 @@ from raysearch_adapters.results import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES
                                         read_table)
 from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, OPTUNA_DB, SUMMARY_FILE
-from raysearch_adapters.results.select import best_per_type, select_winner
+from raysearch_adapters.results.select import best_per_type, select_winner, set_entries
 
 # What the dashboard offers for download: these names only, never a path from the request.
 DOWNLOADS = (SUMMARY_FILE, TRIALS_FILE, EPOCHS_FILE, HYPOTHESES_FILE, CONFIG_FILE, BEST_ADAPTER_FILE, OPTUNA_DB)
@@ -83,6 +83,15 @@ class Snapshot:
         (("point", None) for results written before the bounds)."""
         mode = (self.summary or {}).get("feasibility") or self.metadata.get("feasibility") or "point"
         return mode, self._setting("confidence")
+
+    def roles(self) -> List[dict]:
+        """summary.json ``sets`` (or the tables' metadata): each measured set's name and role."""
+        roles = (self.summary or {}).get("sets") or self.metadata.get("sets")
+        try:
+            roles = json.loads(roles) if isinstance(roles, str) else roles
+        except ValueError:
+            roles = None
+        return roles or [{"set": "new", "role": "target"}, {"set": "original", "role": "protected"}]
 
     def max_new_loops(self) -> Optional[int]:
         """Original-domain dev utterances a feasible trial may newly loop on; None when not held to a limit (or not
@@ -222,9 +231,28 @@ def read_snapshot(results_dir: Path) -> Snapshot:
 
 
 def _wers(label: str, dev: Optional[dict], test: Optional[dict]) -> dict:
-    dev, test = dev or {}, test or {}
-    return {"label": label, "dev_new": dev.get("new"), "dev_original": dev.get("original"),
-            "test_new": test.get("new"), "test_original": test.get("original")}
+    """A row of the summary table: WER per set, dev and test."""
+    return {"label": label, "dev": dict(dev or {}), "test": dict(test or {})}
+
+
+def set_names(snap: "Snapshot") -> List[str]:
+    """The measured sets in the summary table's order (targets, then protected sets), from summary.json or the
+    tables' metadata; new and original for results that do not say."""
+    return [r["set"] for r in snap.roles()]
+
+
+def several_protected(snap: "Snapshot") -> bool:
+    return sum(r["role"] == "protected" for r in snap.roles()) > 1
+
+
+def format_sets(sets: Optional[list]) -> Optional[str]:
+    """A row's protected sets as table text: ``clean +0.20/1, noisy +1.10/2 (infeasible)`` (held degradation /
+    limit)."""
+    guarded = [s for s in set_entries(sets) if s.get("role") == "protected"]
+    if not guarded:
+        return None
+    return ", ".join(f"{s['set']} {s['held_degradation']:+.2f}/{s['limit']:g}"
+                     + ("" if s.get("feasible") else " (over)") for s in guarded)
 
 
 def _own(hparams: dict) -> dict:
@@ -250,6 +278,7 @@ def summary_view(snap: Snapshot) -> dict:
     mode, confidence = snap.feasibility()
     out = {"search_id": snap.search_id, "state": snap.state, "degradation_limit": snap.degradation_limit(),
            "feasibility": mode, "confidence": confidence, "max_new_loops": snap.max_new_loops(),
+           "sets": set_names(snap), "several_protected": several_protected(snap),
            "kappa": None, "kappa_mode": None, "units": None, "rows": [], "winner": None, "note": None,
            "per_type": [{"type": t, **_brief(r)} for t, r in per_type.items()] if len(per_type) > 1 else [],
            "counts": {"total": len(snap.trials), **counts}, "versions": None}
@@ -257,8 +286,9 @@ def summary_view(snap: Snapshot) -> dict:
         out["kappa"], out["kappa_mode"] = _number(snap.metadata.get("kappa")), snap.metadata.get("kappa_mode")
         best = select_winner(feasible, math.inf)
         if best is not None:
-            out["rows"] = [_wers(f"best feasible so far (trial {best['trial_id']})",
-                                 {"new": best["dev_wer_new"], "original": best["dev_wer_original"]}, None)]
+            dev = ({s["set"]: s["dev_wer"] for s in set_entries(best["sets"])} if best.get("sets") else
+                   {"new": best["dev_wer_new"], "original": best["dev_wer_original"]})
+            out["rows"] = [_wers(f"best feasible so far (trial {best['trial_id']})", dev, None)]
             out["winner"] = _brief(best)
             out["note"] = "dev WERs only: the winner is evaluated on test once, when the search ends"
         elif snap.trials:
@@ -274,7 +304,8 @@ def summary_view(snap: Snapshot) -> dict:
         out["rows"].append(_wers(f"winner (trial {w.get('trial_id')})", w.get("dev"), w.get("test")))
         out["winner"] = {k: w.get(k) for k in ("trial_id", "adapter_params", "adapter_percent", "degradation",
                                                "degradation_lower", "degradation_upper", "test_degradation",
-                                               "test_degradation_lower", "test_degradation_upper")}
+                                               "test_degradation_lower", "test_degradation_upper",
+                                               "binding_set")}
         out["winner"]["hparams"] = _own(w.get("hparams") or {})
     else:
         c = s.get("no_feasible_trial")
@@ -287,11 +318,16 @@ def summary_view(snap: Snapshot) -> dict:
     return out
 
 
+# With several protected sets the table also names the binding set and shows each set's degradation.
+SET_COLUMNS = (("binding_set", "binding set"), ("sets", "per protected set (held / limit)"))
+
+
 def trials_view(snap: Snapshot) -> dict:
     """The trial table: columns (key, header, the schema's doc) and rows as lists."""
     docs = {f.name: (f.metadata or {}).get(b"doc", b"").decode() for f in TRIALS_SCHEMA}
-    return {"columns": [{"key": k, "label": label, "doc": docs[k]} for k, label in TABLE_COLUMNS],
-            "rows": [[r.get(k) for k, _ in TABLE_COLUMNS] for r in snap.trials]}
+    columns = TABLE_COLUMNS + (SET_COLUMNS if several_protected(snap) else ())
+    return {"columns": [{"key": k, "label": label, "doc": docs[k]} for k, label in columns],
+            "rows": [[format_sets(r.get(k)) if k == "sets" else r.get(k) for k, _ in columns] for r in snap.trials]}
 
 
 def trials_export(results_dir: Path, name: str) -> Optional[bytes]:

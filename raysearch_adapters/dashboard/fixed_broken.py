@@ -32,7 +32,8 @@ AUDIO_TYPES = {"WAV": "audio/wav", "WAVEX": "audio/wav", "FLAC": "audio/flac", "
 
 
 def _set_key(row: dict) -> Tuple[int, str]:
-    """Sort key and label of a row's set: the search's four sets in a fixed order, then other manifests."""
+    """Sort key and label of a row's set: the search's default sets in a fixed order, then other named sets, then
+    other manifests."""
     order = [(d, s) for s in SPLITS for d in DOMAINS]
     if (row["domain"], row["split"]) in order:
         return order.index((row["domain"], row["split"])), f"{row['domain']} {row['split']}"

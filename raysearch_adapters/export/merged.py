@@ -139,8 +139,7 @@ def _merge_and_check(cfg: Config, adapter_file: Path, out_dir: Path, winner: dic
     merged_handle, _, _ = load_adapter(adapter_file, merged)
     path, how = merged_handle.merge_and_unload().save_export(out_dir, meta)
     reloaded = type(merged).load_export(path)  # the files as a user gets them, not the object in memory
-    dev_sets = {domain: load_feature_set(cfg.data, model, getattr(cfg.data, f"{domain}_dev"), progress=False)
-                for domain in ("new", "original")}
+    dev_sets = {s.name: load_feature_set(cfg.data, model, s.dev, progress=False) for s in cfg.measured_sets()}
     model.to(device)
     reloaded.to(device)
     precisions: List[str] = ["fp32"] + (["bf16"] if uses_bf16(device, cfg.train.precision) else [])

@@ -27,8 +27,8 @@ SPLITS = ("dev", "test")
 OUTCOMES = ("fixed", "broken", "unchanged")
 
 HYPOTHESES_SCHEMA = pa.schema([
-    _f("domain", pa.string(), "new | original; null: a manifest given to evaluate that is none of the config's "
-                              "data.{new,original}_{train,dev,test}"),
+    _f("domain", pa.string(), "the set: new | original, or a name in data.targets / data.protected; null: a "
+                              "manifest given to evaluate that is none of the config's sets"),
     _f("split", pa.string(), "dev | test (evaluate: also train); null when domain is"),
     _f("manifest", pa.string(), "the manifest the utterance comes from (absolute path)", nullable=False),
     _f("line", pa.int64(), "where the utterance is in its manifest, numbered as the manifest's error messages "

@@ -42,21 +42,44 @@ def new_loops(row: dict, prefix: str = "") -> int:
     return int(row.get(f"{prefix}new_loops") or 0)
 
 
-def violation(row: dict, limit: float, max_new_loops: Optional[int] = None, prefix: str = "") -> float:
-    """How far a row is from feasible, in degradation units (0 when it is): its :func:`held_degradation` over
-    ``limit``, plus :data:`LOOP_PRICE` per looping utterance it added beyond ``max_new_loops`` (None: loops are not
+def set_entries(sets) -> List[dict]:
+    """An evaluation's ``sets`` as a list, in order: a trial's results hold them by name (Tune's loggers flatten a
+    mapping), the tables as a list."""
+    if isinstance(sets, dict):
+        return list(sets.values())
+    return list(sets or [])
+
+
+def protected_sets(row: dict, prefix: str = "") -> List[dict]:
+    """The protected sets of a row's evaluation (``sets``: each with its held degradation and limit); [] for a row
+    without them (one protected set, held to the limit a caller passes)."""
+    return [s for s in set_entries(row.get(f"{prefix}sets")) if s.get("role") == "protected"]
+
+
+def violation(row: dict, limit: float, max_new_loops: Optional[int] = None, prefix: str = "",
+              widen: float = 1.0) -> float:
+    """How far a row is from feasible, in degradation units (0 when it is): the sum over its protected sets of the
+    held degradation over the set's limit (times ``widen``; a row without ``sets``: :func:`held_degradation` over
+    ``limit``), plus :data:`LOOP_PRICE` per looping utterance it added beyond ``max_new_loops`` (None: loops are not
     held to a limit)."""
-    over = max(0.0, held_degradation(row, prefix) - limit)
+    sets = protected_sets(row, prefix)
+    if sets:
+        over = sum(max(0.0, s["held_degradation"] - widen * s["limit"]) for s in sets)
+    else:
+        over = max(0.0, held_degradation(row, prefix) - widen * limit)
     if max_new_loops is not None:
         over += LOOP_PRICE * max(0, new_loops(row, prefix) - max_new_loops)
     return over
 
 
 def within_limits(row: dict, limit: float, max_new_loops: Optional[int] = None, prefix: str = "") -> bool:
-    """Whether a row is feasible: :func:`held_degradation` <= ``limit`` and, with ``max_new_loops`` an int, at most
-    that many looping hypotheses added on original-domain dev."""
-    return held_degradation(row, prefix) <= limit and (max_new_loops is None
-                                                       or new_loops(row, prefix) <= max_new_loops)
+    """Whether a row is feasible: every protected set's held degradation within its limit (a row without ``sets``:
+    :func:`held_degradation` <= ``limit``) and, with ``max_new_loops`` an int, at most that many looping hypotheses
+    added on the protected dev sets."""
+    sets = protected_sets(row, prefix)
+    within = (all(s["held_degradation"] <= s["limit"] for s in sets) if sets
+              else held_degradation(row, prefix) <= limit)
+    return within and (max_new_loops is None or new_loops(row, prefix) <= max_new_loops)
 
 
 def _order(row: dict) -> tuple:

@@ -35,6 +35,18 @@ _HELD_DOC = ("the degradation feasibility holds to kappa: the degradation itself
 _LOOPS_DOC = ("original-domain dev utterances whose hypothesis loops (zlib compression ratio > 2.4) where the base "
               "model's does not")
 _FEASIBLE_DOC = "held_degradation <= kappa and new_loops <= search.max_new_loops (unless null)"
+_BINDING_DOC = ("the protected set the single degradation columns describe: the one furthest over (or least under) "
+                "its limit ('original' unless data.protected names the sets)")
+# Every measured set of an evaluation: the new-domain targets (dev_wer only), then the protected sets.
+SET_TYPE = pa.list_(pa.struct([
+    pa.field("set", pa.string()), pa.field("role", pa.string()), pa.field("dev_wer", pa.float64()),
+    pa.field("base_dev_wer", pa.float64()), pa.field("degradation", pa.float64()),
+    pa.field("degradation_lower", pa.float64()), pa.field("degradation_upper", pa.float64()),
+    pa.field("held_degradation", pa.float64()), pa.field("limit", pa.float64()), pa.field("new_loops", pa.int64()),
+    pa.field("feasible", pa.bool_())]))
+_SETS_DOC = ("every set measured at the evaluation: set (its name), role (target | protected), dev_wer, and for a "
+             "protected set base_dev_wer, degradation, its bounds, held_degradation, limit (kappa in degradation "
+             "units), new_loops, feasible")
 
 
 def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
@@ -68,6 +80,8 @@ TRIALS_SCHEMA = pa.schema([
     _f("held_degradation", pa.float64(), _HELD_DOC + "; best evaluation"),
     _f("new_loops", pa.int64(), _LOOPS_DOC + "; best evaluation"),
     _f("feasible", pa.bool_(), _FEASIBLE_DOC + "; best evaluation"),
+    _f("binding_set", pa.string(), _BINDING_DOC + "; best evaluation"),
+    _f("sets", SET_TYPE, _SETS_DOC + "; best evaluation"),
     _f("base_dev_wer_original", pa.float64(),
        "original-domain dev WER (%) of the base model measured on this trial's path (same blocks, precision)"),
     _f("wall_time_s", pa.float64(), "seconds from the trial's start to its last result"),
@@ -93,6 +107,8 @@ EPOCHS_SCHEMA = pa.schema([
     _f("held_degradation", pa.float64(), _HELD_DOC),
     _f("new_loops", pa.int64(), _LOOPS_DOC),
     _f("feasible", pa.bool_(), _FEASIBLE_DOC),
+    _f("binding_set", pa.string(), _BINDING_DOC),
+    _f("sets", SET_TYPE, _SETS_DOC),
     _f("lr", pa.float64(), "learning rate at this step"),
     _f("time_s", pa.float64(), "seconds since the trial's training started"),
 ])

@@ -30,15 +30,15 @@ ended on its own; a trial stopped at a rung is PRUNED.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Union
 
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from raysearch_adapters.halving import HalvingPlan, next_alive
-from raysearch_adapters.results.select import held_degradation, new_loops
-from raysearch_adapters.train.objective import asha_score
+from raysearch_adapters.results.select import held_degradation, new_loops, protected_sets
+from raysearch_adapters.train.objective import asha_score_of
 
 
 class BudgetScheduler(TrialScheduler):
@@ -58,9 +58,9 @@ class BudgetScheduler(TrialScheduler):
         self._trials: Dict[str, Trial] = {}  # in the order the search created them: the cohort
         self._milestone: Dict[str, int] = {}  # the step a trial in the halving trains to
         self._score: Dict[str, float] = {}  # its score there, once it has reached it
-        # every evaluation's (dev new WER, the degradation held to the limit: search.feasibility, looping
-        # utterances it added)
-        self._evals: Dict[str, List[Tuple[float, float, int]]] = {}
+        # every evaluation's dev new WER, held degradation (search.feasibility), looping utterances it added, and
+        # its protected sets' held degradations and limits (scored by asha_score_of)
+        self._evals: Dict[str, List[dict]] = {}
         self._steps: Dict[str, int] = {}  # steps each trial has trained
         self._allowance: Dict[str, int] = {}  # finalists: the step each may train to
         self._out: Set[str] = set()  # trials no longer in the race (stopped, ended, failed)
@@ -148,9 +148,11 @@ class BudgetScheduler(TrialScheduler):
         step = int(result["step"])
         if result.get("final"):  # it ends by itself (patience, or its last step): on_trial_complete follows
             return TrialScheduler.CONTINUE
-        self._evals.setdefault(tid, []).append((float(result["eval_dev_wer_new"]),
-                                                held_degradation(result, prefix="eval_"),
-                                                new_loops(result, prefix="eval_")))
+        self._evals.setdefault(tid, []).append({
+            "dev_wer_new": float(result["eval_dev_wer_new"]), "degradation": held_degradation(result, prefix="eval_"),
+            "new_loops": new_loops(result, prefix="eval_"),
+            "sets": [{"role": "protected", "held_degradation": s["held_degradation"], "limit": s["limit"]}
+                     for s in protected_sets(result, prefix="eval_")]})
         if tid in self._allowance:
             if step >= self._allowance[tid]:
                 self.finished.add(tid)
@@ -167,17 +169,19 @@ class BudgetScheduler(TrialScheduler):
         docstring): the limit times how many times further the finalists' start is."""
         return self._limit * self.plan.milestones[-1] / milestone
 
-    def rung_score(self, evaluations: List[Tuple[float, float, int]], milestone: int) -> float:
-        """What ranks a trial at a rung (lower is better): the best score of its evaluations ((dev new WER,
-        degradation, looping utterances added) of each) against the rung's limit (loops: against
-        ``max_new_loops``, the same at every rung).
+    def rung_score(self, evaluations: List[Union[dict, tuple]], milestone: int) -> float:
+        """What ranks a trial at a rung (lower is better): the best score of its evaluations (dicts of dev new WER,
+        held degradation, looping utterances added and protected sets; or (WER, degradation, loops) tuples)
+        against the rung's limits: each protected set's limit times the rung's widening (:meth:`rung_limit`), the
+        loops against ``max_new_loops``, the same at every rung.
 
         Scored against the rung's limit, not the one the trial's reported best was chosen by: with kappa, a
         trial whose every evaluation is over kappa reports its least degraded one, often its first, while a
         later one that learned far more and sits within the rung's limit is what it will build on."""
-        limit = self.rung_limit(milestone)
-        return min(asha_score(wer, deg, limit, (loops or [0])[0], self._max_new_loops)
-                   for wer, deg, *loops in evaluations)
+        widen = self.plan.milestones[-1] / milestone
+        return min(asha_score_of(e if isinstance(e, dict) else
+                                 {"dev_wer_new": e[0], "degradation": e[1], "new_loops": (list(e[2:]) or [0])[0]},
+                                 self._limit, self._max_new_loops, widen=widen) for e in evaluations)
 
     def _decide(self, tune_controller, current: Optional[str]) -> str:
         """Halve (or start the finalists) once every trial in the race has reached its rung; the decision

@@ -21,14 +21,20 @@ from raysearch_adapters.adapter_types import ADAPTER_TYPES
 from raysearch_adapters.space_values import parse_targets_spec
 from raysearch_adapters.train.hparams import default_hparams
 
-# Manifests a trial trains or is measured on, and the final evaluation's: they must exist and be valid.
-_REQUIRED = ("new_train", "new_dev", "original_dev", "new_test", "original_test")
-_ROLE = {"new_train": "the new domain's training set", "new_dev": "the new domain's dev set (the winner is "
-         "chosen on it)", "original_dev": "the original domain's dev set (degradation is measured on it)",
-         "new_test": "the new domain's test set (the winner is evaluated on it)",
-         "original_test": "the original domain's test set (the winner's degradation is evaluated on it)"}
-# Sets the original domain is measured on: replay and distillation audio must never come from them.
-_MEASURED = ("original_dev", "original_test", "new_dev", "new_test")
+_ROLE = {("target", "dev"): "the new domain's dev set (the winner is chosen on it)",
+         ("protected", "dev"): "the original domain's dev set (degradation is measured on it)",
+         ("target", "test"): "the new domain's test set (the winner is evaluated on it)",
+         ("protected", "test"): "the original domain's test set (the winner's degradation is evaluated on it)"}
+
+
+def _required(cfg: Config) -> List[tuple]:
+    """(config key, manifest, role, what it is) of every manifest a trial trains or is measured on, and of the final
+    evaluation's: they must exist and be valid."""
+    out = [("data.new_train", cfg.data.new_train, "train", "the new domain's training set")]
+    for s in cfg.measured_sets():
+        for split in ("dev", "test"):
+            out.append((getattr(s, f"{split}_key"), getattr(s, split), s.role, _ROLE[(s.role, split)]))
+    return out
 
 
 def may_be_positive(cfg: Config, name: str) -> bool:
@@ -131,7 +137,11 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _check_pool(cfg: Config, key: str, what: str, measured_audio: Dict[str, set], require_text: bool) -> None:
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or _file_digest(a) == _file_digest(b)
+
+
+def _check_pool(cfg: Config, key: str, what: str, measured: Dict[str, tuple], require_text: bool) -> None:
     path_str = getattr(cfg.data, key)
     if not path_str:
         raise ConfigError(f"data.{key}: empty, but {what}; set data.{key} (default: data.original_train) to a "
@@ -140,21 +150,38 @@ def _check_pool(cfg: Config, key: str, what: str, measured_audio: Dict[str, set]
     if not path.is_file():
         raise ConfigError(f"data.{key}: {path} not found, but {what}; set it (default: data.original_train) to a "
                           "manifest of original-domain audio")
-    for other in _MEASURED:
-        other_path = Path(getattr(cfg.data, other))
-        if other_path.is_file() and (other_path.resolve() == path.resolve() or
-                                     _file_digest(other_path) == _file_digest(path)):
-            raise ConfigError(f"data.{key}: {path} is data.{other}; allowed: original-domain audio outside the dev and "
+    for other, (other_path, _) in measured.items():
+        if _same_file(other_path, path):
+            raise ConfigError(f"data.{key}: {path} is {other}; allowed: original-domain audio outside the dev and "
                               "test sets (the constraint and the final evaluation are measured on those)")
     utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance,
                                require_text=require_text)
     audio = {(u.audio_filepath, u.offset) for u in utterances}
-    for other, seen in measured_audio.items():
+    for other, (_, seen) in measured.items():
         shared = audio & seen
         if shared:
             example = sorted(shared)[0][0]
-            raise ConfigError(f"data.{key}: {path} shares {len(shared)} utterances with data.{other} (e.g. {example}); "
+            raise ConfigError(f"data.{key}: {path} shares {len(shared)} utterances with {other} (e.g. {example}); "
                               "allowed: original-domain audio outside the dev and test sets")
+
+
+def _check_protected_apart(required: List[tuple], seen: Dict[str, tuple]) -> None:
+    """A protected set's manifests share no file and no utterance with the new domain's (targets and training set):
+    a set cannot be both what the adapters learn and what they must not change."""
+    roles = {key: role for key, _, role, _ in required}
+    for key, (path, audio) in seen.items():
+        if roles[key] != "protected":
+            continue
+        for other, (other_path, other_audio) in seen.items():
+            if roles[other] == "protected":
+                continue
+            shared = audio & other_audio
+            if _same_file(path, other_path) or shared:
+                what = "is the same manifest as" if _same_file(path, other_path) else (
+                    f"shares {len(shared)} utterances (e.g. {sorted(shared)[0][0]}) with")
+                raise ConfigError(f"{key}: {path} {what} {other} ({other_path}); allowed: a protected set apart from "
+                                  "the new domain's training and target sets (a set cannot be both learned and "
+                                  "protected)")
 
 
 def preflight(cfg: Config, model: Backbone) -> List[str]:
@@ -163,18 +190,21 @@ def preflight(cfg: Config, model: Backbone) -> List[str]:
     Raises :class:`~raysearch_adapters.errors.UserError` subclasses naming the key or the file:line."""
     _check_blocks_and_positions(cfg, model)
     checked = []
-    measured_audio: Dict[str, set] = {}
-    for key in _REQUIRED:
-        if not getattr(cfg.data, key):
-            raise ConfigError(f"data.{key}: not set; a search needs {_ROLE[key]}: a .json/.jsonl or .parquet "
+    seen: Dict[str, tuple] = {}  # config key -> (manifest, its utterances' audio)
+    required = _required(cfg)
+    for key, given, _, role in required:
+        if not given:
+            raise ConfigError(f"{key}: not set; a search needs {role}: a .json/.jsonl or .parquet "
                               "manifest (conf/demo.yaml has the demo's)")
-        path = Path(getattr(cfg.data, key))
+        path = Path(given)
         if not path.is_file():
-            raise ConfigError(f"data.{key}: {path} not found; expected a .json/.jsonl or .parquet manifest")
+            raise ConfigError(f"{key}: {path} not found; expected a .json/.jsonl or .parquet manifest")
         utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance)
-        if key in _MEASURED:
-            measured_audio[key] = {(u.audio_filepath, u.offset) for u in utterances}
+        seen[key] = (path, {(u.audio_filepath, u.offset) for u in utterances})
         checked.append(str(path))
+    _check_protected_apart(required, seen)
+    # Replay and distillation audio must never come from a set something is measured on.
+    measured_audio = {key: v for key, v in seen.items() if key != "data.new_train"}
     _check_texts(cfg, model, "new_train")
     if may_be_positive(cfg, "replay"):
         _check_pool(cfg, "replay_manifest", "train.replay / search.space.replay asks for replay", measured_audio, True)

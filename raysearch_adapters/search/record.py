@@ -15,21 +15,28 @@ from ray.tune import Callback
 
 from raysearch_adapters.results.tables import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES, TRIALS_FILE,
                                                TRIALS_SCHEMA, read_rows, write_table)
+from raysearch_adapters.results.select import set_entries
 from raysearch_adapters.search.summary import format_bounds, format_hparams
 
 # A result's keys that go to the trial row as they are: the trial's best evaluation (its result)
 # and what stays fixed; this evaluation's own values (eval_*) go to the epoch row.
 _METRIC_COLUMNS = ("adapter_params", "adapter_percent", "step", "best_step", "dev_wer_new", "dev_wer_original",
                    "degradation", "degradation_lower", "degradation_upper", "held_degradation", "new_loops", "feasible",
+                   "binding_set", "sets",
                    "base_dev_wer_original", "device", "node_id")
 _EPOCH_COLUMNS = {"step": "step", "eval_index": "eval_index", "train_loss": "train_loss",
                   "supervised_loss": "supervised_loss", "distill_loss": "distill_loss",
                   "dev_wer_new": "eval_dev_wer_new", "dev_wer_original": "eval_dev_wer_original",
                   "degradation": "eval_degradation", "degradation_lower": "eval_degradation_lower",
                   "degradation_upper": "eval_degradation_upper", "held_degradation": "eval_held_degradation",
-                  "new_loops": "eval_new_loops",
+                  "new_loops": "eval_new_loops", "binding_set": "eval_binding_set", "sets": "eval_sets",
                   "feasible": "eval_feasible", "lr": "lr", "time_s": "time_s"}
 _EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Interrupt)\b.*")
+
+
+def _cell(column: str, value):
+    """A result's value as its table column holds it: ``sets`` as a list (a result holds them by name)."""
+    return set_entries(value) if column == "sets" and value is not None else value
 
 
 def error_summary(text: Optional[str]) -> str:
@@ -77,13 +84,13 @@ class TablesRecorder(Callback):
         if "eval_index" not in result:
             return
         row = self._row(trial)
-        row.update({k: result.get(k) for k in _METRIC_COLUMNS}, evals=result["eval_index"],
+        row.update({k: _cell(k, result.get(k)) for k in _METRIC_COLUMNS}, evals=result["eval_index"],
                    wall_time_s=result.get("time_total_s"))
         if result.get("checkpoint_path"):  # a Ray Train trial's checkpoint (TuneReportCallback adds it)
             row["checkpoint_path"] = result["checkpoint_path"]
         self.epochs[(trial.trial_id, result["eval_index"])] = {
             "search_id": self.search_id, "trial_id": trial.trial_id,
-            **{column: result.get(key) for column, key in _EPOCH_COLUMNS.items()}}
+            **{column: _cell(column, result.get(key)) for column, key in _EPOCH_COLUMNS.items()}}
         # Evaluations after this one belong to an earlier attempt of a restarted trial.
         for key in [k for k in self.epochs if k[0] == trial.trial_id and k[1] > result["eval_index"]]:
             del self.epochs[key]

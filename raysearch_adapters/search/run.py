@@ -24,7 +24,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import optuna
 import ray
@@ -50,7 +50,7 @@ from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
 from raysearch_adapters.search.searcher import fail_abandoned_trials, tell_finished_trials
 from raysearch_adapters.search.storage import check_shared_storage
 from raysearch_adapters.search.stored_state import checkpoint_folder, keep_only_checkpoint
-from raysearch_adapters.search.summary import build_summary, format_summary, write_summary
+from raysearch_adapters.search.summary import build_summary, format_summary, set_label, set_roles, write_summary
 from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner, num_trials, objective
 from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.objective import degradation_bounds, degradation_limit, utterances_to_resolve
@@ -72,8 +72,8 @@ def _ensure_demo_data(cfg: Config) -> None:
     if not cfg.data.demo_dir:
         return
     demo = Path(cfg.data.demo_dir)
-    manifests = (cfg.data.new_train, cfg.data.new_dev, cfg.data.original_dev, cfg.data.new_test,
-                 cfg.data.original_test, cfg.data.replay_manifest, cfg.data.distill_manifest)
+    manifests = (cfg.data.new_train, *(getattr(s, split) for s in cfg.measured_sets() for split in ("dev", "test")),
+                 cfg.data.replay_manifest, cfg.data.distill_manifest)
     if any(m and Path(m).is_relative_to(demo) and not Path(m).is_file() for m in manifests):
         print(f"building the demo corpus in {demo} (first use only) ...", flush=True)
         ensure_demo_corpus(demo)
@@ -178,15 +178,15 @@ def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[
     own path: the frozen-prefix cache at its lowest adapted block (unless it trained with SpecAugment)
     and the trial precision, the base with the adapters disabled; no precision offset enters the test
     degradation. Their transcripts go to ``hypotheses.parquet``; the test WERs are computed from them."""
-    test_sets = {"new": load_feature_set(cfg.data, model, cfg.data.new_test, progress=True),
-                 "original": load_feature_set(cfg.data, model, cfg.data.original_test, progress=True)}
+    measured = {s.name: s for s in cfg.measured_sets()}
+    test_sets = {name: load_feature_set(cfg.data, model, s.test, progress=True) for name, s in measured.items()}
     handle, k = None, None
     if winner is not None:
         handle, _, _ = load_adapter(best_adapter, model)
         model.to(device)
         k = measurement_block(handle, cfg.train.prefix_cache, bool(winner["specaugment"]))
-    sets = {**{(d, "dev"): (getattr(cfg.data, f"{d}_dev"), s) for d, s in dev_sets.items()},
-            **{(d, "test"): (getattr(cfg.data, f"{d}_test"), s) for d, s in test_sets.items()}}
+    sets = {**{(d, "dev"): (measured[d].dev, s) for d, s in dev_sets.items()},
+            **{(d, "test"): (measured[d].test, s) for d, s in test_sets.items()}}
     rows = decode_sets(model, handle, k, sets, cfg.data.cache_dir, cfg.data.max_batch_seconds, device,
                        cfg.train.precision)
     if handle is not None:
@@ -198,26 +198,34 @@ def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[
     loops = loop_counts(rows)
     if winner is None:
         return wers["base"]["test"], None, k, None, loops
-    test = [r for r in rows if (r["domain"], r["split"]) == ("original", "test")]
-    low, high = degradation_bounds([r["winner_errors"] for r in test], [r["base_errors"] for r in test],
-                                   [r["reference_words"] for r in test], cfg.search.kappa_mode, cfg.search.confidence,
-                                   seed=[cfg.search.seed, 0])
-    return wers["base"]["test"], wers["winner"]["test"], k, {"lower": low, "upper": high}, loops
+    bounds = {}
+    for i, p in enumerate(cfg.protected_sets()):  # the first set's seed as before sets had names
+        test = [r for r in rows if (r["domain"], r["split"]) == (p.name, "test")]
+        low, high = degradation_bounds([r["winner_errors"] for r in test], [r["base_errors"] for r in test],
+                                       [r["reference_words"] for r in test], p.kappa_mode, cfg.search.confidence,
+                                       seed=[cfg.search.seed, 0] + ([i] if i else []))
+        bounds[p.name] = {"lower": low, "upper": high}
+    return wers["base"]["test"], wers["winner"]["test"], k, bounds, loops
 
 
-def dev_resolution(cfg: Config, epochs: list, utterances: int, limit: float) -> Optional[dict]:
-    """When the original-domain dev set is too small to tell a degradation of ``limit`` from none: the median
+def dev_resolution(cfg: Config, epochs: list, utterances: Dict[str, int]) -> Optional[dict]:
+    """Per protected set whose dev set is too small to tell a degradation of its limit from none: the median
     half-width of the degradation's bounds at the trials' first evaluations, and how many utterances would
-    bring it within the limit (None when it already is, or without bounds)."""
-    widths = sorted((r["degradation_upper"] - r["degradation_lower"]) / 2 for r in epochs
-                    if r["eval_index"] == 1 and r.get("degradation_upper") is not None)
-    if not widths:
-        return None
-    half = widths[len(widths) // 2]
-    needed = utterances_to_resolve(half, limit, utterances)
-    if needed is None:
-        return None
-    return {"half_width": half, "confidence": cfg.search.confidence, "utterances": utterances, "needed": needed}
+    bring it within the limit (None when every set resolves its limit, or without bounds)."""
+    out = {}
+    for p in cfg.protected_sets():
+        firsts = [s for r in epochs if r["eval_index"] == 1 for s in (r.get("sets") or [])
+                  if s["set"] == p.name and s.get("degradation_upper") is not None]
+        widths = sorted((s["degradation_upper"] - s["degradation_lower"]) / 2 for s in firsts)
+        if not widths:
+            continue
+        half = widths[len(widths) // 2]
+        limit = degradation_limit(p.kappa, p.kappa_mode)
+        needed = utterances_to_resolve(half, limit, utterances[p.name])
+        if needed is not None:
+            out[p.name] = {"half_width": half, "limit": limit, "confidence": cfg.search.confidence,
+                           "utterances": utterances[p.name], "needed": needed}
+    return out or None
 
 
 def _all_failed_reason(rows: list) -> Optional[str]:
@@ -253,19 +261,20 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     # Every cache a trial reads is built here, once: trials only map the files. When every trial runs from
     # one block k, that includes the frozen-prefix caches at k, and the base is measured on them.
     k = shared_measurement_block(cfg, model)
-    dev_sets = {"new": load_feature_set(cfg.data, model, cfg.data.new_dev, progress=True),
-                "original": load_feature_set(cfg.data, model, cfg.data.original_dev, progress=True)}
+    dev_sets = {s.name: load_feature_set(cfg.data, model, s.dev, progress=True) for s in cfg.measured_sets()}
     training_sets(cfg, model, base_fingerprint(model), may_be_positive(cfg, "replay"),
                   may_be_positive(cfg, "distill_weight"), progress=True, k=k)
     view = view_from(model, k)
     baseline = {"dev": {d: wer(view, inputs_from(s, model, k, cfg.data.cache_dir, progress=True))
                         for d, s in dev_sets.items()}}
-    print(f"base model dev WER{'' if k is None else f' (from block {k}, on the frozen-prefix cache)'}: new domain "
-          f"{baseline['dev']['new']:.2f}, original domain {baseline['dev']['original']:.2f} %; trials must keep the "
-          f"original-domain degradation <= {limit:g} "
-          f"{'WER points' if cfg.search.kappa_mode == 'absolute' else '% of the base WER'}"
+    limits = ", ".join(f"{set_label(p.name)} <= {degradation_limit(p.kappa, p.kappa_mode):g} "
+                       f"{'WER points' if p.kappa_mode == 'absolute' else '% of the base WER'}"
+                       for p in cfg.protected_sets())
+    print(f"base model dev WER{'' if k is None else f' (from block {k}, on the frozen-prefix cache)'}: "
+          + ", ".join(f"{set_label(name)} {w:.2f}" for name, w in baseline["dev"].items())
+          + f" %; trials must keep the degradation of {limits}"
           + ("" if cfg.search.max_new_loops is None else
-             f" and loop on at most {cfg.search.max_new_loops} more of its dev utterances than the base model"),
+             f" and loop on at most {cfg.search.max_new_loops} more protected dev utterances than the base model"),
           flush=True)
 
     if cfg.results.study_storage and not resume:  # the default sqlite file is new with a new results folder
@@ -277,7 +286,8 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     study_storage, study_url = _study_storage(cfg, results_dir)
     metadata = {"kappa": str(cfg.search.kappa), "kappa_mode": cfg.search.kappa_mode,
                 "feasibility": cfg.search.feasibility, "confidence": str(cfg.search.confidence),
-                "max_new_loops": str(cfg.search.max_new_loops), "degradation_limit": str(limit), "num_blocks": str(num_blocks),
+                "max_new_loops": str(cfg.search.max_new_loops), "degradation_limit": str(limit),
+                "sets": json.dumps(set_roles(cfg)), "num_blocks": str(num_blocks),
                 "block_stacks": json.dumps(block_stacks)}
     recorder = TablesRecorder(str(results_dir), cfg.search.name, metadata)
     print(f"searching: {cfg.search.sampler} sampler, {num_trials(cfg)} trials; live tables in {results_dir}; "
@@ -335,7 +345,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     baseline["test"], winner_test, test_k, test_bounds, loops = _test_evaluation(cfg, model, device, winner,
                                                                                  best_adapter, dev_sets, results_dir)
     epochs = read_rows(results_dir / EPOCHS_FILE, EPOCHS_SCHEMA) if (results_dir / EPOCHS_FILE).is_file() else []
-    resolution = dev_resolution(cfg, epochs, len(dev_sets["original"]), limit)
+    resolution = dev_resolution(cfg, epochs, {p.name: len(dev_sets[p.name]) for p in cfg.protected_sets()})
     ended = time.monotonic()
     timings = {"setup": trials_started - started, "trials": trials_ended - trials_started,
                "test": ended - trials_ended, "total": ended - started}

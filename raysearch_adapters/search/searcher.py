@@ -25,7 +25,7 @@ import optuna
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from raysearch_adapters.results.select import held_degradation, new_loops
+from raysearch_adapters.results.select import held_degradation, new_loops, protected_sets
 
 # The trial's result (its best evaluation) kept on the Optuna trial (optuna-dashboard shows them).
 USER_ATTRS = ("dev_wer_new", "dev_wer_original", "degradation", "degradation_lower", "degradation_upper",
@@ -156,11 +156,17 @@ def tell_outcome(study: optuna.Study, ot_trial: optuna.trial.Trial, result: Opti
                  metric: Union[str, List[str]], limit: float, max_new_loops: Optional[int] = None) -> None:
     """Constraints and user attrs first, then COMPLETE (the final evaluation), PRUNED (stopped by the scheduler
     before it) or FAIL (an error, or no evaluation). The constraints (feasible when each is <= 0): the held
-    degradation over ``limit``; with ``max_new_loops`` an int, the looping utterances added over it."""
+    degradation over ``limit`` (``degradation``; with several protected sets, ``degradation:NAME`` for each, over its
+    own limit); with ``max_new_loops`` an int, the looping utterances added over it (``new_loops``)."""
     measured = bool(result) and result.get("degradation") is not None
     if measured:
         # the degradation feasibility holds to the limit: the estimate, or its upper bound (search.feasibility)
-        ot_trial.set_constraint("degradation", held_degradation(result) - limit)
+        sets = protected_sets(result)
+        if len(sets) > 1:  # one constraint per protected set, each against its own limit
+            for s in sets:
+                ot_trial.set_constraint(f"degradation:{s['set']}", s["held_degradation"] - s["limit"])
+        else:
+            ot_trial.set_constraint("degradation", held_degradation(result) - (sets[0]["limit"] if sets else limit))
         if max_new_loops is not None:
             ot_trial.set_constraint("new_loops", float(new_loops(result) - max_new_loops))
         for key in USER_ATTRS:

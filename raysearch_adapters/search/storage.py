@@ -45,7 +45,7 @@ def shared_dirs(cfg: Config) -> dict[str, str]:
 
 def input_files(cfg: Config) -> dict[str, str]:
     """Config key -> file every trial worker reads (manifests of training and dev, a model checkpoint file)."""
-    files = {f"data.{k}": getattr(cfg.data, k) for k in ("new_train", "new_dev", "original_dev")}
+    files = {"data.new_train": cfg.data.new_train, **{s.dev_key: s.dev for s in cfg.measured_sets()}}
     for key, name in (("replay_manifest", "replay"), ("distill_manifest", "distill_weight")):
         if getattr(cfg.data, key) and may_be_positive(cfg, name):
             files[f"data.{key}"] = getattr(cfg.data, key)

@@ -14,8 +14,10 @@ from raysearch_adapters.config import Config
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.metrics import LOOP_COMPRESSION_RATIO
 from raysearch_adapters.models.registry import backbone_class
-from raysearch_adapters.results.select import best_per_type, held_degradation, new_loops
+from raysearch_adapters.results.select import (best_per_type, held_degradation, new_loops, protected_sets,
+                                               set_entries)
 from raysearch_adapters.results.tables import HPARAM_NAMES
+from raysearch_adapters.train.objective import degradation, degradation_limit
 
 
 def versions() -> dict:
@@ -45,10 +47,38 @@ def format_hparams(hp: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in hp.items() if v is not None)
 
 
+def set_label(name: str) -> str:
+    """How messages name a set: ``new domain`` and ``original domain`` for the default sets, else its name."""
+    return f"{name} domain" if name in ("new", "original") else name
+
+
+def set_roles(cfg: Config) -> list:
+    """Each measured set: its name, role (target | protected) and, for a protected set, its kappa, kappa_mode and
+    limit in degradation units."""
+    return [{"set": s.name, "role": s.role, "kappa": s.kappa, "kappa_mode": s.kappa_mode,
+             "limit": degradation_limit(s.kappa, s.kappa_mode) if s.role == "protected" else None}
+            for s in cfg.measured_sets()]
+
+
+def _dev_wers(row: dict) -> dict:
+    """A row's dev WER per set (its ``sets``), else new and original."""
+    if row.get("sets"):
+        return {s["set"]: s["dev_wer"] for s in set_entries(row["sets"])}
+    return {"new": row["dev_wer_new"], "original": row["dev_wer_original"]}
+
+
+def _set_degradations(row: dict) -> dict:
+    """Per protected set of a row: its dev degradation, bounds, held degradation, limit and new loops."""
+    return {s["set"]: {k: s[k] for k in ("degradation", "degradation_lower", "degradation_upper",
+                                         "held_degradation", "limit", "new_loops", "feasible")}
+            for s in set_entries(row.get("sets")) if s["role"] == "protected"}
+
+
 def _trial_brief(row: dict) -> dict:
     return {"trial_id": row["trial_id"], "status": row["status"], "hparams": {k: row[k] for k in HPARAM_NAMES},
             "adapter_params": row["adapter_params"], "adapter_percent": row["adapter_percent"],
-            "dev": {"new": row["dev_wer_new"], "original": row["dev_wer_original"]},
+            "dev": _dev_wers(row), "dev_wer_new": row["dev_wer_new"], "binding_set": row.get("binding_set"),
+            "protected": _set_degradations(row),
             "degradation": row["degradation"], "degradation_lower": row.get("degradation_lower"),
             "degradation_upper": row.get("degradation_upper"), "held_degradation": held_degradation(row),
             "new_loops": row.get("new_loops"), "best_step": row.get("best_step"),
@@ -76,6 +106,9 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
         "interrupted": interrupted,
         "all_failed": all_failed,
         "kappa": cfg.search.kappa, "kappa_mode": cfg.search.kappa_mode, "degradation_limit": limit,
+        # the measured sets: new-domain targets (the objective is their mean dev WER) and protected sets (each a
+        # constraint with its own limit)
+        "sets": set_roles(cfg),
         # what is held to the limit: the degradation (point) or its upper bound at `confidence` (upper)
         "feasibility": cfg.search.feasibility, "confidence": cfg.search.confidence,
         # original-domain dev utterances a feasible trial may newly loop on (null: not held to a limit)
@@ -108,15 +141,24 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
     if cfg.search.budget_steps:
         out["budget"] = budget_report(cfg, rows)
     if winner is not None:
-        out["winner"] = {**_trial_brief(winner), "test": winner_test, "test_from_block": test_from_block,
-                         "test_degradation": winner_test["original"] - baseline["test"]["original"],
-                         "test_degradation_lower": (test_bounds or {}).get("lower"),
-                         "test_degradation_upper": (test_bounds or {}).get("upper"),
+        brief = _trial_brief(winner)
+        for p in cfg.protected_sets():  # each protected set's test degradation (evaluated once) beside its dev one
+            bounds = (test_bounds or {}).get(p.name) or {}
+            brief["protected"].setdefault(p.name, {}).update(
+                test_degradation=degradation(winner_test[p.name], baseline["test"][p.name], p.kappa_mode),
+                test_degradation_lower=bounds.get("lower"), test_degradation_upper=bounds.get("upper"))
+        binding = brief["protected"].get(brief["binding_set"] or cfg.protected_sets()[0].name, {})
+        out["winner"] = {**brief, "test": winner_test, "test_from_block": test_from_block,
+                         # the single test figures are the binding set's (on dev), as the single dev figures are
+                         "test_degradation": binding.get("test_degradation"),
+                         "test_degradation_lower": binding.get("test_degradation_lower"),
+                         "test_degradation_upper": binding.get("test_degradation_upper"),
                          "adapter_file": paths["best_adapter"],
                          "load": load_instructions(cfg, Path(paths["best_adapter"]))}
     elif infeasible is not None:
-        out["no_feasible_trial"] = {**_trial_brief(infeasible),
-                                    "over_limit_by": held_degradation(infeasible) - limit}
+        sets = protected_sets(infeasible)
+        over = max(s["held_degradation"] - s["limit"] for s in sets) if sets else held_degradation(infeasible) - limit
+        out["no_feasible_trial"] = {**_trial_brief(infeasible), "over_limit_by": over}
         if cfg.search.max_new_loops is not None:
             out["no_feasible_trial"]["loops_over_limit_by"] = new_loops(infeasible) - cfg.search.max_new_loops
     return out
@@ -143,46 +185,68 @@ def _fmt(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def _fmt_signed(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+_SHORT = {"original": "orig"}  # the summary table's header of the default protected set
+
+
 def format_bounds(low: Optional[float], high: Optional[float]) -> str:
     """`` [low, high]`` of a degradation's confidence bounds ("" without them)."""
     return "" if low is None or high is None else f" [{low:+.2f}, {high:+.2f}]"
 
 
-def _loops_lines(loops: Optional[dict]) -> list:
-    """The looping transcripts of the base model and the winner, and a warning when the winner adds any on the
-    original domain."""
+def _loops_lines(loops: Optional[dict], roles: Optional[list] = None) -> list:
+    """The looping transcripts of the base model and the winner per set, and a warning when the winner adds any on
+    a protected set (``roles``: summary.json ``sets``; default: the sets new and original)."""
     if not loops:
         return []
+    roles = roles or [{"set": "new", "role": "target"}, {"set": "original", "role": "protected"}]
+    names = [r["set"] for r in roles]
+    guarded = [r["set"] for r in roles if r["role"] == "protected"]
 
     def counts(model: str) -> str:
         m = loops.get(model) or {}
-        return ", ".join(f"{split} {m[split].get('new', 0)}/{m[split].get('original', 0)}"
+        return ", ".join(f"{split} {'/'.join(str(m[split].get(n, 0)) for n in names)}"
                          for split in ("dev", "test") if split in m)
 
-    text = (f"looping transcripts (zlib compression ratio > {LOOP_COMPRESSION_RATIO:g}), new/original domain: "
-            f"base model {counts('base')}")
+    default = names == ["new", "original"]
+    text = (f"looping transcripts (zlib compression ratio > {LOOP_COMPRESSION_RATIO:g}), "
+            f"{'new/original domain' if default else '/'.join(names)}: base model {counts('base')}")
     if "winner" in loops:
         text += f"; winner {counts('winner')}"
     lines = [text]
-    added = {split: d.get("original", 0) for split, d in (loops.get("new") or {}).items()}
-    if any(added.values()):
-        lines.append("WARNING: the winner loops on " + " and ".join(f"{n} original-domain {split} utterance(s)"
-                                                                   for split, n in added.items() if n)
+    added = {split: {n: d.get(n, 0) for n in guarded} for split, d in (loops.get("new") or {}).items()}
+    parts = []
+    for split, per_set in added.items():
+        n = sum(per_set.values())
+        if n:
+            where = ("original-domain" if guarded == ["original"] else
+                     "protected (" + ", ".join(f"{k} {v}" for k, v in per_set.items() if v) + ")")
+            parts.append(f"{n} {where} {split} utterance(s)")
+    if parts:
+        lines.append("WARNING: the winner loops on " + " and ".join(parts)
                      + " that the base model transcribes without looping (hypotheses.parquet: winner_looping)")
     return lines
 
 
-def _loop_limit(max_new_loops: int) -> str:
-    return ("no original-domain dev transcript" if max_new_loops == 0 else
-            f"at most {max_new_loops} original-domain dev transcript{'s' * (max_new_loops > 1)}")
+def _loop_limit(max_new_loops: int, where: str = "original-domain") -> str:
+    return (f"no {where} dev transcript" if max_new_loops == 0 else
+            f"at most {max_new_loops} {where} dev transcript{'s' * (max_new_loops > 1)}")
 
 
 def _feasible_rule(summary: dict, units: str) -> str:
-    held = ("original-domain dev degradation" if summary.get("feasibility", "point") == "point" else
-            f"the upper {100 * summary['confidence']:g} % confidence bound of the original-domain dev degradation")
+    guarded = [r for r in summary.get("sets") or [] if r["role"] == "protected"]
+    what = "dev degradation of each protected set" if len(guarded) > 1 else "original-domain dev degradation"
+    held = (what if summary.get("feasibility", "point") == "point" else
+            f"the upper {100 * summary['confidence']:g} % confidence bound of the {what}")
+    limits = ", ".join(f"{r['set']} {r['limit']:g}" for r in guarded)
+    limit = f"its limit ({limits} {units})" if len(guarded) > 1 else f"{summary['degradation_limit']:g} {units}"
     loops = summary.get("max_new_loops")
-    return (f"feasible = {held} <= {summary['degradation_limit']:g} {units}"
-            + ("" if loops is None else f", {_loop_limit(loops)} newly looping"))
+    return (f"feasible = {held} <= {limit}"
+            + ("" if loops is None else
+               f", {_loop_limit(loops, 'protected' if len(guarded) > 1 else 'original-domain')} newly looping"))
 
 
 def format_summary(summary: dict) -> str:
@@ -190,21 +254,26 @@ def format_summary(summary: dict) -> str:
     b, w = summary["baseline"], summary["winner"]
     test = b.get("test") or {}
     units = "points" if summary["kappa_mode"] == "absolute" else "% of base"
+    roles = summary.get("sets") or [{"set": "new", "role": "target"}, {"set": "original", "role": "protected"}]
+    names = [r["set"] for r in roles]
+    several = sum(r["role"] == "protected" for r in roles) > 1
+    heads = [f"{split} {_SHORT.get(n, n)}" for split in ("dev", "test") for n in names]
+    widths = [max(10, len(h) + 1) for h in heads]
     t = summary["trials"]
     budget = summary.get("budget")
     pruned = "stopped at a rung" if budget else "pruned by ASHA"
     lines = [f"search {summary['search_id']}: {t['total']} trials ({t['COMPLETE']} complete, {t['PRUNED']} {pruned}, "
              f"{t['FAIL']} failed{', %d interrupted' % t['RUNNING'] if t.get('RUNNING') else ''}); "
              f"{_feasible_rule(summary, units)}", "",
-             f"{'WER %':<28}{'dev new':>10}{'dev orig':>10}{'test new':>10}{'test orig':>10}",
-             f"{'base model':<28}" + "".join(f"{_fmt(v):>10}" for v in (
-                 b["dev"]["new"], b["dev"]["original"], test.get("new"), test.get("original")))]
+             f"{'WER %':<28}" + "".join(f"{h:>{wd}}" for h, wd in zip(heads, widths)),
+             f"{'base model':<28}" + "".join(f"{_fmt(v):>{wd}}" for v, wd in zip(
+                 [b["dev"].get(n) for n in names] + [test.get(n) for n in names], widths))]
     if summary.get("interrupted"):
         lines += ["", "INTERRUPTED: the search stopped before its trials finished; nothing was evaluated on test and "
                       "no winner is chosen. Continue it with the same command and --resume."]
     elif w is not None:
-        lines.append(f"{'winner (trial ' + w['trial_id'] + ')':<28}" + "".join(f"{_fmt(v):>10}" for v in (
-            w["dev"]["new"], w["dev"]["original"], w["test"]["new"], w["test"]["original"])))
+        lines.append(f"{'winner (trial ' + w['trial_id'] + ')':<28}" + "".join(f"{_fmt(v):>{wd}}" for v, wd in zip(
+            [w["dev"].get(n) for n in names] + [w["test"].get(n) for n in names], widths)))
         hp = format_hparams({k: v for k, v in w["hparams"].items() if not (budget and k == "steps")})
         if budget:  # with a budget, `steps` is the most a trial could train; this is what it did
             hp += f", trained {budget['trained_steps'][w['trial_id']]:,} steps"
@@ -216,6 +285,13 @@ def format_summary(summary: dict) -> str:
                       "(evaluated once)" + (f"; [lower, upper]: one-sided {100 * summary['confidence']:g} % "
                                             "confidence bounds (paired bootstrap over utterances)"
                                             if w.get("degradation_upper") is not None else "")]
+        if several:  # the line above is the binding set's; each set's own
+            lines[-1] = lines[-1].replace("; degradation ", f"; degradation of {w.get('binding_set')} (binding) ", 1)
+            lines += [f"  {name}: degradation {p['degradation']:+.2f}"
+                      f"{format_bounds(p.get('degradation_lower'), p.get('degradation_upper'))} on dev (limit "
+                      f"{p['limit']:g}), {_fmt_signed(p.get('test_degradation'))}"
+                      f"{format_bounds(p.get('test_degradation_lower'), p.get('test_degradation_upper'))} on test"
+                      for name, p in (w.get("protected") or {}).items()]
         per_type = summary.get("best_per_type") or {}
         if len(per_type) > 1:
             lines.append("best feasible trial per adapter type (dev):")
@@ -226,8 +302,9 @@ def format_summary(summary: dict) -> str:
         lines += ["", f"NO TRIAL WAS MEASURED: {summary['all_failed']}"]
     else:
         loops = summary.get("max_new_loops")
-        lines += ["", "NO FEASIBLE TRIAL: every measured trial degraded the original domain by more than "
-                      f"{summary['degradation_limit']:g} {units}"
+        lines += ["", "NO FEASIBLE TRIAL: every measured trial degraded "
+                      + ("a protected set by more than its limit" if several else
+                         f"the original domain by more than {summary['degradation_limit']:g} {units}")
                       + ("" if loops is None else f" or newly looped on more than {loops} of its dev utterances")
                       + "; no winner is chosen."]
         c = summary["no_feasible_trial"]
@@ -235,17 +312,17 @@ def format_summary(summary: dict) -> str:
             over = (f"{c['over_limit_by']:.2f} over the limit" if c["over_limit_by"] > 0 else "within the limit")
             if (c.get("loops_over_limit_by") or 0) > 0:
                 over += f"; {c['new_loops']} newly looping transcript(s), {c['loops_over_limit_by']} over the limit"
-            lines.append(f"closest: trial {c['trial_id']} with degradation {c['degradation']:+.2f}"
+            of = f" of {c.get('binding_set')}" if several else ""
+            lines.append(f"closest: trial {c['trial_id']} with degradation{of} {c['degradation']:+.2f}"
                          f"{format_bounds(c.get('degradation_lower'), c.get('degradation_upper'))} {units} "
-                         f"({over}), dev WER new {c['dev']['new']:.2f}; try a "
+                         f"({over}), dev WER new {c['dev_wer_new']:.2f}; try a "
                          "larger search.kappa, smaller dims or learning rates, or adapters in fewer blocks")
     if not summary.get("interrupted"):
-        lines += ["", *_loops_lines(summary.get("loops"))] if summary.get("loops") else []
-    r = summary.get("dev_resolution")
-    if r:
-        lines += ["", f"note: the original-domain dev set ({r['utterances']} utterances) cannot resolve the limit: "
+        lines += ["", *_loops_lines(summary.get("loops"), summary.get("sets"))] if summary.get("loops") else []
+    for name, r in (summary.get("dev_resolution") or {}).items():
+        lines += ["", f"note: the {set_label(name)} dev set ({r['utterances']} utterances) cannot resolve its limit: "
                       f"at the trials' first evaluations the degradation's {100 * r['confidence']:g} % bounds lie "
-                      f"{r['half_width']:.2f} {units} from it (median), more than {summary['degradation_limit']:g}; "
+                      f"{r['half_width']:.2f} {units} from it (median), more than {r['limit']:g}; "
                       f"about {r['needed']:,} utterances would bring them within it"]
     if budget:
         ends = ", ".join(f"{f['steps']:,} (best at {f['best_step']:,})" for f in budget["finalists"]) or "none"

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -52,9 +52,31 @@ Report = Callable[[dict, dict], None]  # (metrics, train state to checkpoint bes
 
 # The metrics of one evaluation that the trial's best evaluation carries as its result.
 # degradation_lower / _upper: its one-sided confidence bounds; held_degradation: what feasibility holds to the limit.
-# new_loops: original-domain dev utterances whose hypothesis loops (metrics.is_looping) where the base model's does not.
-EVAL_KEYS = ("step", "eval_index", "dev_wer_new", "dev_wer_original", "degradation", "degradation_lower",
-             "degradation_upper", "held_degradation", "new_loops", "feasible")
+# new_loops: protected dev utterances whose hypothesis loops (metrics.is_looping) where the base model's does not.
+# With several protected sets the single values are the binding set's (the one furthest over, or least under, its
+# limit: binding_set), new_loops is their sum, and ``sets`` holds every set's own (:func:`evaluation_metrics`).
+EVAL_KEYS = ("step", "eval_index", "dev_wer_new", "dev_wer_original", "base_dev_wer_original", "degradation",
+             "degradation_lower", "degradation_upper", "held_degradation", "new_loops", "binding_set", "sets",
+             "feasible")
+
+
+@dataclass(frozen=True)
+class Protected:
+    """A protected dev set as a trial holds it: its name, the base model's per-utterance errors on it (or only its
+    WER: then no bounds and no loop count), and the degradation it allows (``limit``, in ``kappa_mode`` units)."""
+
+    name: str
+    base: "Union[UtteranceErrors, float]"
+    limit: float = math.inf
+    kappa_mode: str = "absolute"
+
+    @property
+    def paired(self) -> bool:
+        return isinstance(self.base, UtteranceErrors)
+
+    @property
+    def base_wer(self) -> float:
+        return self.base.wer if self.paired else float(self.base)
 
 
 class AdapterNoOpError(RuntimeError):
@@ -270,6 +292,45 @@ def step_loss(view: BackboneView, handle: AdapterHandle, sets: TrainSets, batch:
     return loss, terms
 
 
+def evaluation_metrics(step: int, eval_index: int, measured: Dict[str, "UtteranceErrors"], targets: Sequence[str],
+                       protected: Sequence[Protected], feasibility: str = "point", confidence: float = 0.95,
+                       seed: int = 0, max_new_loops: Optional[int] = None) -> dict:
+    """One evaluation's metrics (:data:`EVAL_KEYS`) from each dev set's per-utterance errors.
+
+    ``dev_wer_new`` is the mean dev WER of the ``targets`` (the objective). Each protected set gets its degradation
+    against its base, the confidence bounds (a paired bootstrap seeded by ``seed``, the step and the set's place:
+    a re-run gives the same bounds), the degradation held to its limit (``feasibility``) and the looping utterances
+    it added; ``sets`` holds them by name, targets first. The single values are the binding set's: the protected set with
+    the largest held degradation over its limit (the first on ties); the evaluation is feasible when every set is
+    within its limit and the sets' new loops are at most ``max_new_loops`` (None: not held)."""
+    sets = [{"set": t, "role": "target", "dev_wer": measured[t].wer, "base_dev_wer": None, "degradation": None,
+             "degradation_lower": None, "degradation_upper": None, "held_degradation": None, "limit": None,
+             "new_loops": None, "feasible": None} for t in targets]
+    for i, p in enumerate(protected):
+        m = measured[p.name]
+        deg = degradation(m.wer, p.base_wer, p.kappa_mode)
+        low = high = loops = None
+        if p.paired:
+            low, high = degradation_bounds(m.errors, p.base.errors, m.words, p.kappa_mode, confidence,
+                                           seed=[seed, step] + ([i] if i else []))
+            loops = new_loops(m, p.base)
+        held = high if feasibility == "upper" else deg
+        sets.append({"set": p.name, "role": "protected", "dev_wer": m.wer, "base_dev_wer": p.base_wer,
+                     "degradation": deg, "degradation_lower": low, "degradation_upper": high, "held_degradation": held,
+                     "limit": p.limit, "new_loops": loops, "feasible": held <= p.limit})
+    guarded = [s for s in sets if s["role"] == "protected"]
+    binding = max(guarded, key=lambda s: s["held_degradation"] - s["limit"])  # max keeps the first of equals
+    loops = [s["new_loops"] for s in guarded]
+    current = {"step": step, "eval_index": eval_index,
+               "dev_wer_new": float(np.mean([s["dev_wer"] for s in sets if s["role"] == "target"])),
+               "dev_wer_original": binding["dev_wer"], "base_dev_wer_original": binding["base_dev_wer"],
+               **{k: binding[k] for k in ("degradation", "degradation_lower", "degradation_upper", "held_degradation")},
+               "new_loops": None if None in loops else int(sum(loops)), "binding_set": binding["set"],
+               "sets": {s["set"]: s for s in sets}}  # by name, in order (a mapping: Tune's loggers flatten it)
+    current["feasible"] = within_limits(current, binding["limit"], max_new_loops)
+    return current
+
+
 def _better(a: dict, b: Optional[dict], limit: float, max_new_loops: Optional[int]) -> bool:
     return b is None or evaluation_rank(a, limit, max_new_loops) < evaluation_rank(b, limit, max_new_loops)
 
@@ -277,7 +338,8 @@ def _better(a: dict, b: Optional[dict], limit: float, max_new_loops: Optional[in
 def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, dev_sets: Dict[str, FeatureSet],
                    train_cfg: TrainConfig, base_original: Union[UtteranceErrors, float], report: Report, *,
                    limit: float = math.inf, max_new_loops: Optional[int] = None, patience: int = 0,
-                   kappa_mode: str = "absolute",
+                   kappa_mode: str = "absolute", targets: Sequence[str] = ("new",),
+                   protected: Optional[Sequence[Protected]] = None,
                    feasibility: str = "point", confidence: float = 0.95, eval_batch_seconds: float = 120.0,
                    specaugment_cfg: SpecAugmentConfig = SpecAugmentConfig(), resume: Optional[dict] = None,
                    rank: int = 0, world_size: int = 1, all_reduce: Optional[AllReduce] = None) -> dict:
@@ -302,14 +364,15 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
     holds that best evaluation's adapter weights (``best_state_dict``)."""
     if feasibility not in FEASIBILITY_MODES:
         raise ValueError(f"feasibility: got {feasibility!r}; allowed: {', '.join(FEASIBILITY_MODES)}")
-    paired = isinstance(base_original, UtteranceErrors)
+    if protected is None:
+        protected = [Protected("original", base_original, limit, kappa_mode)]
+    paired = all(p.paired for p in protected)
     if feasibility == "upper" and not paired:
         raise ValueError("feasibility='upper' needs the base model's per-utterance errors (base_dev_errors), "
                          "not only its WER")
     if max_new_loops is not None and not paired:
         raise ValueError("max_new_loops needs the base model's per-utterance errors and loops (base_dev_errors), "
                          "not only its WER")
-    base_original_wer = base_original.wer if paired else float(base_original)
     view = as_view(view)
     device = _device_of(view)
     steps, lr = train_cfg.steps, train_cfg.lr
@@ -335,7 +398,7 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
         # the run had finished when its trial was interrupted: report its result again
         report(resume["metrics"], resume)
         return resume["metrics"]
-    probe = dev_sets["new"].collate(range(min(2, len(dev_sets["new"]))))[:2]
+    probe = dev_sets[targets[0]].collate(range(min(2, len(dev_sets[targets[0]]))))[:2]
     start = time.monotonic()
     sums: Dict[str, float] = {}
     count = 0
@@ -372,22 +435,12 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             eval_index += 1
             handle.eval()
             check_in_forward_path(view, handle, *probe)
-            measured = {domain: dev_errors(view, dev_sets[domain], eval_batch_seconds, train_cfg.precision, rank,
-                                           world_size, all_reduce) for domain in ("new", "original")}
+            measured = {name: dev_errors(view, dev_sets[name], eval_batch_seconds, train_cfg.precision, rank,
+                                         world_size, all_reduce) for name in [*targets, *(p.name for p in protected)]}
             handle.train()
             means = _mean_over_ranks(sums, count, device, all_reduce)
-            deg = degradation(measured["original"].wer, base_original_wer, kappa_mode)
-            low = high = None
-            if paired:  # seeded by the trial's seed and step: a re-run gives the same bounds
-                low, high = degradation_bounds(measured["original"].errors, base_original.errors,
-                                               measured["original"].words, kappa_mode, confidence,
-                                               seed=[train_cfg.seed, step])
-            held = high if feasibility == "upper" else deg
-            current = {"step": step, "eval_index": eval_index, "dev_wer_new": measured["new"].wer,
-                       "dev_wer_original": measured["original"].wer, "degradation": deg, "degradation_lower": low,
-                       "degradation_upper": high, "held_degradation": held,
-                       "new_loops": new_loops(measured["original"], base_original) if paired else None}
-            current["feasible"] = within_limits(current, limit, max_new_loops)
+            current = evaluation_metrics(step, eval_index, measured, targets, protected, feasibility, confidence,
+                                         train_cfg.seed, max_new_loops)
             if _better(current, best, limit, max_new_loops):
                 best, best_state = current, handle.state_dict()
             # Patience: this many evaluations since the best one, none better: the trial has stopped improving.
@@ -399,7 +452,6 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             metrics = {"final": final, "step": step, "eval_index": eval_index, "lr": current_lr,
                        "train_loss": means["loss"], "supervised_loss": means["supervised"],
                        "distill_loss": means.get("distill"), "time_s": time.monotonic() - start,
-                       "base_dev_wer_original": base_original_wer,
                        **{f"eval_{k}": current[k] for k in EVAL_KEYS[2:]},
                        **{k: best[k] for k in EVAL_KEYS[2:]}, "best_step": best["step"],
                        "best_eval_index": best["eval_index"]}

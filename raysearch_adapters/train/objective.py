@@ -91,8 +91,17 @@ def asha_score(dev_wer_new: float, degradation_value: float, limit: float, new_l
     """What ASHA minimises: dev new-domain WER + :data:`INFEASIBLE_PENALTY` x how far the evaluation is from
     feasible (the degradation over the limit, and the looping utterances over ``max_new_loops`` at
     ``results.select.LOOP_PRICE`` each: ``results.select.violation``)."""
-    over = violation({"degradation": degradation_value, "new_loops": new_loops}, limit, max_new_loops)
-    return dev_wer_new + INFEASIBLE_PENALTY * over
+    return asha_score_of({"dev_wer_new": dev_wer_new, "degradation": degradation_value, "new_loops": new_loops},
+                         limit, max_new_loops)
+
+
+def asha_score_of(evaluation: dict, limit: float, max_new_loops: Optional[int] = None, prefix: str = "",
+                  widen: float = 1.0) -> float:
+    """:func:`asha_score` of an evaluation's metrics (``prefix`` ``eval_``: a result's latest one): its dev new WER
+    plus :data:`INFEASIBLE_PENALTY` x ``results.select.violation`` (summed over its protected sets, each against
+    its own limit times ``widen``)."""
+    return float(evaluation[f"{prefix}dev_wer_new"]) + INFEASIBLE_PENALTY * violation(evaluation, limit, max_new_loops,
+                                                                                      prefix, widen)
 
 
 def evaluation_rank(evaluation: dict, limit: float, max_new_loops: Optional[int] = None) -> tuple:

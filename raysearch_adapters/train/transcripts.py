@@ -19,16 +19,13 @@ from raysearch_adapters.results.hypotheses import Location, hypothesis_rows
 from raysearch_adapters.train.evaluate import transcribe
 from raysearch_adapters.train.prefix import inputs_from, view_from
 
-# The config's data.* manifest of each (domain, split).
-DATA_SETS = {("new", "train"): "new_train", ("new", "dev"): "new_dev", ("original", "dev"): "original_dev",
-             ("new", "test"): "new_test", ("original", "test"): "original_test"}
-
-
-def set_of(data_cfg, manifest: str) -> Tuple[Optional[str], Optional[str]]:
-    """(domain, split) of ``manifest`` when it is one of the config's data.* manifests, else (None, None)."""
-    for key, name in DATA_SETS.items():
-        given = getattr(data_cfg, name)
-        if given and os.path.abspath(given) == os.path.abspath(manifest):
+def set_of(cfg, manifest: str) -> Tuple[Optional[str], Optional[str]]:
+    """(set, split) of ``manifest`` when it is one of the config's manifests (data.new_train: ("new", "train"); a
+    measured set's dev or test: its name and split), else (None, None)."""
+    given = [(("new", "train"), cfg.data.new_train)]
+    given += [((s.name, split), getattr(s, split)) for s in cfg.measured_sets() for split in ("dev", "test")]
+    for key, path in given:
+        if path and os.path.abspath(path) == os.path.abspath(manifest):
             return key
     return None, None
 

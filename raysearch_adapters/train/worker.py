@@ -38,8 +38,8 @@ from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.models.base import Backbone
 from raysearch_adapters.models.registry import backbone_class, load_base_model
 from raysearch_adapters.train.hparams import trial_config
-from raysearch_adapters.train.loop import TrainSets, UtteranceErrors, base_dev_errors, train_adapters
-from raysearch_adapters.train.objective import asha_score, degradation_limit
+from raysearch_adapters.train.loop import Protected, TrainSets, UtteranceErrors, base_dev_errors, train_adapters
+from raysearch_adapters.train.objective import asha_score_of, degradation_limit
 from raysearch_adapters.train.prefix import load_prefix_set, load_teacher_set, measurement_block, view_from
 
 ADAPTER_FILE = "adapter.pt"  # the latest adapter weights + config (adapters.state format): what a resume loads
@@ -53,7 +53,9 @@ def trial_loop_config(cfg: Config, hp: dict) -> dict:
     hyperparameters in the fields they set, :func:`~raysearch_adapters.train.hparams.trial_config`), and its
     hyperparameters as searched (stored with its adapter). The test manifests are blanked: a trial cannot
     touch them."""
-    no_test = replace(cfg, data=replace(cfg.data, new_test="", original_test=""))
+    no_test = replace(cfg, data=replace(cfg.data, new_test="", original_test="",
+                                        targets=[replace(s, test="") for s in cfg.data.targets],
+                                        protected=[replace(s, test="") for s in cfg.data.protected]))
     fraction = cfg.resources.gpu_memory_fraction or min(cfg.resources.gpus_per_worker, 1.0)
     return {"cfg": trial_config(no_test, hp), "hp": dict(hp),
             "gpu_memory_fraction": fraction if cfg.resources.use_gpu else 0.0}
@@ -177,8 +179,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
     torch.manual_seed(cfg.train.seed)
     model, fingerprint = base_model(cfg)
     sets = training_sets(cfg, model, fingerprint, cfg.train.replay > 0, cfg.train.distill_weight > 0)
-    dev_sets = {"new": feature_set(cfg, model, cfg.data.new_dev),
-                "original": feature_set(cfg, model, cfg.data.original_dev)}
+    dev_sets = {s.name: feature_set(cfg, model, s.dev) for s in cfg.measured_sets()}
     adapter_cfg = cfg.adapter
     resume = None
     if checkpoint is not None:
@@ -193,22 +194,26 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
     k = measurement_block(handle, cfg.train.prefix_cache, cfg.train.specaugment)
     if k is not None:
         sets = _on_prefix(cfg, model, fingerprint, sets, k)
-        dev_sets = {domain: prefix_set(cfg, model, fingerprint, s, k) for domain, s in dev_sets.items()}
+        dev_sets = {name: prefix_set(cfg, model, fingerprint, s, k) for name, s in dev_sets.items()}
     view = view_from(model, k)
-    # The base's WER on exactly this trial's path and precision: a zero-init adapter shows degradation 0.
-    base_key = (fingerprint, k, cfg.train.precision, device.type, dev_sets["original"].key, world_size)
-    if base_key not in _BASE_ERRORS:
-        _BASE_ERRORS[base_key] = base_dev_errors(view, handle, {"original": dev_sets["original"]},
-                                             cfg.data.max_batch_seconds, cfg.train.precision, rank, world_size,
-                                             all_reduce)["original"]
+    # The base's errors on exactly this trial's path and precision, per protected set: a zero-init adapter shows
+    # degradation 0.
+    protected = []
+    for p in cfg.protected_sets():
+        base_key = (fingerprint, k, cfg.train.precision, device.type, dev_sets[p.name].key, world_size)
+        if base_key not in _BASE_ERRORS:
+            _BASE_ERRORS[base_key] = base_dev_errors(view, handle, {p.name: dev_sets[p.name]},
+                                                     cfg.data.max_batch_seconds, cfg.train.precision, rank,
+                                                     world_size, all_reduce)[p.name]
+        protected.append(Protected(p.name, _BASE_ERRORS[base_key], degradation_limit(p.kappa, p.kappa_mode),
+                                   p.kappa_mode))
     static = {"adapter_params": handle.num_params, "adapter_percent": handle.percent_of_base,
               "device": _device_name(device), "node_id": ray.get_runtime_context().get_node_id()}
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
 
     def report(metrics: dict, state: dict) -> None:
         metrics = {**metrics, **static,
-                   ASHA_METRIC: asha_score(metrics["dev_wer_new"], metrics["held_degradation"], limit,
-                                           metrics.get("new_loops"), cfg.search.max_new_loops)}
+                   ASHA_METRIC: asha_score_of(metrics, limit, cfg.search.max_new_loops)}
         if rank != 0:
             send_report(metrics, None)
             return
@@ -223,7 +228,8 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
             torch.save(state, os.path.join(d, STATE_FILE))
             send_report(metrics, d)
 
-    train_adapters(view, handle, sets, dev_sets, cfg.train, _BASE_ERRORS[base_key], report, limit=limit,
+    train_adapters(view, handle, sets, dev_sets, cfg.train, None, report, limit=limit,
+                   targets=[t.name for t in cfg.target_sets()], protected=protected,
                    max_new_loops=cfg.search.max_new_loops, patience=cfg.search.patience, kappa_mode=cfg.search.kappa_mode,
                    feasibility=cfg.search.feasibility, confidence=cfg.search.confidence, eval_batch_seconds=cfg.data.max_batch_seconds,
                    specaugment_cfg=cfg.data.specaugment, resume=resume, rank=rank, world_size=world_size,

@@ -23,9 +23,10 @@ def test_summary_compares_base_model_and_winner_on_dev_and_test(finished_dir):
     s = view["summary"]
     assert view["state"] == "finished" and view["errors"] == view["notes"] == []
     base, winner = s["rows"]
-    assert base == {"label": "base model", "dev_new": 45.0, "dev_original": 10.0, "test_new": 47.0,
-                    "test_original": 10.4}
-    assert winner["label"] == f"winner (trial {WINNER})" and (winner["test_new"], winner["test_original"]) == (19.5, 10.9)
+    assert base == {"label": "base model", "dev": {"new": 45.0, "original": 10.0},
+                    "test": {"new": 47.0, "original": 10.4}}
+    assert winner["label"] == f"winner (trial {WINNER})" and winner["test"] == {"new": 19.5, "original": 10.9}
+    assert s["sets"] == ["new", "original"]
     assert s["winner"]["adapter_percent"] == pytest.approx(0.8) and s["degradation_limit"] == 1.0
     assert s["counts"] == {"total": 8, "RUNNING": 1, "COMPLETE": 4, "PRUNED": 2, "FAIL": 1}
     assert set(s["versions"]) >= {"torch", "ray", "optuna"}
@@ -88,7 +89,7 @@ def test_partial_folder_while_searching_shows_best_feasible_so_far(tmp_path):
     view = build_view(d)
     assert view["state"] == "running" and "summary.json is written when it ends" in view["notes"][0]
     (row,) = view["summary"]["rows"]
-    assert row["label"] == f"best feasible so far (trial {WINNER})" and row["test_new"] is None
+    assert row["label"] == f"best feasible so far (trial {WINNER})" and row["test"] == {}
     assert view["charts"]["tradeoff"]["layout"]["shapes"][0]["x0"] == 1.0  # kappa from trials.parquet metadata
     assert "data" in view["charts"]["placement"]
 

@@ -132,3 +132,79 @@ def test_a_placement_the_model_cannot_take_is_refused_before_anything_is_written
     overrides = tiny_search_overrides(search_data[0], path, search_data[2], tmp_path, "x", "search.space.blocks=[top:3]")
     with pytest.raises(ConfigError, match=r"search.space.blocks.choices\[0\].*'top:3'.*the model has 2 blocks"):
         preflight(load_config([], overrides), model)
+
+
+_NO_SINGLES = ('data.original_dev=""', 'data.original_test=""')
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (_NO_SINGLES + ("data.protected=[{name: clean, dev: a.json, test: b.json}, {name: clean, dev: c.json, "
+                    "test: d.json}]",),
+     r"data.protected\[1\].name: got 'clean'; is also the name of data.protected\[0\]"),
+    (('data.new_dev=""', 'data.new_test=""', *_NO_SINGLES,
+      "data.targets=[{name: accents, dev: a.json, test: b.json}]",
+      "data.protected=[{name: accents, dev: c.json, test: d.json}]"),
+     r"data.protected\[0\].name: got 'accents'; is also the name of data.targets\[0\]"),
+    (_NO_SINGLES + ("data.protected=[{name: new, dev: a.json, test: b.json}]",),
+     r"data.protected\[0\].name: got 'new'; is the name of the default set data.new_dev"),
+    (_NO_SINGLES + ("data.protected=[{name: noisy, test: b.json}]",),
+     r"data.protected\[0\].dev: got ''; must name the set's dev manifest"),
+    (_NO_SINGLES + ("data.protected=[{name: noisy, dev: a.json}]",),
+     r"data.protected\[0\].test: got ''; must name the set's test manifest"),
+    (_NO_SINGLES + ("data.protected=[{name: 'no spaces', dev: a.json, test: b.json}]",),
+     r"data.protected\[0\].name: got 'no spaces'; must be a name of letters, digits"),
+    (_NO_SINGLES + ("data.protected=[{name: noisy, dev: a.json, test: b.json, kappa: -1}]",),
+     r"data.protected\[0\].kappa: got -1.0; must be >= 0"),
+    (_NO_SINGLES + ("data.protected=[{name: noisy, dev: a.json, test: b.json, kappa_mode: percent}]",),
+     r"data.protected\[0\].kappa_mode: got 'percent'; allowed: absolute, relative"),
+    (("data.original_dev=o.json", "data.protected=[{name: noisy, dev: a.json, test: b.json}]"),
+     r"data.original_dev: got '.*o.json'; must be empty when data.protected lists the sets"),
+    (('data.new_dev=""', 'data.new_test=""', "data.targets=[{name: t, dev: a.json, test: b.json, kappa: 2}]"),
+     r"data.targets\[0\].kappa: got 2.0; applies to protected sets only"),
+    (("data.protected=[{name: noisy, dev: a.json, tset: b.json}]",),
+     r"data.targets / data.protected: an entry has the unknown key 'tset' \(allowed in each entry: name, dev, test, "
+     r"kappa, kappa_mode\)"),
+    (("search.confidence=1.0",), r"search.confidence: got 1.0"),
+    (("search.confidence=0.5",), r"search.confidence: got 0.5"),
+])
+def test_bad_sets_name_the_key_what_was_found_and_what_is_allowed(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config([], list(overrides))
+
+
+def _set_overrides(corpus, protected_dev, protected_test):
+    return ['data.original_dev=""', 'data.original_test=""',
+            f"data.protected=[{{name: clean, dev: {corpus}/original/dev.json, test: {corpus}/original/test.json}}, "
+            f"{{name: noisy, dev: {protected_dev}, test: {protected_test}}}]"]
+
+
+def test_a_protected_set_that_is_a_new_domain_set_is_refused_naming_both(model_and_overrides, search_data):
+    corpus = search_data[0]
+    with pytest.raises(ConfigError, match=rf"data.protected\[1\].dev: {corpus}/new/dev.json is the same manifest as "
+                                          rf"data.new_dev \({corpus}/new/dev.json\); allowed: a protected set apart"):
+        _check(model_and_overrides, *_set_overrides(corpus, f"{corpus}/new/dev.json", f"{corpus}/original/test.json"))
+    with pytest.raises(ConfigError, match=r"data.protected\[1\].test: .* is the same manifest as data.new_train"):
+        _check(model_and_overrides, *_set_overrides(corpus, f"{corpus}/original/dev.json",
+                                                    f"{corpus}/new/train.json"))
+
+
+def test_a_pool_drawn_from_a_protected_set_is_refused_naming_both(model_and_overrides, search_data, tmp_path):
+    corpus = search_data[0]
+    lines = (corpus / "original" / "dev.json").read_text().splitlines()
+    noisy = tmp_path / "noisy.json"
+    noisy.write_text("".join(json.dumps({**json.loads(line), "audio_filepath": str(
+        corpus / "original" / json.loads(line)["audio_filepath"])}) + "\n" for line in lines[:4]))
+    with pytest.raises(ConfigError, match=r"data.distill_manifest: .* is data.protected\[1\].dev"):
+        _check(model_and_overrides, *_set_overrides(corpus, noisy, f"{corpus}/original/test.json"),
+               f"data.distill_manifest={noisy}", "train.replay=0")
+
+
+def test_a_bad_set_fails_the_search_before_anything_is_written(ray_session, search_data, tmp_path):
+    from raysearch_adapters.search import run
+
+    corpus = search_data[0]
+    overrides = tiny_search_overrides(*search_data, tmp_path, "sets", *_set_overrides(
+        corpus, f"{corpus}/new/dev.json", f"{corpus}/original/test.json"))
+    with pytest.raises(ConfigError, match=r"data.protected\[1\].dev"):
+        run.run_search(load_config([], overrides))
+    assert not (tmp_path / "sets").exists()

@@ -33,9 +33,12 @@ def test_lines_are_numbered_like_the_manifest_messages_and_links_are_resolved(tm
 
 def test_domain_and_split_of_the_configs_manifests(tmp_path):
     cfg = load_config([], [f"data.new_dev={tmp_path / 'nd.json'}", f"data.original_test={tmp_path / 'ot.json'}"])
-    assert set_of(cfg.data, str(tmp_path / "nd.json")) == ("new", "dev")
-    assert set_of(cfg.data, str(tmp_path / "ot.json")) == ("original", "test")
-    assert set_of(cfg.data, str(tmp_path / "elsewhere.json")) == (None, None)
+    assert set_of(cfg, str(tmp_path / "nd.json")) == ("new", "dev")
+    assert set_of(cfg, str(tmp_path / "ot.json")) == ("original", "test")
+    assert set_of(cfg, str(tmp_path / "elsewhere.json")) == (None, None)
+    named = load_config([], ['data.original_dev=""', 'data.original_test=""', f"data.protected=[{{name: noisy, dev: "
+                             f"{tmp_path / 'n.json'}, test: {tmp_path / 'nt.json'}}}]"])
+    assert set_of(named, str(tmp_path / "nt.json")) == ("noisy", "test")
 
 
 def test_rows_score_whisper_text_as_evaluate_does(small_demo, tmp_path):

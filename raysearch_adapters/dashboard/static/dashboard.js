@@ -77,14 +77,16 @@
     if (s.rows.length) {
       const table = el("table", { id: "summary-table" });
       const head = el("tr");
-      ["WER %", "dev new", "dev original", "test new", "test original"].forEach((h, i) =>
+      const sets = s.sets && s.sets.length ? s.sets : ["new", "original"];
+      const cols = ["dev", "test"].flatMap((split) => sets.map((name) => [split, name]));
+      ["WER %", ...cols.map(([split, name]) => `${split} ${name}`)].forEach((h, i) =>
         head.appendChild(el("th", i === 0 ? { class: "text" } : {}, h)));
       table.appendChild(el("thead")).appendChild(head);
       const body = table.appendChild(el("tbody"));
       s.rows.forEach((r) => {
         const tr = body.appendChild(el("tr"));
         tr.appendChild(el("td", { class: "text" }, r.label));
-        ["dev_new", "dev_original", "test_new", "test_original"].forEach((k) => tr.appendChild(el("td", {}, fmt(r[k], "wer"))));
+        cols.forEach(([split, name]) => tr.appendChild(el("td", {}, fmt((r[split] || {})[name], "wer"))));
       });
       parts.push(table);
     }
@@ -93,7 +95,8 @@
       const hp = Object.entries(w.hparams || {}).map(([k, v]) => `${k}=${fmt(v, k)}`).join(", ");
       parts.push(el("p", { class: "winner-params" },
         `trial ${w.trial_id}: ${hp}; adapter ${fmt(w.adapter_params)} params (${fmt(w.adapter_percent, "adapter_percent")} % of the ` +
-        `base model); degradation ${fmt(w.degradation, "degradation")}${bounds(w.degradation_lower, w.degradation_upper)} on dev` +
+        `base model); degradation${s.several_protected && w.binding_set ? ` of ${w.binding_set} (the binding set)` : ""} ` +
+        `${fmt(w.degradation, "degradation")}${bounds(w.degradation_lower, w.degradation_upper)} on dev` +
         (w.test_degradation === undefined || w.test_degradation === null ? "" :
           `, ${fmt(w.test_degradation, "degradation")}${bounds(w.test_degradation_lower, w.test_degradation_upper)} on test`) +
         (w.degradation_upper === undefined || w.degradation_upper === null ? "" :
