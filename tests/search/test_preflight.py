@@ -164,6 +164,9 @@ _NO_SINGLES = ('data.original_dev=""', 'data.original_test=""')
     (("data.protected=[{name: noisy, dev: a.json, tset: b.json}]",),
      r"data.targets / data.protected: an entry has the unknown key 'tset' \(allowed in each entry: name, dev, test, "
      r"kappa, kappa_mode\)"),
+    (("search.max_new_loops=-1",), r"search.max_new_loops: got -1; must be >= 0"),
+    (("search.max_new_loops=0.5",), r"search.max_new_loops: Value '0.5' of type 'float' could not be converted to "
+                                    r"Integer"),
     (("search.confidence=1.0",), r"search.confidence: got 1.0"),
     (("search.confidence=0.5",), r"search.confidence: got 0.5"),
 ])
