@@ -23,7 +23,7 @@ from raysearch_adapters.results import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES
                                         read_table)
 from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, OPTUNA_DB, SUMMARY_FILE
-from raysearch_adapters.results.select import best_per_type, select_winner, set_entries
+from raysearch_adapters.results.select import DEFAULT_SET_ROLES, best_per_type, dev_wers, select_winner, set_entries
 
 # What the dashboard offers for download: these names only, never a path from the request.
 DOWNLOADS = (SUMMARY_FILE, TRIALS_FILE, EPOCHS_FILE, HYPOTHESES_FILE, CONFIG_FILE, BEST_ADAPTER_FILE, OPTUNA_DB)
@@ -91,7 +91,7 @@ class Snapshot:
             roles = json.loads(roles) if isinstance(roles, str) else roles
         except ValueError:
             roles = None
-        return roles or [{"set": "new", "role": "target"}, {"set": "original", "role": "protected"}]
+        return roles or list(DEFAULT_SET_ROLES)
 
     def max_new_loops(self) -> Optional[int]:
         """Original-domain dev utterances a feasible trial may newly loop on; None when not held to a limit (or not
@@ -286,9 +286,7 @@ def summary_view(snap: Snapshot) -> dict:
         out["kappa"], out["kappa_mode"] = _number(snap.metadata.get("kappa")), snap.metadata.get("kappa_mode")
         best = select_winner(feasible, math.inf)
         if best is not None:
-            dev = ({s["set"]: s["dev_wer"] for s in set_entries(best["sets"])} if best.get("sets") else
-                   {"new": best["dev_wer_new"], "original": best["dev_wer_original"]})
-            out["rows"] = [_wers(f"best feasible so far (trial {best['trial_id']})", dev, None)]
+            out["rows"] = [_wers(f"best feasible so far (trial {best['trial_id']})", dev_wers(best), None)]
             out["winner"] = _brief(best)
             out["note"] = "dev WERs only: the winner is evaluated on test once, when the search ends"
         elif snap.trials:

@@ -6,7 +6,7 @@ and the dashboard (live, while trials still run) choose with the same code.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 # Each row reports its trial's best evaluation (the feasible one with the lowest new-domain WER,
 # else the least infeasible), whose adapter the trial's checkpoint keeps.
@@ -50,10 +50,30 @@ def set_entries(sets) -> List[dict]:
     return list(sets or [])
 
 
+# The measured sets of results that do not name theirs (summary.json / trials metadata ``sets``): the default ones.
+DEFAULT_SET_ROLES = ({"set": "new", "role": "target"}, {"set": "original", "role": "protected"})
+
+
+def dev_wers(row: dict) -> Dict[str, float]:
+    """A row's dev WER per set (its ``sets``), else per default set (new, original)."""
+    if row.get("sets"):
+        return {s["set"]: s["dev_wer"] for s in set_entries(row["sets"])}
+    return {"new": row["dev_wer_new"], "original": row["dev_wer_original"]}
+
+
 def protected_sets(row: dict, prefix: str = "") -> List[dict]:
     """The protected sets of a row's evaluation (``sets``: each with its held degradation and limit); [] for a row
     without them (one protected set, held to the limit a caller passes)."""
     return [s for s in set_entries(row.get(f"{prefix}sets")) if s.get("role") == "protected"]
+
+
+def held_limits(row: dict, limit: float, prefix: str = "") -> List[Tuple[Optional[str], float, float]]:
+    """``[(set, held degradation, its limit), ...]``: each protected set of a row's evaluation against its own
+    limit; a row without ``sets`` holds its :func:`held_degradation` to ``limit`` (set None)."""
+    sets = protected_sets(row, prefix)
+    if not sets:
+        return [(None, held_degradation(row, prefix), limit)]
+    return [(s["set"], s["held_degradation"], s["limit"]) for s in sets]
 
 
 def violation(row: dict, limit: float, max_new_loops: Optional[int] = None, prefix: str = "",
@@ -62,11 +82,7 @@ def violation(row: dict, limit: float, max_new_loops: Optional[int] = None, pref
     held degradation over the set's limit (times ``widen``; a row without ``sets``: :func:`held_degradation` over
     ``limit``), plus :data:`LOOP_PRICE` per looping utterance it added beyond ``max_new_loops`` (None: loops are not
     held to a limit)."""
-    sets = protected_sets(row, prefix)
-    if sets:
-        over = sum(max(0.0, s["held_degradation"] - widen * s["limit"]) for s in sets)
-    else:
-        over = max(0.0, held_degradation(row, prefix) - widen * limit)
+    over = sum(max(0.0, held - widen * set_limit) for _, held, set_limit in held_limits(row, limit, prefix))
     if max_new_loops is not None:
         over += LOOP_PRICE * max(0, new_loops(row, prefix) - max_new_loops)
     return over
@@ -76,9 +92,7 @@ def within_limits(row: dict, limit: float, max_new_loops: Optional[int] = None, 
     """Whether a row is feasible: every protected set's held degradation within its limit (a row without ``sets``:
     :func:`held_degradation` <= ``limit``) and, with ``max_new_loops`` an int, at most that many looping hypotheses
     added on the protected dev sets."""
-    sets = protected_sets(row, prefix)
-    within = (all(s["held_degradation"] <= s["limit"] for s in sets) if sets
-              else held_degradation(row, prefix) <= limit)
+    within = all(held <= set_limit for _, held, set_limit in held_limits(row, limit, prefix))
     return within and (max_new_loops is None or new_loops(row, prefix) <= max_new_loops)
 
 

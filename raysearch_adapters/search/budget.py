@@ -30,7 +30,7 @@ ended on its own; a trial stopped at a rung is PRUNED.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Set, Union
+from typing import Dict, List, Optional, Set
 
 from ray.tune.callback import Callback
 from ray.tune.experiment import Trial
@@ -169,9 +169,9 @@ class BudgetScheduler(TrialScheduler):
         docstring): the limit times how many times further the finalists' start is."""
         return self._limit * self.plan.milestones[-1] / milestone
 
-    def rung_score(self, evaluations: List[Union[dict, tuple]], milestone: int) -> float:
+    def rung_score(self, evaluations: List[dict], milestone: int) -> float:
         """What ranks a trial at a rung (lower is better): the best score of its evaluations (dicts of dev new WER,
-        held degradation, looping utterances added and protected sets; or (WER, degradation, loops) tuples)
+        held degradation, looping utterances added and protected sets, as :meth:`on_trial_result` keeps them)
         against the rung's limits: each protected set's limit times the rung's widening (:meth:`rung_limit`), the
         loops against ``max_new_loops``, the same at every rung.
 
@@ -179,9 +179,7 @@ class BudgetScheduler(TrialScheduler):
         trial whose every evaluation is over kappa reports its least degraded one, often its first, while a
         later one that learned far more and sits within the rung's limit is what it will build on."""
         widen = self.plan.milestones[-1] / milestone
-        return min(asha_score_of(e if isinstance(e, dict) else
-                                 {"dev_wer_new": e[0], "degradation": e[1], "new_loops": (list(e[2:]) or [0])[0]},
-                                 self._limit, self._max_new_loops, widen=widen) for e in evaluations)
+        return min(asha_score_of(e, self._limit, self._max_new_loops, widen=widen) for e in evaluations)
 
     def _decide(self, tune_controller, current: Optional[str]) -> str:
         """Halve (or start the finalists) once every trial in the race has reached its rung; the decision

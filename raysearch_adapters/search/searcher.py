@@ -25,7 +25,7 @@ import optuna
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from raysearch_adapters.results.select import held_degradation, new_loops, protected_sets
+from raysearch_adapters.results.select import held_limits, new_loops
 
 # The trial's result (its best evaluation) kept on the Optuna trial (optuna-dashboard shows them).
 USER_ATTRS = ("dev_wer_new", "dev_wer_original", "degradation", "degradation_lower", "degradation_upper",
@@ -161,12 +161,9 @@ def tell_outcome(study: optuna.Study, ot_trial: optuna.trial.Trial, result: Opti
     measured = bool(result) and result.get("degradation") is not None
     if measured:
         # the degradation feasibility holds to the limit: the estimate, or its upper bound (search.feasibility)
-        sets = protected_sets(result)
-        if len(sets) > 1:  # one constraint per protected set, each against its own limit
-            for s in sets:
-                ot_trial.set_constraint(f"degradation:{s['set']}", s["held_degradation"] - s["limit"])
-        else:
-            ot_trial.set_constraint("degradation", held_degradation(result) - (sets[0]["limit"] if sets else limit))
+        sets = held_limits(result, limit)
+        for name, held, set_limit in sets:  # one constraint per protected set, each against its own limit
+            ot_trial.set_constraint("degradation" if len(sets) == 1 else f"degradation:{name}", held - set_limit)
         if max_new_loops is not None:
             ot_trial.set_constraint("new_loops", float(new_loops(result) - max_new_loops))
         for key in USER_ATTRS:

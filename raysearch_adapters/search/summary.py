@@ -14,8 +14,8 @@ from raysearch_adapters.config import Config
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.metrics import LOOP_COMPRESSION_RATIO
 from raysearch_adapters.models.registry import backbone_class
-from raysearch_adapters.results.select import (best_per_type, held_degradation, new_loops, protected_sets,
-                                               set_entries)
+from raysearch_adapters.results.select import (DEFAULT_SET_ROLES, best_per_type, dev_wers, held_degradation,
+                                               held_limits, new_loops, set_entries)
 from raysearch_adapters.results.tables import HPARAM_NAMES
 from raysearch_adapters.train.objective import degradation, degradation_limit
 
@@ -60,13 +60,6 @@ def set_roles(cfg: Config) -> list:
             for s in cfg.measured_sets()]
 
 
-def _dev_wers(row: dict) -> dict:
-    """A row's dev WER per set (its ``sets``), else new and original."""
-    if row.get("sets"):
-        return {s["set"]: s["dev_wer"] for s in set_entries(row["sets"])}
-    return {"new": row["dev_wer_new"], "original": row["dev_wer_original"]}
-
-
 def _set_degradations(row: dict) -> dict:
     """Per protected set of a row: its dev degradation, bounds, held degradation, limit and new loops."""
     return {s["set"]: {k: s[k] for k in ("degradation", "degradation_lower", "degradation_upper",
@@ -77,7 +70,7 @@ def _set_degradations(row: dict) -> dict:
 def _trial_brief(row: dict) -> dict:
     return {"trial_id": row["trial_id"], "status": row["status"], "hparams": {k: row[k] for k in HPARAM_NAMES},
             "adapter_params": row["adapter_params"], "adapter_percent": row["adapter_percent"],
-            "dev": _dev_wers(row), "dev_wer_new": row["dev_wer_new"], "binding_set": row.get("binding_set"),
+            "dev": dev_wers(row), "dev_wer_new": row["dev_wer_new"], "binding_set": row.get("binding_set"),
             "protected": _set_degradations(row),
             "degradation": row["degradation"], "degradation_lower": row.get("degradation_lower"),
             "degradation_upper": row.get("degradation_upper"), "held_degradation": held_degradation(row),
@@ -156,8 +149,7 @@ def build_summary(cfg: Config, rows: list, limit: float, baseline: dict, winner:
                          "adapter_file": paths["best_adapter"],
                          "load": load_instructions(cfg, Path(paths["best_adapter"]))}
     elif infeasible is not None:
-        sets = protected_sets(infeasible)
-        over = max(s["held_degradation"] - s["limit"] for s in sets) if sets else held_degradation(infeasible) - limit
+        over = max(held - set_limit for _, held, set_limit in held_limits(infeasible, limit))
         out["no_feasible_trial"] = {**_trial_brief(infeasible), "over_limit_by": over}
         if cfg.search.max_new_loops is not None:
             out["no_feasible_trial"]["loops_over_limit_by"] = new_loops(infeasible) - cfg.search.max_new_loops
@@ -202,7 +194,7 @@ def _loops_lines(loops: Optional[dict], roles: Optional[list] = None) -> list:
     a protected set (``roles``: summary.json ``sets``; default: the sets new and original)."""
     if not loops:
         return []
-    roles = roles or [{"set": "new", "role": "target"}, {"set": "original", "role": "protected"}]
+    roles = roles or DEFAULT_SET_ROLES
     names = [r["set"] for r in roles]
     guarded = [r["set"] for r in roles if r["role"] == "protected"]
 
@@ -254,7 +246,7 @@ def format_summary(summary: dict) -> str:
     b, w = summary["baseline"], summary["winner"]
     test = b.get("test") or {}
     units = "points" if summary["kappa_mode"] == "absolute" else "% of base"
-    roles = summary.get("sets") or [{"set": "new", "role": "target"}, {"set": "original", "role": "protected"}]
+    roles = summary.get("sets") or DEFAULT_SET_ROLES
     names = [r["set"] for r in roles]
     several = sum(r["role"] == "protected" for r in roles) > 1
     heads = [f"{split} {_SHORT.get(n, n)}" for split in ("dev", "test") for n in names]

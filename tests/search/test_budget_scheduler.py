@@ -31,6 +31,11 @@ class _Controller:  # the calls the scheduler makes on Tune's controller
         self.marked.append(trial.trial_id)
 
 
+def _ev(wer: float, degradation: float, loops: int = 0) -> dict:
+    """One evaluation as the scheduler keeps it (one protected set, held to the scheduler's limit)."""
+    return {"dev_wer_new": wer, "degradation": degradation, "new_loops": loops, "sets": []}
+
+
 def _setup(budget=40, cohort=None):
     plan = halving_plan(budget, grace=2, eta=2, finalists=2, eval_every=2, cohort=cohort)
     scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0)
@@ -98,9 +103,9 @@ def test_the_limit_widens_at_early_rungs_and_is_kappa_where_the_finalists_are_pi
     scheduler = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0)
     assert [scheduler.rung_limit(m) for m in plan.milestones] == [4.0, 2.0, 1.0]
     # 60 + 10 x (4.5 - 4): the same trial's price at step 2 is 5 points; at step 8 it is 10 x 3.5
-    assert scheduler.rung_score([(60.0, 4.5)], 2) == 65.0
-    assert scheduler.rung_score([(60.0, 4.5)], 8) == 95.0
-    assert scheduler.rung_score([(60.0, 1.0)], 8) == 60.0
+    assert scheduler.rung_score([_ev(60.0, 4.5)], 2) == 65.0
+    assert scheduler.rung_score([_ev(60.0, 4.5)], 8) == 95.0
+    assert scheduler.rung_score([_ev(60.0, 1.0)], 8) == 60.0
     trials = [_Trial(t) for t in "abcd"]
     controller = _Controller(trials)
     for t in trials:
@@ -181,6 +186,6 @@ def test_a_rung_prices_each_looping_utterance_over_max_new_loops_at_every_rung()
             "dev_wer_new": wer, "degradation": 0.2, "new_loops": loops})
         trial.status = Trial.PAUSED if decision == PAUSE else trial.status
     assert controller.stopped == ["a"]
-    assert scheduler.rung_score([(70.0, 0.2, 1)], 2) == 80.0 and scheduler.rung_score([(70.0, 0.2, 0)], 2) == 70.0
+    assert scheduler.rung_score([_ev(70.0, 0.2, 1)], 2) == 80.0 and scheduler.rung_score([_ev(70.0, 0.2, 0)], 2) == 70.0
     unheld = BudgetScheduler(plan, eta=2, eval_every=2, metric="asha_score", limit=1.0, max_new_loops=None)
-    assert unheld.rung_score([(70.0, 0.2, 3)], 2) == 70.0  # loops counted, not held to a limit
+    assert unheld.rung_score([_ev(70.0, 0.2, 3)], 2) == 70.0  # loops counted, not held to a limit
