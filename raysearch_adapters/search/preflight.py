@@ -175,9 +175,9 @@ def _check_protected_apart(required: List[tuple], seen: Dict[str, tuple]) -> Non
         for other, (other_path, other_audio) in seen.items():
             if roles[other] == "protected":
                 continue
-            shared = audio & other_audio
-            if _same_file(path, other_path) or shared:
-                what = "is the same manifest as" if _same_file(path, other_path) else (
+            shared, same = audio & other_audio, _same_file(path, other_path)
+            if same or shared:
+                what = "is the same manifest as" if same else (
                     f"shares {len(shared)} utterances (e.g. {sorted(shared)[0][0]}) with")
                 raise ConfigError(f"{key}: {path} {what} {other} ({other_path}); allowed: a protected set apart from "
                                   "the new domain's training and target sets (a set cannot be both learned and "
