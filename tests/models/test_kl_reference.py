@@ -196,3 +196,22 @@ def test_nemo_lattice_distillation_is_the_mean_node_kl_of_the_teacher(nemo_model
     assert_discriminates(forward, reverse, summed)
     got = view.distill(x, lengths, teacher, teacher_lengths)
     assert torch.allclose(got, forward, atol=1e-5, rtol=1e-4)
+
+
+def test_nemo_node_kl_keeps_the_rest_term_when_the_student_leaves_almost_nothing_outside_the_top_k():
+    """The teacher leaves 0.3 of its mass outside its top 2 tokens, the student only 1e-8: the rest term
+    0.3 * log(0.3 / 1e-8) dominates the KL. Summing the student's rest as 1 - its top-k mass loses it to fp32
+    rounding (that gave 7.68 instead of 4.92 here); the reference is computed in float64 from the probabilities."""
+    from raysearch_adapters.models.nemo import _topk_kl
+
+    p = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1], dtype=torch.float64)
+    q = torch.tensor([0.6, 0.4 - 1e-8, 1e-8 / 3, 1e-8 / 3, 1e-8 / 3], dtype=torch.float64)
+    index = torch.tensor([[0, 1]])
+    expected = float((p[:2] * (p[:2] / q[:2]).log()).sum() + 0.3 * torch.log(torch.tensor(0.3 / 1e-8, dtype=torch.float64)))
+    got = _topk_kl(p[:2].log().float()[None], q.log().float()[None], index)
+    assert got.shape == (1,)
+    assert float(got[0]) == pytest.approx(expected, rel=1e-4)
+    # a teacher with no mass outside its top k: no rest term, whatever the student's rest
+    p2 = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    got2 = _topk_kl(p2.log().float()[None], q.log().float()[None], index)
+    assert float(got2[0]) == pytest.approx(float((p2 * (p2 / q[:2]).log()).sum()), rel=1e-4, abs=1e-6)
