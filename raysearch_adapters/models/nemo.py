@@ -604,9 +604,15 @@ def _greedy_path(tokens: List[int], frames: List[int], num_frames: int) -> Tuple
 
 
 def _topk_kl(teacher_top: torch.Tensor, student_logp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """KL(p_teacher || p_student) per node over the teacher's top-k tokens and one bucket for the rest [N]."""
+    """KL(p_teacher || p_student) per node over the teacher's top-k tokens and one bucket for the rest [N].
+
+    The student's rest is summed in log space (a logsumexp over the tokens outside the top k), not as
+    1 - its top-k mass: when the student puts almost all its mass on the teacher's top k, that difference
+    is rounding noise in fp32 (0, or a few 1e-8) while the teacher's rest is not, and the rest term, its
+    value and its gradient, would be wrong by orders of magnitude."""
     q_top = student_logp.gather(-1, index)
     p_rest = (1.0 - teacher_top.exp().sum(-1)).clamp(min=0.0)
-    q_rest = (1.0 - q_top.exp().sum(-1)).clamp(min=1e-12)
+    log_q_rest = student_logp.scatter(-1, index, float("-inf")).logsumexp(-1)
     kl = (teacher_top.exp() * (teacher_top - q_top)).sum(-1)
-    return kl + torch.xlogy(p_rest, p_rest) - torch.xlogy(p_rest, q_rest)
+    # p_rest = 0 (the teacher's top k holds all its mass): no rest term, whatever the student's rest
+    return kl + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest.clamp(min=-1e4)

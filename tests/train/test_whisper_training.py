@@ -49,13 +49,17 @@ def test_the_top_on_the_cached_prefix_is_bit_exact(sets, tmp_path, blocks, k):
     prefix = load_prefix_set(fs, model, k, tmp_path / "cache")
     assert prefix.feature_dim == 16 and set(prefix.num_frames) == {1500}
     top, whole = TopOfModel(model, k), BackboneView(model)
+    adapted = []
     for i in range(len(fs)):
         x, n = fs.features(i)[None], torch.tensor([fs.num_frames[i]])
         h, hn = prefix.features(i)[None], torch.tensor([prefix.num_frames[i]])
-        assert torch.equal(top.losses(h, hn, [fs.texts[i]]), whole.losses(x, n, [fs.texts[i]]))
+        adapted.append(top.losses(h, hn, [fs.texts[i]]))
+        assert torch.equal(adapted[-1], whole.losses(x, n, [fs.texts[i]]))
         assert top.transcribe(h, hn) == whole.transcribe(x, n)
-    handle.disable()
-    assert not torch.equal(top.losses(h, hn, [fs.texts[-1]]), whole.losses(x, n, ["a"]))
+    handle.disable()  # the adapters are in the forward path: without them each loss is another number
+    for i in range(len(fs)):
+        h, hn = prefix.features(i)[None], torch.tensor([prefix.num_frames[i]])
+        assert (top.losses(h, hn, [fs.texts[i]]) - adapted[i]).abs().max() > 1e-3
 
 
 def test_distillation_is_exactly_zero_at_initialisation_and_the_teacher_is_the_base(sets, tmp_path):
