@@ -78,3 +78,32 @@ def test_a_bad_extends_is_one_error_naming_the_file(tmp_path, files, message):
         (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config([tmp_path / "a.yaml"])
+
+
+def test_a_file_whose_aliases_expand_beyond_the_limit_is_refused_before_it_is_expanded(tmp_path):
+    """Five levels of ten aliases: over 100,000 values (keys count too) from a 5-line file (ten levels would be 10^10, a "billion laughs"
+    that the loader would try to build); and an alias of a node that contains it."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 5)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: its YAML aliases expand it to 123,461 values; allowed: at "
+                                          r"most 100,000"):
+        load_config([tmp_path / "bomb.yaml"])
+    (tmp_path / "loop.yaml").write_text("search: &s\n  space: *s\n")
+    with pytest.raises(ConfigError, match=r"loop\.yaml: line 1: a YAML alias refers to a node that contains it"):
+        load_config([tmp_path / "loop.yaml"])
+    # aliases that stay small are YAML like any other
+    (tmp_path / "small.yaml").write_text("search: {kappa: &k 2.0, confidence: 0.9}\ndata: {protected: [{name: p, "
+                                         "dev: a.json, test: b.json, kappa: *k}]}\n")
+    cfg = load_config([tmp_path / "small.yaml"])
+    assert cfg.search.kappa == cfg.data.protected[0].kappa == 2.0
+
+
+@pytest.mark.parametrize("override, key", [("search.kappa=.inf", "search.kappa"),
+                                           ("data.protected=[{name: p, dev: a.json, test: b.json, kappa: .inf}]",
+                                            r"data.protected\[0\].kappa"),
+                                           ("data.pool_hours=.inf", "data.pool_hours")])
+def test_an_infinite_number_is_refused_naming_the_key(override, key):
+    """kappa = inf would be written to summary.json as Infinity, which is not JSON."""
+    with pytest.raises(ConfigError, match=rf"^{key}: got inf; must be a finite number"):
+        load_config([DEMO_CONFIG], ['data.original_dev=""', 'data.original_test=""', override])

@@ -26,6 +26,8 @@ def check_range(key: str, value: float, low: float | None = None, high: float | 
                  low_open: bool = False, high_open: bool = False) -> None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         fail(key, value, "must be a number")
+    if isinstance(value, float) and math.isinf(value):  # it would be written to JSON as the non-standard Infinity
+        fail(key, value, "must be a finite number (for no limit, give a large one)")
     bad_low = low is not None and (value <= low if low_open else value < low)
     bad_high = high is not None and (value >= high if high_open else value > high)
     if bad_low or bad_high:

@@ -137,13 +137,43 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "demo.yaml"
 EXTENDS_FORMS = "'demo' (the packaged demo config) or the path of a YAML config file, relative to this one"
 
 
+MAX_CONFIG_VALUES = 100_000  # a config file may expand to at most this many YAML values, aliases included
+
+
+def _check_expansion(path: Path) -> None:
+    """Refuse a file whose YAML aliases (``*name`` of an ``&name`` anchor) expand it beyond MAX_CONFIG_VALUES values:
+    the loader copies an aliased node at each use, so ten levels of ten aliases make 10^10 (a "billion laughs")."""
+    with open(path, encoding="utf-8") as f:
+        root = yaml.compose(f, Loader=yaml.SafeLoader)
+    sizes: dict = {}
+
+    def size(node) -> int:  # the values this node expands to, each shared node counted once per use
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a node that contains itself (a recursive alias) expands without end
+            children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else
+                        node.value if isinstance(node, yaml.SequenceNode) else [])
+            sizes[id(node)] = 1 + sum(size(c) for c in children)
+        elif sizes[id(node)] == 0:
+            raise ConfigError(f"config file {path}: line {node.start_mark.line + 1}: a YAML alias refers to a node "
+                              "that contains it (it would expand without end); allowed: aliases of other nodes")
+        return sizes[id(node)]
+
+    if root is not None and size(root) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"config file {path}: its YAML aliases expand it to {size(root):,} values; allowed: at "
+                          f"most {MAX_CONFIG_VALUES:,} (a config needs a few hundred; write the values out, or use "
+                          "fewer nested aliases)")
+
+
 def _read_file(path: Path, chain: tuple = ()) -> list:
     """``[(path, node), ...]`` to merge in order: the files ``path`` extends (its top-level ``extends:`` key,
     followed recursively), then ``path`` itself without that key."""
     if not path.is_file():
         raise ConfigError(f"config file {path}: {'not a file' if path.exists() else 'not found'}")
     try:
+        _check_expansion(path)
         loaded = OmegaConf.load(path)
+    except ConfigError:
+        raise
     except Exception as e:  # yaml.YAMLError carries the line
         raise ConfigError(f"config file {path}: not valid YAML: {e}".replace("\n", " ")) from None
     if not OmegaConf.is_dict(loaded):
