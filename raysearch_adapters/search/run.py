@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -66,6 +67,40 @@ _RESUME_LOCATORS = ("search.name", "results.dir")
 def results_dir_of(cfg: Config) -> Path:
     """``results.dir/search.name``, absolute."""
     return (Path(cfg.results.dir).expanduser() / cfg.search.name).absolute()
+
+
+def check_results_dir(cfg: Config, resume: bool = False) -> None:
+    """Refuse, before any cache is built, a results folder the search could not write: a part of the path that
+    is a file, a name longer than the file system takes, a folder this process cannot create files in (tried for
+    real: permissions, a read-only mount, a full disk). A new search's folder is created by :func:`_prepare_dir`."""
+    results_dir = results_dir_of(cfg)
+    where = f"results.dir/search.name ({results_dir})"
+    existing = results_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        key = "search.name" if existing == results_dir else "results.dir"
+        raise UserError(f"{key}: {existing} is a file, not a folder; {where} must be a folder the search can create "
+                        "or write to")
+    name_max = os.pathconf(existing, "PC_NAME_MAX")
+    for part in results_dir.relative_to(existing).parts:
+        if len(part.encode()) > name_max:
+            key = "search.name" if part == cfg.search.name else "results.dir"
+            raise UserError(f"{key}: the name {part[:40]!r}... is {len(part.encode())} bytes; the file system of "
+                            f"{existing} takes at most {name_max}")
+    if len(str(results_dir).encode()) + 200 > os.pathconf(existing, "PC_PATH_MAX"):  # 200: the deepest Tune file
+        raise UserError(f"{where} is {len(str(results_dir).encode())} bytes long; the files a search writes under it "
+                        f"need about 200 more, and {existing}'s file system takes paths of at most "
+                        f"{os.pathconf(existing, 'PC_PATH_MAX')}: choose a shorter results.dir")
+    try:  # a real file: os.access says yes to root on a read-only folder or mount
+        fd, probe = tempfile.mkstemp(prefix=".raysearch-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"results.dir: cannot write in {existing} ({e.strerror}); {where} must be a folder the "
+                        "search can create or write to") from None
+    if resume and not results_dir.is_dir():
+        raise UserError(f"--resume: {results_dir} is not a folder")
 
 
 def _ensure_demo_data(cfg: Config) -> None:
@@ -121,7 +156,9 @@ def resumed_config(given: Config, paths=(), overrides=()) -> Config:
     """The stored config of the search ``given`` names, with the files and overrides given to ``--resume``.
 
     A resumed search continues exactly as it was configured: a file or override that changes
-    anything but where the search is (``search.name``, ``results.dir``) is refused with the keys."""
+    anything but where the search is (``search.name``, ``results.dir``) is refused with the keys.
+    A folder moved or copied since the search stopped is refused, naming where it was: Ray Tune's stored
+    state names that folder in absolute paths (new trials of a resumed run are still made there)."""
     config_file = results_dir_of(given) / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"--resume: {config_file.parent} holds no search (no {CONFIG_FILE}); run without --resume "
@@ -136,7 +173,25 @@ def resumed_config(given: Config, paths=(), overrides=()) -> Config:
         raise UserError(f"--resume: the search in {config_file.parent} was configured differently: {shown}{more}; a "
                         "resumed search continues with its own config; drop those overrides, or start a new search "
                         "(search.name=...)")
+    here, there = results_dir_of(given), results_dir_of(stored)
+    if here != there and _finished_summary(here) is not None:  # nothing will be resumed: run_search says so
+        return dataclasses.replace(stored, results=dataclasses.replace(stored.results, dir=str(here.parent)),
+                                   search=dataclasses.replace(stored.search, name=here.name))
+    if here != there:
+        where = ("it is still there: resume that one" if (there / CONFIG_FILE).is_file() else
+                 f"move the folder back to {there} and resume it there (results.dir={there.parent})")
+        raise UserError(f"--resume: results.dir: the search in {here} was started in {there}, and Ray Tune's state "
+                        f"in it names that folder; a search resumes only where it started: {where}")
     return stored
+
+
+def _finished_summary(results_dir: Path) -> Optional[dict]:
+    """The summary of a search that ended (not interrupted), or None."""
+    try:
+        summary = json.loads((results_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return None if summary.get("interrupted") else summary
 
 
 def _prepare_dir(cfg: Config, resume: bool) -> Config:
@@ -241,6 +296,13 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
 
     ``cfg`` of a resumed search is its stored config (:func:`resumed_config`)."""
     started = time.monotonic()
+    check_results_dir(cfg, resume)
+    if resume:
+        finished = _finished_summary(results_dir_of(cfg))
+        if finished is not None:  # nothing to resume: the tables, the test evaluation and the timings stay
+            print(f"the search in {results_dir_of(cfg)} has finished; nothing to resume (start another with "
+                  "search.name=...)\n\n" + format_summary(finished), flush=True)
+            return finished
     _init_ray()
     check_shared_storage(cfg)  # before anything is written: a multi-node cluster needs shared folders
     _ensure_demo_data(cfg)
