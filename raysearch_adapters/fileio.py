@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -14,10 +16,26 @@ def _umask() -> int:
     return mask
 
 
+ORPHAN_AFTER_S = 3600.0  # a temporary file of atomic_write unchanged this long was left by a killed writer
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the temporary files of earlier writes of ``path`` that a killed process left (SIGKILL, a lost
+    machine: no ``except`` ran); a write still going on keeps changing its file and is left alone."""
+    cutoff = time.time() - ORPHAN_AFTER_S
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except OSError:  # gone meanwhile, or not ours to delete
+            pass
+
+
 def atomic_write(path: os.PathLike | str, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` on a temporary file beside ``path``, then move it into place in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
