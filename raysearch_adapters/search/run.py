@@ -37,7 +37,7 @@ from raysearch_adapters.adapters.state import base_fingerprint, load_adapter
 from raysearch_adapters.config import Config, load_config, to_dict, to_yaml
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.data.demo import ensure_demo_corpus
-from raysearch_adapters.errors import UserError
+from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.base import block_layout
 from raysearch_adapters.models.registry import load_base_model
@@ -183,6 +183,21 @@ def resumed_config(given: Config, paths=(), overrides=()) -> Config:
         raise UserError(f"--resume: results.dir: the search in {here} was started in {there}, and Ray Tune's state "
                         f"in it names that folder; a search resumes only where it started: {where}")
     return stored
+
+
+def _check_tune_state(experiment: Path) -> None:
+    """Refuse to resume from a Ray Tune state file that does not parse (cut short when the disk filled up as it was
+    copied to the results folder): Tune would fail with a traceback, and start every trial again on the next try."""
+    if not experiment.is_dir():  # remote storage (s3://...): Tune reads it itself
+        return
+    for state in sorted(experiment.glob("experiment_state-*.json")):
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"--resume: Ray Tune's saved state {state} is unreadable ({first_line(e)}): it was cut "
+                            "short as it was written (a full disk?); this search cannot be resumed: start it again "
+                            "with another search.name (its trials so far are in trials.parquet and epochs.parquet)"
+                            ) from None
 
 
 def _finished_summary(results_dir: Path) -> Optional[dict]:
@@ -357,6 +372,8 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     # A driver killed before Tune first saved its state leaves nothing to restore: start the trials
     # afresh (the study continues; the trials it had asked are taken over by the new ones).
     restore = resume and tune.Tuner.can_restore(f"{storage_path}/{TUNE_RUN_NAME}")
+    if restore:
+        _check_tune_state(Path(storage_path) / TUNE_RUN_NAME)
     trials_started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _sigterm_stops_like_ctrl_c)
     try:

@@ -69,3 +69,26 @@ def test_resuming_a_finished_search_says_so_and_changes_nothing(ray_session, sea
     assert printed.startswith(f"the search in {out} has finished; nothing to resume")
     assert "winner (trial " in printed  # its summary, as the search printed it
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.glob("*")) if p.is_file()} == before
+
+
+def test_a_tune_state_cut_short_is_refused_with_one_line_naming_the_file(ray_session, search_data, tmp_path, capsys):
+    """The disk filled up while Tune copied its state to the results folder: --resume says which file is cut short
+    and what to do, instead of a JSONDecodeError traceback (after which every later try started the trials again)."""
+    overrides = tiny_search_overrides(*search_data, tmp_path, "cut", *KILL_OVERRIDES)
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "raysearch_adapters", "search", *overrides], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    out = tmp_path / "cut"
+    _wait(lambda: _finished(out) >= 1, driver)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=120)
+    (state,) = (out / "tune").glob("experiment_state-*.json")
+    text = state.read_text()
+    state.write_text(text[: len(text) // 2])
+    tables = (out / "trials.parquet").read_bytes()
+    assert main(["search", *overrides, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (f"error: --resume: Ray Tune's saved state {state} is unreadable (" in err
+            and "this search cannot be resumed: start it again with another search.name" in err)
+    assert (out / "trials.parquet").read_bytes() == tables
