@@ -271,8 +271,7 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
     if not problems:
         return utterances
     bad_lines = len({line for line, _, _ in problems})
-    # JSON-lines problems read "file:7: ...", Parquet ones "file:row 7: ...".
-    messages = [f"{path}:{'row ' if parquet else ''}{line}: {reason}" for line, _, reason in problems]
+    messages = [f"{_at(path, parquet, line)}: {reason}" for line, _, reason in problems]
     if on_error == "fail":
         listed = messages[:_MAX_LISTED]
         more = len(messages) - len(listed)
@@ -293,6 +292,18 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
         raise ManifestError(f"{path}: all {total} {unit} are bad{report_note}; "
                             f"expected at least one usable utterance", messages)
     return utterances
+
+
+def _at(path: Path, parquet: bool, line: int) -> str:
+    """How messages name a line: ``file:7`` (JSON-lines, from 1), ``file:row 7`` (Parquet, from 0)."""
+    return f"{path}:{'row ' if parquet else ''}{line}"
+
+
+def line_of(path: os.PathLike | str, uid: str) -> str:
+    """``file:line`` (Parquet: ``file:row N``) of the utterance ``uid`` of a manifest, as :func:`read_manifest`'s
+    messages name it."""
+    path = Path(path)
+    return _at(path, _is_parquet(path), manifest_lines(path)[uid][0])
 
 
 def manifest_lines(path: os.PathLike | str) -> Dict[str, Tuple[int, Utterance]]:
