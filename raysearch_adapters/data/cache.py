@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -248,16 +248,16 @@ def pool_subset(utterances: Sequence[Utterance], hours: float) -> List[Utterance
 def load_features(manifest_path: os.PathLike | str, featurizer: Featurizer, featurizer_key: Dict,
                   cache_dir: os.PathLike | str, sample_rate: int, on_error: str = "fail",
                   duration_tolerance: float = 0.25, progress: bool = True, max_hours: float = 0.0,
-                  require_text: bool = True) -> FeatureSet:
+                  require_text: bool = True, max_duration: Optional[float] = None) -> FeatureSet:
     """Features of every utterance of a manifest, from the cache or computed once (process-safe).
 
     ``featurizer`` maps (waveform [1, S], lengths [1]) -> (features [1, T, F], lengths [1]);
     ``featurizer_key`` identifies it. A module runs in eval mode and gets its mode back after.
     ``max_hours`` > 0 keeps only :func:`pool_subset` of the manifest; ``require_text=False`` accepts
-    untranscribed lines (see :func:`read_manifest`)."""
+    untranscribed lines, ``max_duration`` refuses longer ones (see :func:`read_manifest`)."""
     manifest_path = Path(manifest_path)
     utterances = pool_subset(read_manifest(manifest_path, on_error=on_error, duration_tolerance=duration_tolerance,
-                                           require_text=require_text), max_hours)
+                                           require_text=require_text, max_duration=max_duration), max_hours)
     key = cache_key(manifest_path, utterances, featurizer_key, sample_rate)
     path = Path(cache_dir).expanduser() / f"{manifest_path.parent.name}-{manifest_path.stem}-{key[:20]}.arrow"
     rows = _feature_rows(manifest_path, utterances, featurizer, sample_rate, progress)
@@ -269,7 +269,9 @@ def load_feature_set(data, model, manifest: str, progress: bool = True, max_hour
                      require_text: bool = True):
     """The cached features of ``manifest`` for ``model``'s featurizer (computed on the first call only);
     ``max_hours`` > 0: only the fixed pool subset of that much audio (``data.pool_hours``);
-    ``require_text=False``: transcripts may be missing (distillation audio)."""
+    ``require_text=False``: transcripts may be missing (distillation audio). A line longer than
+    ``data.max_duration`` (null: the model's ``max_duration``) is a bad line."""
     return load_features(manifest, model.featurizer().eval(), model.featurizer_key(), data.cache_dir,
                          model.sample_rate, data.on_error, data.duration_tolerance, progress=progress,
-                         max_hours=max_hours, require_text=require_text)
+                         max_hours=max_hours, require_text=require_text,
+                         max_duration=data.duration_limit(model.max_duration))

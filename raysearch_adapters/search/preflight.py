@@ -132,10 +132,16 @@ def _check_targets(cfg: Config, model: Backbone, infos: List[BlockInfo], spec: s
                               "(or: all)")
 
 
+def _read(cfg: Config, model: Backbone, path: Path, require_text: bool = True) -> List[Utterance]:
+    """A manifest's utterances as the search reads them (data.on_error, data.duration_tolerance, the duration limit)."""
+    return read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance,
+                         require_text=require_text, max_duration=cfg.data.duration_limit(model.max_duration))
+
+
 def _check_texts(cfg: Config, model: Backbone, key: str) -> None:
     """The transcripts a trial trains on, in the model's vocabulary (one error naming the lines and characters)."""
     path = getattr(cfg.data, key)
-    utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance)
+    utterances = _read(cfg, model, Path(path))
     model.tokenizer.check_texts([normalize_text(u.text) for u in utterances], f"data.{key} {path}")
 
 
@@ -230,7 +236,7 @@ def _shared(path: Path, utterances: List[Utterance], other_key: str, other_path:
             f"at {line_of(path, u.id)} = {line_of(other_path, o.id)}{copy}")
 
 
-def _check_pool(cfg: Config, key: str, what: str, measured: Dict[str, tuple], require_text: bool,
+def _check_pool(cfg: Config, model: Backbone, key: str, what: str, measured: Dict[str, tuple], require_text: bool,
                 contents: _AudioContents) -> None:
     path_str = getattr(cfg.data, key)
     if not path_str:
@@ -248,8 +254,7 @@ def _check_pool(cfg: Config, key: str, what: str, measured: Dict[str, tuple], re
 
     for other, (other_path, _) in measured.items():
         refuse(_same_manifest(path, other, other_path))
-    utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance,
-                               require_text=require_text)
+    utterances = _read(cfg, model, path, require_text)
     for other, (other_path, others) in measured.items():
         refuse(_shared(path, utterances, other, other_path, others, contents))
 
@@ -290,7 +295,7 @@ def preflight(cfg: Config, model: Backbone) -> List[str]:
         path = Path(given)
         if not path.is_file():
             raise ConfigError(f"{key}: {path} not found; expected a .json/.jsonl or .parquet manifest")
-        utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance)
+        utterances = _read(cfg, model, path)
         seen[key] = (path, utterances)
         checked.append(str(path))
     contents = _AudioContents()
@@ -299,12 +304,12 @@ def preflight(cfg: Config, model: Backbone) -> List[str]:
     measured = {key: v for key, v in seen.items() if key != "data.new_train"}
     _check_texts(cfg, model, "new_train")
     if may_be_positive(cfg, "replay"):
-        _check_pool(cfg, "replay_manifest", "train.replay / search.space.replay asks for replay", measured, True,
+        _check_pool(cfg, model, "replay_manifest", "train.replay / search.space.replay asks for replay", measured, True,
                     contents)
         _check_texts(cfg, model, "replay_manifest")
         checked.append(cfg.data.replay_manifest)
     if may_be_positive(cfg, "distill_weight"):
-        _check_pool(cfg, "distill_manifest", "train.distill_weight / search.space.distill_weight asks for "
+        _check_pool(cfg, model, "distill_manifest", "train.distill_weight / search.space.distill_weight asks for "
                     "distillation", measured, False, contents)
         checked.append(cfg.data.distill_manifest)
     if contents.unread:

@@ -111,6 +111,8 @@ def test_untranscribed_audio_is_enough_for_distillation(model_and_overrides, tmp
                                                          r"low/high range only"),
     ("train.distill_seconds=0", r"train.distill_seconds: got 0"),
     ("data.pool_hours=-1", r"data.pool_hours: got -1"),
+    ("data.max_duration=0", r"data.max_duration: got 0.0; must be > 0"),
+    ("data.max_duration=-30", r"data.max_duration: got -30.0; must be > 0"),
 ])
 def test_bad_protection_values_name_the_key_and_the_allowed_range(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -288,3 +290,12 @@ def test_only_files_of_equal_size_are_compared_and_at_most_the_budget_is_read(tm
     link = tmp_path / "link.wav"
     link.symlink_to(files["dev.wav"])
     assert _AudioContents(budget=0).copies({str(link)}, dev) == {str(link): str(files["dev.wav"])}  # nothing read
+
+
+def test_a_line_longer_than_max_duration_is_refused_naming_file_line_and_key(model_and_overrides, search_data):
+    model, overrides = model_and_overrides
+    assert load_config([], overrides()).data.duration_limit(model.max_duration) == 60.0  # null: the model's bound
+    train = search_data[0] / "new" / "train.json"
+    with pytest.raises(UserError, match=rf"{train}:1: duration \d+\.\d{{3}}s is over data.max_duration \(0.5s\); "
+                                        r"expected at most 0.5s"):
+        _check(model_and_overrides, "data.max_duration=0.5")
