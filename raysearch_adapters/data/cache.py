@@ -34,7 +34,7 @@ from raysearch_adapters.fileio import atomic_write
 log = logging.getLogger(__name__)
 
 # Bump when what is stored changes (layout, text normalisation), so old caches are not reused.
-CACHE_VERSION = 4  # 4: audio with NaN/inf samples is a bad line, never stored
+CACHE_VERSION = 4
 # Utterances per Arrow record batch: bounds the memory a build holds before writing.
 _ROWS_PER_BATCH = 64
 
