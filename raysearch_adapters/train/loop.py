@@ -215,8 +215,8 @@ def check_in_forward_path(view: BackboneView, handle: AdapterHandle, inputs: tor
     zero = [name for name, c in changed.items() if not c]
     non_finite = [name for name, f in finite.items() if not f]
     if non_finite:
-        raise NonFiniteError(f"the adapters at {_listed(non_finite)} output NaN/inf on a dev batch; their WERs would be "
-                             f"meaningless, so the trial fails instead. Likely: {NonFiniteError.HINTS}")
+        raise NonFiniteError(f"the adapters at {_listed(non_finite)} output NaN/inf on a dev batch; their WERs "
+                             f"would be meaningless, so the trial fails instead. Likely: {NonFiniteError.HINTS}")
     if skipped:
         raise AdapterNoOpError(_no_op_message(skipped, "never run in the forward pass"))
     if zero:
@@ -233,7 +233,8 @@ def _no_op_message(names: List[str], what: str) -> str:
 
 
 def _non_finite_loss_message(step: int, loss: float, terms: Dict[str, float], lr: float) -> str:
-    # loss = supervised + distill_weight * distill + the adapters' L2 term: when the first two are finite, the last is not
+    # loss = supervised + distill_weight * distill + the adapters' L2 term: when the first two are finite, the last
+    # is not
     bad = [f"{name} = {value}" for name, value in terms.items() if not math.isfinite(value)] or [
         "the adapters' L2 term (adapter.l2_lambda)"]
     return (f"step {step}: the training loss is {loss} (non-finite: {', '.join(bad)}; learning rate {lr:.3g}); the "
