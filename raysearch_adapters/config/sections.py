@@ -107,6 +107,10 @@ class DataConfig:
     cache_dir: str = DEFAULT_HOME + "/features"  # feature cache; may live on shared storage
     on_error: str = "fail"  # fail | skip: what a bad manifest line does
     duration_tolerance: float = 0.25  # seconds a manifest duration may differ from the audio
+    # A manifest line longer than this many seconds is a bad line (data.on_error). null: the model's bound, 30 s for
+    # Whisper (its encoder's window) and 60 s for the others (an unsegmented recording is caught before a batch of
+    # it fills the GPU: attention memory grows with the square of an utterance's length).
+    max_duration: Optional[float] = None
     max_batch_seconds: float = 120.0  # batches are filled up to this much audio
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
@@ -115,10 +119,16 @@ class DataConfig:
         self._validate_sets(key)
         check_choice(f"{key}.on_error", self.on_error, ("fail", "skip"))
         check_range(f"{key}.duration_tolerance", self.duration_tolerance, 0, None)
+        if self.max_duration is not None:
+            check_range(f"{key}.max_duration", self.max_duration, 0, None, low_open=True)
         check_range(f"{key}.max_batch_seconds", self.max_batch_seconds, 0, None, low_open=True)
         check_range(f"{key}.pool_hours", self.pool_hours, 0, None)
         self.frontend.validate(f"{key}.frontend")
         self.specaugment.validate(f"{key}.specaugment")
+
+    def duration_limit(self, model_max: float) -> float:
+        """The longest utterance (seconds) a manifest line may hold: ``max_duration``, else the model's bound."""
+        return model_max if self.max_duration is None else self.max_duration
 
     def _validate_sets(self, key: str) -> None:
         """Named sets, each with a dev set; names unique over targets and protected sets; the single-set keys left

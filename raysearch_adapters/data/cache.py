@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from raysearch_adapters.data.audio import load_audio
-from raysearch_adapters.data.manifest import Utterance, read_manifest
+from raysearch_adapters.data.manifest import ManifestError, Utterance, line_of, read_manifest
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.fileio import atomic_write
@@ -34,7 +34,7 @@ from raysearch_adapters.fileio import atomic_write
 log = logging.getLogger(__name__)
 
 # Bump when what is stored changes (layout, text normalisation), so old caches are not reused.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 # Utterances per Arrow record batch: bounds the memory a build holds before writing.
 _ROWS_PER_BATCH = 64
 
@@ -128,24 +128,46 @@ def cache_key(manifest_path: Path, utterances: Sequence[Utterance], featurizer_k
     return h.hexdigest()
 
 
+def _non_finite(manifest_path: Path, utt: Utterance, wave: torch.Tensor) -> Optional[str]:
+    """A bad line's message when the audio has NaN or inf samples (a float WAV of a diverged signal), else None."""
+    bad = int((~torch.isfinite(wave)).sum())
+    if not bad:
+        return None
+    return (f"{line_of(manifest_path, utt.id)}: audio {utt.audio_filepath} has NaN/inf samples ({bad} of "
+            f"{wave.numel()}); expected finite samples (every loss and WER on it would be NaN)")
+
+
 def _feature_rows(manifest_path: Path, utterances: Sequence[Utterance], featurizer: Featurizer, sample_rate: int,
-                  progress: bool) -> Iterator[Row]:
+                  progress: bool, on_error: str = "fail") -> Iterator[Row]:
     # One utterance at a time: padding would change the edge frames (centred STFT) and any
     # featurizer with normalisation over time, so cached features would depend on batching.
+    kept = 0
     with torch.no_grad():
         for utt in tqdm(utterances, desc=f"features {manifest_path.name}", unit="utt", disable=not progress):
-            samples = 0
+            samples, problem = 0, None
             try:
                 wave = load_audio(utt.audio_filepath, sample_rate, utt.offset, utt.duration)
                 samples = wave.numel()
-                feats, lengths = featurizer(wave[None], torch.tensor([samples]))
+                problem = _non_finite(manifest_path, utt, wave)
+                if problem is None:
+                    feats, lengths = featurizer(wave[None], torch.tensor([samples]))
             except RuntimeError as exc:  # soundfile on a file damaged after its header, the front end on a
                 # clip shorter than its analysis window: one line naming the utterance, not a tensor traceback
                 raise UserError(f"{manifest_path}: utterance {utt.id!r}: cannot compute features of audio "
                                 f"{utt.audio_filepath} ({samples} samples at {sample_rate} Hz: {first_line(exc)}); expected "
                                 "readable audio at least as long as the front end's window; fix or remove the "
                                 "line") from exc
+            if problem and on_error == "fail":  # a bad line as read_manifest's are, found only once the audio is read
+                raise ManifestError(f"{problem}; fix or remove the line, or set data.on_error=skip to drop it",
+                                    [problem])
+            if problem:
+                log.warning("%s; skipped (on_error=skip)", problem)
+                continue
+            kept += 1
             yield Row(utt.id, normalize_text(utt.text), utt.duration, feats[0, : int(lengths[0])].float().cpu().numpy())
+    if not kept:
+        raise ManifestError(f"{manifest_path}: the audio of all {len(utterances)} utterances is bad (on_error=skip; "
+                            "see the warnings above); expected at least one usable utterance")
 
 
 def _record_batch(rows: List[Row], schema: pa.Schema) -> pa.RecordBatch:
@@ -248,19 +270,19 @@ def pool_subset(utterances: Sequence[Utterance], hours: float) -> List[Utterance
 def load_features(manifest_path: os.PathLike | str, featurizer: Featurizer, featurizer_key: Dict,
                   cache_dir: os.PathLike | str, sample_rate: int, on_error: str = "fail",
                   duration_tolerance: float = 0.25, progress: bool = True, max_hours: float = 0.0,
-                  require_text: bool = True) -> FeatureSet:
+                  require_text: bool = True, max_duration: Optional[float] = None) -> FeatureSet:
     """Features of every utterance of a manifest, from the cache or computed once (process-safe).
 
     ``featurizer`` maps (waveform [1, S], lengths [1]) -> (features [1, T, F], lengths [1]);
     ``featurizer_key`` identifies it. A module runs in eval mode and gets its mode back after.
     ``max_hours`` > 0 keeps only :func:`pool_subset` of the manifest; ``require_text=False`` accepts
-    untranscribed lines (see :func:`read_manifest`)."""
+    untranscribed lines, ``max_duration`` refuses longer ones (see :func:`read_manifest`)."""
     manifest_path = Path(manifest_path)
     utterances = pool_subset(read_manifest(manifest_path, on_error=on_error, duration_tolerance=duration_tolerance,
-                                           require_text=require_text), max_hours)
+                                           require_text=require_text, max_duration=max_duration), max_hours)
     key = cache_key(manifest_path, utterances, featurizer_key, sample_rate)
     path = Path(cache_dir).expanduser() / f"{manifest_path.parent.name}-{manifest_path.stem}-{key[:20]}.arrow"
-    rows = _feature_rows(manifest_path, utterances, featurizer, sample_rate, progress)
+    rows = _feature_rows(manifest_path, utterances, featurizer, sample_rate, progress, on_error)
     with eval_mode(featurizer):
         return open_or_build(path, key, rows)
 
@@ -269,7 +291,9 @@ def load_feature_set(data, model, manifest: str, progress: bool = True, max_hour
                      require_text: bool = True):
     """The cached features of ``manifest`` for ``model``'s featurizer (computed on the first call only);
     ``max_hours`` > 0: only the fixed pool subset of that much audio (``data.pool_hours``);
-    ``require_text=False``: transcripts may be missing (distillation audio)."""
+    ``require_text=False``: transcripts may be missing (distillation audio). A line longer than
+    ``data.max_duration`` (null: the model's ``max_duration``) is a bad line."""
     return load_features(manifest, model.featurizer().eval(), model.featurizer_key(), data.cache_dir,
                          model.sample_rate, data.on_error, data.duration_tolerance, progress=progress,
-                         max_hours=max_hours, require_text=require_text)
+                         max_hours=max_hours, require_text=require_text,
+                         max_duration=data.duration_limit(model.max_duration))

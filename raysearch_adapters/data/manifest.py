@@ -220,12 +220,21 @@ def _is_parquet(path: Path) -> bool:
     return suffix in PARQUET_EXTENSIONS
 
 
+def _too_long(record: Any, max_duration: Optional[float]) -> Optional[str]:
+    duration = record.get("duration") if isinstance(record, dict) else None
+    if max_duration is None or not _is_number(duration) or duration <= max_duration:
+        return None
+    return (f"duration {duration:.3f}s is over data.max_duration ({max_duration:g}s); expected at most "
+            f"{max_duration:g}s: split the recording into utterances, or raise data.max_duration")
+
+
 def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: bool = True,
                   duration_tolerance: float = 0.25, report_path: os.PathLike | str | None = None,
-                  require_text: bool = True) -> List[Utterance]:
+                  require_text: bool = True, max_duration: Optional[float] = None) -> List[Utterance]:
     """Read and validate a manifest; ``on_error`` is ``fail`` (raise listing every problem) or ``skip``.
 
-    ``require_text=False`` accepts lines without ``text`` (their text is "")."""
+    ``require_text=False`` accepts lines without ``text`` (their text is ""); ``max_duration``: a line
+    longer than that many seconds is a bad line (``data.max_duration``)."""
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error: got {on_error!r}; allowed: fail, skip")
     path = Path(path)
@@ -246,6 +255,8 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
             problems.append((number, None, parse_problem))
             continue
         found = field_problems(record, require_text)
+        too_long = _too_long(record, max_duration)
+        found += [too_long] if too_long else []
         if check_audio and isinstance(record, dict):
             reason = _audio_problem(record, base_dir, duration_tolerance, audio_seen)
             found += [reason] if reason else []
@@ -271,8 +282,7 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
     if not problems:
         return utterances
     bad_lines = len({line for line, _, _ in problems})
-    # JSON-lines problems read "file:7: ...", Parquet ones "file:row 7: ...".
-    messages = [f"{path}:{'row ' if parquet else ''}{line}: {reason}" for line, _, reason in problems]
+    messages = [f"{_at(path, parquet, line)}: {reason}" for line, _, reason in problems]
     if on_error == "fail":
         listed = messages[:_MAX_LISTED]
         more = len(messages) - len(listed)
@@ -293,6 +303,18 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
         raise ManifestError(f"{path}: all {total} {unit} are bad{report_note}; "
                             f"expected at least one usable utterance", messages)
     return utterances
+
+
+def _at(path: Path, parquet: bool, line: int) -> str:
+    """How messages name a line: ``file:7`` (JSON-lines, from 1), ``file:row 7`` (Parquet, from 0)."""
+    return f"{path}:{'row ' if parquet else ''}{line}"
+
+
+def line_of(path: os.PathLike | str, uid: str) -> str:
+    """``file:line`` (Parquet: ``file:row N``) of the utterance ``uid`` of a manifest, as :func:`read_manifest`'s
+    messages name it."""
+    path = Path(path)
+    return _at(path, _is_parquet(path), manifest_lines(path)[uid][0])
 
 
 def manifest_lines(path: os.PathLike | str) -> Dict[str, Tuple[int, Utterance]]:

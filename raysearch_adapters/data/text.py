@@ -15,6 +15,9 @@ _ONES = ("zero one two three four five six seven eight nine ten eleven twelve th
          "fourteen fifteen sixteen seventeen eighteen nineteen").split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10 ** 12, "trillion"), (10 ** 9, "billion"), (10 ** 6, "million"), (1000, "thousand"))
+# Numbers of more digits than this are spelled digit by digit ("a 16-digit card number" is read so); it also keeps
+# every number away from int(), which refuses strings of more than 4300 digits.
+_LONGEST_NUMBER = 15
 _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth",
                   "eight": "eighth", "nine": "ninth", "twelve": "twelfth"}
 
@@ -31,7 +34,9 @@ _THOUSANDS = re.compile(r"\b(\d{1,3})((?:,\d{3})+)\b")
 _MONEY = re.compile(r"([$€£])\s?(\d+)(?:\.(\d+))?(?:\s+(thousand|million|billion|trillion)\b)?", re.IGNORECASE)
 # Ordinals first ("21st"), then decimals ("3.5"), then plain integers.
 _ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
-_DECIMAL = re.compile(r"(\d+)\.(\d+)")
+# Each starts only where a run of digits starts: a pattern free to start inside a run backtracks over the
+# rest of the run at every digit (quadratic: a minute for a 100,000-digit transcript).
+_DECIMAL = re.compile(r"(?<!\d)(\d+)\.(\d+)")
 _INTEGER = re.compile(r"\d+")
 _NOT_ALLOWED = re.compile(r"[^a-z' ]+")
 # Apostrophes that are quotes rather than part of a word ("'hello'", "' ").
@@ -42,8 +47,8 @@ def number_to_words(n: int) -> str:
     """Spell a non-negative integer in English words ("42" -> "forty two"); huge numbers digit by digit."""
     if n < 0:
         raise ValueError(f"number_to_words: got {n}; expected a non-negative integer")
-    if n >= 10 ** 15:
-        return " ".join(_ONES[int(d)] for d in str(n))
+    if n >= 10 ** _LONGEST_NUMBER:
+        return _digits(str(n))
     if n < 20:
         return _ONES[n]
     if n < 100:
@@ -59,8 +64,14 @@ def number_to_words(n: int) -> str:
     raise AssertionError("unreachable: every n >= 1000 has a scale")
 
 
-def _ordinal(n: int) -> str:
-    words = number_to_words(n).split()
+def _spell(digits: str) -> str:
+    """:func:`number_to_words` of a string of digits, of any length (long ones never go through int())."""
+    significant = digits.lstrip("0") or "0"
+    return _digits(significant) if len(significant) > _LONGEST_NUMBER else number_to_words(int(significant))
+
+
+def _ordinal(digits: str) -> str:
+    words = _spell(digits).split()
     last = words[-1]
     if last in _ORDINAL_WORDS:
         words[-1] = _ORDINAL_WORDS[last]
@@ -77,14 +88,14 @@ def _digits(digits: str) -> str:
 
 def _money(m: re.Match) -> str:
     unit, units, subunit, subunits = _CURRENCIES[m.group(1)]
-    whole, cents, scale = int(m.group(2)), m.group(3), m.group(4)
+    whole, cents, scale = _spell(m.group(2)), m.group(3), m.group(4)
     if scale or (cents is not None and len(cents) != 2):  # "$2 million", "$3.5": the amount, then the unit
-        amount = number_to_words(whole) + (f" point {_digits(cents)}" if cents else "")
+        amount = whole + (f" point {_digits(cents)}" if cents else "")
         return f" {amount}{' ' + scale.lower() if scale else ''} {units} "
     cents_n = int(cents or 0)
-    if whole == 0 and cents_n:
+    if whole == "zero" and cents_n:
         return f" {number_to_words(cents_n)} {subunit if cents_n == 1 else subunits} "
-    return f" {number_to_words(whole)} {unit if whole == 1 else units}" + (
+    return f" {whole} {unit if whole == 'one' else units}" + (
         f" {number_to_words(cents_n)} " if cents_n else " ")
 
 
@@ -114,9 +125,9 @@ def normalize_text(s: str) -> str:
     for symbol, word in _SYMBOLS.items():
         s = s.replace(symbol, word)
     s = _transliterate(s).lower()
-    s = _ORDINAL.sub(lambda m: f" {_ordinal(int(m.group(1)))} ", s)
-    s = _DECIMAL.sub(lambda m: f" {number_to_words(int(m.group(1)))} point {_digits(m.group(2))} ", s)
-    s = _INTEGER.sub(lambda m: f" {number_to_words(int(m.group(0)))} ", s)
+    s = _ORDINAL.sub(lambda m: f" {_ordinal(m.group(1))} ", s)
+    s = _DECIMAL.sub(lambda m: f" {_spell(m.group(1))} point {_digits(m.group(2))} ", s)
+    s = _INTEGER.sub(lambda m: f" {_spell(m.group(0))} ", s)
     return _finish(s)
 
 

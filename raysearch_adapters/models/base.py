@@ -112,6 +112,9 @@ class Backbone(nn.Module):
 
     name: str = "backbone"
     sample_rate: int = 16000
+    # The longest utterance (seconds) a manifest line may hold unless data.max_duration says otherwise: a bound
+    # that keeps one utterance's activations (attention grows with its square) well within a GPU's memory.
+    max_duration: float = 60.0
     tokenizer: "object"  # raysearch_adapters.models.tokenizer.Tokenizer
 
     # ---- what its registration (raysearch_adapters.backbones) asks of a backbone class

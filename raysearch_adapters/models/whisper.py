@@ -131,6 +131,7 @@ class Whisper(Backbone):
         self.tokenizer = WhisperTextTokenizer(tokenizer)
         self.extractor = extractor
         self.sample_rate = int(extractor.sampling_rate)
+        self.max_duration = extractor.n_samples / extractor.sampling_rate  # the encoder's window: 30 s
         self.window_frames = 2 * cfg.max_source_positions  # the encoder's two convolutions halve the frames once
         if extractor.nb_max_frames != self.window_frames or extractor.feature_size != cfg.num_mel_bins:
             raise UserError(f"model.checkpoint: its feature extractor makes {extractor.nb_max_frames} frames of "

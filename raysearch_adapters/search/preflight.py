@@ -8,11 +8,13 @@ the corrected rerun is not refused as "already holds a search").
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from raysearch_adapters.config import Config, ConfigError
-from raysearch_adapters.data.manifest import read_manifest
+from raysearch_adapters.data.manifest import Utterance, line_of, read_manifest
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.models.base import Backbone, BlockInfo, block_layout
 from raysearch_adapters.results.placement import PlacementError, parse_blocks
@@ -21,6 +23,10 @@ from raysearch_adapters.adapter_types import ADAPTER_TYPES
 from raysearch_adapters.space_values import parse_targets_spec
 from raysearch_adapters.train.hparams import default_hparams
 
+log = logging.getLogger(__name__)
+
+# The most audio a preflight reads to find copies of dev and test files under other names (see _AudioContents).
+_CONTENT_BYTES = 256 << 20
 _ROLE = {("target", "dev"): "the new domain's dev set (the winner is chosen on it)",
          ("protected", "dev"): "the original domain's dev set (degradation is measured on it)",
          ("target", "test"): "the new domain's test set (the winner is evaluated on it)",
@@ -126,22 +132,112 @@ def _check_targets(cfg: Config, model: Backbone, infos: List[BlockInfo], spec: s
                               "(or: all)")
 
 
+def _read(cfg: Config, model: Backbone, path: Path, require_text: bool = True) -> List[Utterance]:
+    """A manifest's utterances as the search reads them (data.on_error, data.duration_tolerance, the duration limit)."""
+    return read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance,
+                         require_text=require_text, max_duration=cfg.data.duration_limit(model.max_duration))
+
+
 def _check_texts(cfg: Config, model: Backbone, key: str) -> None:
     """The transcripts a trial trains on, in the model's vocabulary (one error naming the lines and characters)."""
     path = getattr(cfg.data, key)
-    utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance)
+    utterances = _read(cfg, model, Path(path))
     model.tokenizer.check_texts([normalize_text(u.text) for u in utterances], f"data.{key} {path}")
 
 
 def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or _file_digest(a) == _file_digest(b)
 
 
-def _check_pool(cfg: Config, key: str, what: str, measured: Dict[str, tuple], require_text: bool) -> None:
+class _AudioContents:
+    """Which audio files of two manifests are one file under two names (a link) or copies of each other.
+
+    Only a file whose size equals that of a file of the other manifest is looked at (an utterance's
+    audio file is rarely the size of another's unless it is a copy), and at most ``_CONTENT_BYTES``
+    are read in all: sets of equal-length clips would otherwise mean reading every file."""
+
+    def __init__(self, budget: int = _CONTENT_BYTES):
+        self.budget = budget
+        self._sizes: Dict[str, int] = {}
+        self._digests: Dict[str, Optional[str]] = {}
+        self.unread = 0  # files not compared once the budget was spent
+
+    def _size(self, path: str) -> int:
+        if path not in self._sizes:
+            self._sizes[path] = os.path.getsize(path)
+        return self._sizes[path]
+
+    def _digest(self, path: str) -> Optional[str]:
+        if path not in self._digests:
+            size = self._size(path)
+            if size > self.budget:
+                self.unread += 1
+                self._digests[path] = None
+            else:
+                self.budget -= size
+                self._digests[path] = _file_digest(Path(path))
+        return self._digests[path]
+
+    def copies(self, files: Set[str], others: Set[str]) -> Dict[str, str]:
+        """Each file of ``files`` (not in ``others``) whose content is that of a file of ``others``: that file."""
+        by_size: Dict[int, List[str]] = {}
+        for q in sorted(others):
+            by_size.setdefault(self._size(q), []).append(q)
+        # per size, built when a file of that size needs them; the first file of others wins
+        by_real: Dict[int, Dict[str, str]] = {}
+        by_digest: Dict[int, Dict[str, str]] = {}
+        out = {}
+        for p in sorted(files - others):
+            size = self._size(p)
+            if size not in by_size:
+                continue
+            if size not in by_real:
+                by_real[size] = {os.path.realpath(q): q for q in reversed(by_size[size])}
+            if os.path.realpath(p) in by_real[size]:
+                out[p] = by_real[size][os.path.realpath(p)]
+                continue
+            if size not in by_digest:
+                by_digest[size] = {d: q for q in reversed(by_size[size]) if (d := self._digest(q)) is not None}
+            digest = self._digest(p)
+            if digest in by_digest[size]:
+                out[p] = by_digest[size][digest]
+        return out
+
+
+def _same_manifest(path: Path, other_key: str, other_path: Path) -> Optional[str]:
+    """What an error says after a manifest's path when it is the other one (or a copy), else None."""
+    return f"is the same manifest as {other_key} ({other_path})" if _same_file(path, other_path) else None
+
+
+def _shared(path: Path, utterances: List[Utterance], other_key: str, other_path: Path, others: List[Utterance],
+            contents: _AudioContents) -> Optional[str]:
+    """What an error says after a manifest's path when it shares utterances with another, else None.
+
+    An utterance is its audio file and offset; a file is also the same as a link to it or a copy of it."""
+    first: Dict[tuple, Utterance] = {}
+    for o in others:
+        first.setdefault((o.audio_filepath, o.offset), o)
+    copies = contents.copies({u.audio_filepath for u in utterances}, {o.audio_filepath for o in others})
+    pairs = [(u, first[key]) for u in utterances
+             if (key := (copies.get(u.audio_filepath, u.audio_filepath), u.offset)) in first]
+    if not pairs:
+        return None
+    u, o = pairs[0]
+    copy = "" if u.audio_filepath == o.audio_filepath else f"; {u.audio_filepath} is a copy of {o.audio_filepath}"
+    return (f"shares {len(pairs)} of its {len(utterances)} utterances with {other_key} ({other_path}), the first "
+            f"at {line_of(path, u.id)} = {line_of(other_path, o.id)}{copy}")
+
+
+def _check_pool(cfg: Config, model: Backbone, key: str, what: str, measured: Dict[str, tuple], require_text: bool,
+                contents: _AudioContents) -> None:
     path_str = getattr(cfg.data, key)
     if not path_str:
         raise ConfigError(f"data.{key}: empty, but {what}; set data.{key} (default: data.original_train) to a "
@@ -150,38 +246,38 @@ def _check_pool(cfg: Config, key: str, what: str, measured: Dict[str, tuple], re
     if not path.is_file():
         raise ConfigError(f"data.{key}: {path} not found, but {what}; set it (default: data.original_train) to a "
                           "manifest of original-domain audio")
+
+    def refuse(overlap: Optional[str]) -> None:
+        if overlap:
+            raise ConfigError(f"data.{key}: {path} {overlap}; allowed: original-domain audio outside the dev and test "
+                              "sets (the constraint and the final evaluation are measured on those)")
+
     for other, (other_path, _) in measured.items():
-        if _same_file(other_path, path):
-            raise ConfigError(f"data.{key}: {path} is {other}; allowed: original-domain audio outside the dev and "
-                              "test sets (the constraint and the final evaluation are measured on those)")
-    utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance,
-                               require_text=require_text)
-    audio = {(u.audio_filepath, u.offset) for u in utterances}
-    for other, (_, seen) in measured.items():
-        shared = audio & seen
-        if shared:
-            example = sorted(shared)[0][0]
-            raise ConfigError(f"data.{key}: {path} shares {len(shared)} utterances with {other} (e.g. {example}); "
-                              "allowed: original-domain audio outside the dev and test sets")
+        refuse(_same_manifest(path, other, other_path))
+    utterances = _read(cfg, model, path, require_text)
+    for other, (other_path, others) in measured.items():
+        refuse(_shared(path, utterances, other, other_path, others, contents))
 
 
-def _check_protected_apart(required: List[tuple], seen: Dict[str, tuple]) -> None:
-    """A protected set's manifests share no file and no utterance with the new domain's (targets and training set):
-    a set cannot be both what the adapters learn and what they must not change."""
+# (role, role of the other set) -> what is allowed instead, for the pairs of sets that must share no utterance
+_APART = {("protected", "train"): "a protected set apart from the new domain's training and target sets (a set "
+                                  "cannot be both learned and protected)",
+          ("train", "target"): "training audio outside the dev and test sets (a WER measured on audio the adapters "
+                               "trained on is a training WER, not a test of them)"}
+_APART[("protected", "target")] = _APART[("protected", "train")]
+
+
+def _check_apart(required: List[tuple], seen: Dict[str, tuple], contents: _AudioContents) -> None:
+    """The training set shares no file and no utterance with a new-domain dev or test set, nor a protected set's with
+    the new domain's (training set and targets)."""
     roles = {key: role for key, _, role, _ in required}
-    for key, (path, audio) in seen.items():
-        if roles[key] != "protected":
-            continue
-        for other, (other_path, other_audio) in seen.items():
-            if roles[other] == "protected":
-                continue
-            shared, same = audio & other_audio, _same_file(path, other_path)
-            if same or shared:
-                what = "is the same manifest as" if same else (
-                    f"shares {len(shared)} utterances (e.g. {sorted(shared)[0][0]}) with")
-                raise ConfigError(f"{key}: {path} {what} {other} ({other_path}); allowed: a protected set apart from "
-                                  "the new domain's training and target sets (a set cannot be both learned and "
-                                  "protected)")
+    for key, (path, utterances) in seen.items():
+        for other, (other_path, others) in seen.items():
+            allowed = _APART.get((roles[key], roles[other]))
+            overlap = allowed and (_same_manifest(path, other, other_path)
+                                   or _shared(path, utterances, other, other_path, others, contents))
+            if overlap:
+                raise ConfigError(f"{key}: {path} {overlap}; allowed: {allowed}")
 
 
 def preflight(cfg: Config, model: Backbone) -> List[str]:
@@ -190,7 +286,7 @@ def preflight(cfg: Config, model: Backbone) -> List[str]:
     Raises :class:`~raysearch_adapters.errors.UserError` subclasses naming the key or the file:line."""
     _check_blocks_and_positions(cfg, model)
     checked = []
-    seen: Dict[str, tuple] = {}  # config key -> (manifest, its utterances' audio)
+    seen: Dict[str, tuple] = {}  # config key -> (manifest, its utterances)
     required = _required(cfg)
     for key, given, _, role in required:
         if not given:
@@ -199,19 +295,24 @@ def preflight(cfg: Config, model: Backbone) -> List[str]:
         path = Path(given)
         if not path.is_file():
             raise ConfigError(f"{key}: {path} not found; expected a .json/.jsonl or .parquet manifest")
-        utterances = read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance)
-        seen[key] = (path, {(u.audio_filepath, u.offset) for u in utterances})
+        utterances = _read(cfg, model, path)
+        seen[key] = (path, utterances)
         checked.append(str(path))
-    _check_protected_apart(required, seen)
+    contents = _AudioContents()
+    _check_apart(required, seen, contents)
     # Replay and distillation audio must never come from a set something is measured on.
-    measured_audio = {key: v for key, v in seen.items() if key != "data.new_train"}
+    measured = {key: v for key, v in seen.items() if key != "data.new_train"}
     _check_texts(cfg, model, "new_train")
     if may_be_positive(cfg, "replay"):
-        _check_pool(cfg, "replay_manifest", "train.replay / search.space.replay asks for replay", measured_audio, True)
+        _check_pool(cfg, model, "replay_manifest", "train.replay / search.space.replay asks for replay", measured, True,
+                    contents)
         _check_texts(cfg, model, "replay_manifest")
         checked.append(cfg.data.replay_manifest)
     if may_be_positive(cfg, "distill_weight"):
-        _check_pool(cfg, "distill_manifest", "train.distill_weight / search.space.distill_weight asks for "
-                    "distillation", measured_audio, False)
+        _check_pool(cfg, model, "distill_manifest", "train.distill_weight / search.space.distill_weight asks for "
+                    "distillation", measured, False, contents)
         checked.append(cfg.data.distill_manifest)
+    if contents.unread:
+        log.warning("preflight: %d audio files have the size of a file of a dev or test set but were not compared "
+                    "with it (more than %d MiB to read); only their paths were", contents.unread, _CONTENT_BYTES >> 20)
     return checked

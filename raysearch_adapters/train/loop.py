@@ -83,6 +83,15 @@ class AdapterNoOpError(RuntimeError):
     """The adapters do not change the model's output: they are not in the forward path."""
 
 
+class NonFiniteError(RuntimeError):
+    """A training loss or an adapter's output is NaN or inf: the trial stops instead of training or measuring on it."""
+
+    # What usually makes a loss or an output non-finite, and what to do about it.
+    HINTS = ("a learning rate too high for these adapters (lower train.lr or search.space.lr's range; "
+             "train.grad_clip > 0 bounds each step), or bad audio (NaN/inf samples or features: check the manifests' "
+             "audio)")
+
+
 @dataclass
 class TrainSets:
     """What a trial trains on, each as the view's inputs (features, or frozen-prefix outputs at the view's k).
@@ -181,12 +190,15 @@ def check_in_forward_path(view: BackboneView, handle: AdapterHandle, inputs: tor
     view = as_view(view)
     device = _device_of(view)
     changed: Dict[str, bool] = {}
+    finite: Dict[str, bool] = {}
 
     def hook(name: str):
         def record(module: torch.nn.Module, args, output) -> None:
             # The adapter's contribution: a bottleneck's or a LoRA update's output, or (a LoRA update of
             # fused weights) the weight updates themselves.
             deltas = [output] if isinstance(output, torch.Tensor) else [t for t in output if isinstance(t, torch.Tensor)]
+            # NaN > 0 is False: a NaN contribution must not pass for none
+            finite[name] = finite.get(name, True) and all(bool(torch.isfinite(d.detach()).all()) for d in deltas)
             changed[name] = changed.get(name, False) or any(bool(d.detach().abs().amax() > 0) for d in deltas)
         return record
 
@@ -201,16 +213,32 @@ def check_in_forward_path(view: BackboneView, handle: AdapterHandle, inputs: tor
         view.train(was_training)
     skipped = [w.name for w in handle.wrappers if w.name not in changed]
     zero = [name for name, c in changed.items() if not c]
+    non_finite = [name for name, f in finite.items() if not f]
+    if non_finite:
+        raise NonFiniteError(f"the adapters at {_listed(non_finite)} output NaN/inf on a dev batch; their WERs "
+                             f"would be meaningless, so the trial fails instead. Likely: {NonFiniteError.HINTS}")
     if skipped:
         raise AdapterNoOpError(_no_op_message(skipped, "never run in the forward pass"))
     if zero:
         raise AdapterNoOpError(_no_op_message(zero, "do not change their module's output"))
 
 
+def _listed(names: List[str]) -> str:
+    return ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+
+
 def _no_op_message(names: List[str], what: str) -> str:
-    where = ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
-    return (f"the adapters at {where} {what}: they are not in the forward path; this trial's WERs would be "
+    return (f"the adapters at {_listed(names)} {what}: they are not in the forward path; this trial's WERs would be "
             "the base model's, so it fails instead of reporting them")
+
+
+def _non_finite_loss_message(step: int, loss: float, terms: Dict[str, float], lr: float) -> str:
+    # loss = supervised + distill_weight * distill + the adapters' L2 term: when the first two are finite, the last
+    # is not
+    bad = [f"{name} = {value}" for name, value in terms.items() if not math.isfinite(value)] or [
+        "the adapters' L2 term (adapter.l2_lambda)"]
+    return (f"step {step}: the training loss is {loss} (non-finite: {', '.join(bad)}; learning rate {lr:.3g}); the "
+            f"trial stops instead of training on it. Likely: {NonFiniteError.HINTS}")
 
 
 def _train_batches(train_set: FeatureSet, max_seconds: float, seed: int, rank: int,
@@ -414,6 +442,8 @@ def train_adapters(view: BackboneView, handle: AdapterHandle, sets: TrainSets, d
             group["lr"] = current_lr
         loss, terms = step_loss(view, handle, sets, plan.next(), distill_weight, device, train_cfg.precision,
                                 specaugment)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(_non_finite_loss_message(step + 1, float(loss.detach()), terms, current_lr))
         if not loss.requires_grad:
             raise AdapterNoOpError(_no_op_message(handle.targeted, "receive no gradient"))
         optimizer.zero_grad(set_to_none=False)

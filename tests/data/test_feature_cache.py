@@ -189,3 +189,28 @@ def test_a_clip_shorter_than_the_front_end_window_is_one_line(tmp_path, tone):
     assert msg.startswith(f"{manifest}: utterance '{tmp_path / 'click.wav'}': cannot compute features of audio ")
     assert "(100 samples at 16000 Hz: " in msg and "\n" not in msg
     assert not list((tmp_path / "cache").glob("*.arrow"))  # nothing half-written
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_audio_with_nan_or_inf_samples_is_a_bad_line(tmp_path, tone, bad_value):
+    import numpy as np
+    import soundfile as sf
+
+    tone(tmp_path / "good.wav", 0.5)
+    wave = np.full(8000, 0.1, dtype=np.float32)
+    wave[100:103] = bad_value
+    sf.write(tmp_path / "bad.wav", wave, 16000, subtype="FLOAT")  # a float WAV stores NaN and inf as they are
+    manifest = tmp_path / "m.json"
+    manifest.write_text("".join(json.dumps({"audio_filepath": name, "duration": 0.5, "text": "x"}) + "\n"
+                                for name in ("good.wav", "bad.wav")))
+    with pytest.raises(ManifestError, match=rf"^{manifest}:2: audio {tmp_path}/bad.wav has NaN/inf samples \(3 of "
+                                            r"8000\); expected finite samples .*set data.on_error=skip"):
+        _load(manifest, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.arrow"))  # nothing written
+    fs = load_features(manifest, LogMelFrontend(FrontendConfig(n_mels=40)).eval(), {"n_mels": 40}, tmp_path / "cache",
+                       16000, on_error="skip", progress=False)
+    assert fs.ids == [str(tmp_path / "good.wav")]
+    manifest.write_text(json.dumps({"audio_filepath": "bad.wav", "duration": 0.5, "text": "x"}) + "\n")
+    with pytest.raises(ManifestError, match="the audio of all 1 utterances is bad"):
+        load_features(manifest, LogMelFrontend(FrontendConfig(n_mels=40)).eval(), {"n_mels": 40}, tmp_path / "cache",
+                      16000, on_error="skip", progress=False)

@@ -143,6 +143,17 @@ def test_skip_drops_empty_audio_and_lines_in_another_encoding(audio_dir):
     assert "has no samples" in report[0]["reason"] and "not UTF-8" in report[1]["reason"]
 
 
+def test_a_line_longer_than_max_duration_is_a_bad_line(audio_dir, tone):
+    tone(audio_dir / "long.wav", 2.0)
+    m = _lines(audio_dir / "m.json", [GOOD, {"audio_filepath": "long.wav", "duration": 2.0, "text": "x"}])
+    with pytest.raises(ManifestError) as err:
+        read_manifest(m, max_duration=1.5)
+    assert err.value.problems == [f"{m}:2: duration 2.000s is over data.max_duration (1.5s); expected at most 1.5s: "
+                                  "split the recording into utterances, or raise data.max_duration"]
+    assert [u.id for u in read_manifest(m, on_error="skip", max_duration=1.5)] == ["ok"]
+    assert len(read_manifest(m, max_duration=2.0)) == len(read_manifest(m)) == 2
+
+
 def test_a_utf8_byte_order_mark_is_not_a_bad_line(audio_dir):
     m = audio_dir / "m.json"
     m.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")

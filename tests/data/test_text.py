@@ -1,5 +1,7 @@
 """normalize_text: the one spelling shared by manifests, the tokenizer and WER."""
 
+import time
+
 import pytest
 
 from raysearch_adapters.data.text import is_rewritten, normalize_text, number_to_words
@@ -66,3 +68,21 @@ def test_number_to_words_scales():
     assert number_to_words(10 ** 15) == "one " + " ".join(["zero"] * 15)
     with pytest.raises(ValueError):
         number_to_words(-1)
+
+
+def test_a_number_of_thousands_of_digits_is_spelled_digit_by_digit():
+    # past Python's int-string conversion limit (4300 digits): int() would raise a ValueError here
+    assert normalize_text("code " + "7" * 5000) == "code " + " ".join(["seven"] * 5000)
+    assert normalize_text("0" * 20 + "42") == "forty two"  # leading zeros: as the number they write
+    assert normalize_text("$" + "1" * 16 + ".50") == " ".join(["one"] * 16) + " dollars fifty"
+    assert normalize_text("1" * 16 + "th") == " ".join(["one"] * 15) + " first"
+
+
+@pytest.mark.parametrize("shape", ["{}", "{}.5", "3.{}", "{}th", "${}", "x{}y"])
+def test_normalisation_is_linear_in_a_long_number(shape):
+    # 100,000 digits: a regex that backtracks at every digit takes a minute here, a linear one milliseconds
+    raw = shape.format("9" * 100_000)
+    start = time.perf_counter()
+    out = normalize_text(raw)
+    assert time.perf_counter() - start < 5.0
+    assert out.count("nin") == 100_000  # nine ... ninth

@@ -10,8 +10,9 @@ import transformers
 from torch.nn.utils.rnn import pad_sequence
 
 from builders import save_tiny_hf_ctc, save_tiny_whisper
-from raysearch_adapters.config import ModelConfig, WhisperOptions
-from raysearch_adapters.data.cache import load_features
+from raysearch_adapters.config import DataConfig, ModelConfig, WhisperOptions
+from raysearch_adapters.data.cache import load_feature_set, load_features
+from raysearch_adapters.data.manifest import ManifestError
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.models.whisper import TEACHER_TOP_K, Whisper
@@ -181,6 +182,10 @@ def test_an_utterance_longer_than_the_window_names_the_utterance(folders, tmp_pa
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"audio_filepath": str(tmp_path / "long.wav"), "duration": 31.0, "text": "a"}))
     model = Whisper.from_pretrained(str(folders["en"]))
+    # as a search reads it: data.max_duration is null, so the model's bound (its window) makes it a bad line
+    assert model.max_duration == 30.0
+    with pytest.raises(ManifestError, match=rf"{manifest}:1: duration 31.000s is over data.max_duration \(30s\)"):
+        load_feature_set(DataConfig(cache_dir=str(tmp_path / "cache")), model, str(manifest), progress=False)
     with pytest.raises(UserError, match=r"utterance .*long.wav.*31.0 s of audio; Whisper's window holds 30 s"):
         load_features(manifest, model.featurizer(), model.featurizer_key(), tmp_path / "cache", 16000, progress=False)
 

@@ -60,8 +60,8 @@ def test_replay_without_a_replay_manifest_names_both_keys(model_and_overrides):
 
 def test_distillation_on_the_dev_set_is_refused(model_and_overrides):
     cfg = load_config([], model_and_overrides[1]())
-    with pytest.raises(ConfigError, match=r"data.distill_manifest: .* is data.original_dev; allowed: original-domain "
-                                          r"audio outside the dev and test sets"):
+    with pytest.raises(ConfigError, match=r"data.distill_manifest: .* is the same manifest as data.original_dev "
+                                          r"\(.*\); allowed: original-domain audio outside the dev and test sets"):
         _check(model_and_overrides, f"data.distill_manifest={cfg.data.original_dev}")
 
 
@@ -69,7 +69,8 @@ def test_a_copy_of_the_dev_set_or_one_sharing_its_utterances_is_refused(model_an
     cfg = load_config([], model_and_overrides[1]())
     copy = tmp_path / "copy.json"
     shutil.copyfile(cfg.data.original_test, copy)  # same bytes, other path
-    with pytest.raises(ConfigError, match=r"data.replay_manifest: .*copy.json is data.original_test"):
+    with pytest.raises(ConfigError, match=r"data.replay_manifest: .*copy.json is the same manifest as "
+                                          r"data.original_test"):
         _check(model_and_overrides, f"data.replay_manifest={copy}")
     # one dev utterance mixed into the training pool, written with absolute audio paths
     from raysearch_adapters.data.manifest import read_manifest
@@ -78,8 +79,9 @@ def test_a_copy_of_the_dev_set_or_one_sharing_its_utterances_is_refused(model_an
     lines.append(read_manifest(cfg.data.original_dev)[0].to_dict())
     mixed = tmp_path / "mixed.json"
     mixed.write_text("".join(json.dumps(d) + "\n" for d in lines))
-    with pytest.raises(ConfigError, match=r"data.distill_manifest: .*mixed.json shares 1 utterances with "
-                                          r"data.original_dev"):
+    with pytest.raises(ConfigError, match=rf"data.distill_manifest: {mixed} shares 1 of its {len(lines)} utterances "
+                                          rf"with data.original_dev \({cfg.data.original_dev}\), the first at "
+                                          rf"{mixed}:{len(lines)} = {cfg.data.original_dev}:1; allowed"):
         _check(model_and_overrides, f"data.distill_manifest={mixed}")
 
 
@@ -109,6 +111,8 @@ def test_untranscribed_audio_is_enough_for_distillation(model_and_overrides, tmp
                                                          r"low/high range only"),
     ("train.distill_seconds=0", r"train.distill_seconds: got 0"),
     ("data.pool_hours=-1", r"data.pool_hours: got -1"),
+    ("data.max_duration=0", r"data.max_duration: got 0.0; must be > 0"),
+    ("data.max_duration=-30", r"data.max_duration: got -30.0; must be > 0"),
 ])
 def test_bad_protection_values_name_the_key_and_the_allowed_range(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -197,7 +201,7 @@ def test_a_pool_drawn_from_a_protected_set_is_refused_naming_both(model_and_over
     noisy = tmp_path / "noisy.json"
     noisy.write_text("".join(json.dumps({**json.loads(line), "audio_filepath": str(
         corpus / "original" / json.loads(line)["audio_filepath"])}) + "\n" for line in lines[:4]))
-    with pytest.raises(ConfigError, match=r"data.distill_manifest: .* is data.protected\[1\].dev"):
+    with pytest.raises(ConfigError, match=r"data.distill_manifest: .* is the same manifest as data.protected\[1\].dev"):
         _check(model_and_overrides, *_set_overrides(corpus, noisy, f"{corpus}/original/test.json"),
                f"data.distill_manifest={noisy}", "train.replay=0")
 
@@ -211,3 +215,87 @@ def test_a_bad_set_fails_the_search_before_anything_is_written(ray_session, sear
     with pytest.raises(ConfigError, match=r"data.protected\[1\].dev"):
         run.run_search(load_config([], overrides))
     assert not (tmp_path / "sets").exists()
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_a_new_domain_dev_or_test_set_as_the_training_set_is_refused(model_and_overrides, search_data, split):
+    corpus = search_data[0]
+    # its "test WER, evaluated once" would be a training WER
+    with pytest.raises(ConfigError, match=rf"data.new_train: {corpus}/new/{split}.json is the same manifest as "
+                                          rf"data.new_{split} \({corpus}/new/{split}.json\); allowed: training audio "
+                                          r"outside the dev and test sets"):
+        _check(model_and_overrides, f"data.new_train={corpus}/new/{split}.json")
+
+
+def _absolute_lines(manifest):
+    return [{**json.loads(line), "audio_filepath": str(manifest.parent / json.loads(line)["audio_filepath"])}
+            for line in manifest.read_text().splitlines()]
+
+
+def _write_lines(path, lines):
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    return path
+
+
+def test_a_training_set_sharing_test_utterances_is_refused_naming_both_lines(model_and_overrides, search_data,
+                                                                             tmp_path):
+    corpus = search_data[0]
+    test = corpus / "new" / "test.json"
+    train_lines, test_lines = _absolute_lines(corpus / "new" / "train.json"), _absolute_lines(test)
+    mixed = _write_lines(tmp_path / "mixed.json", train_lines[:3] + [test_lines[2], test_lines[4]] + train_lines[3:])
+    with pytest.raises(ConfigError, match=rf"data.new_train: {mixed} shares 2 of its {len(train_lines) + 2} "
+                                          rf"utterances with data.new_test \({test}\), the first at {mixed}:4 = "
+                                          rf"{test}:3; allowed: training audio outside the dev and test sets"):
+        _check(model_and_overrides, f"data.new_train={mixed}")
+
+
+def test_a_copy_of_a_dev_file_under_another_name_is_the_same_utterance(model_and_overrides, search_data, tmp_path):
+    corpus = search_data[0]
+    dev = corpus / "new" / "dev.json"
+    copied = _absolute_lines(dev)[1]
+    audio = tmp_path / "renamed.wav"
+    shutil.copyfile(copied["audio_filepath"], audio)
+    train_lines = _absolute_lines(corpus / "new" / "train.json")
+    train = _write_lines(tmp_path / "train.json", train_lines + [{**copied, "audio_filepath": str(audio)}])
+    with pytest.raises(ConfigError, match=rf"data.new_train: {train} shares 1 of .* with data.new_dev .* the first at "
+                                          rf"{train}:{len(train_lines) + 1} = {dev}:2; {audio} is a copy of "
+                                          rf"{copied['audio_filepath']}"):
+        _check(model_and_overrides, f"data.new_train={train}")
+
+
+def test_a_training_set_sharing_a_listed_targets_utterances_is_refused(model_and_overrides, search_data, tmp_path):
+    corpus = search_data[0]
+    accents = _write_lines(tmp_path / "accents.json", _absolute_lines(corpus / "new" / "train.json")[-2:])
+    with pytest.raises(ConfigError, match=r"data.new_train: .* shares 2 of its .* with data.targets\[1\].test "
+                                          rf"\({accents}\)"):
+        _check(model_and_overrides, 'data.new_dev=""', 'data.new_test=""',
+               f"data.targets=[{{name: new, dev: {corpus}/new/dev.json, test: {corpus}/new/test.json}}, "
+               f"{{name: accents, dev: {corpus}/new/dev.json, test: {accents}}}]")
+
+
+def test_only_files_of_equal_size_are_compared_and_at_most_the_budget_is_read(tmp_path):
+    from raysearch_adapters.search.preflight import _AudioContents
+
+    files = {name: tmp_path / name for name in ("dev.wav", "copy.wav", "other.wav", "longer.wav")}
+    for name, data in (("dev.wav", b"a" * 100), ("copy.wav", b"a" * 100), ("other.wav", b"b" * 100),
+                       ("longer.wav", b"a" * 101)):
+        files[name].write_bytes(data)
+    dev = {str(files["dev.wav"])}
+    train = {str(files[n]) for n in ("copy.wav", "other.wav", "longer.wav")}
+    contents = _AudioContents()
+    assert contents.copies(train, dev) == {str(files["copy.wav"]): str(files["dev.wav"])}
+    assert str(files["longer.wav"]) not in contents._digests  # another size: never read
+    short = _AudioContents(budget=150)  # room for the dev file only: the others are not compared
+    assert short.copies(train, dev) == {} and short.unread == 2
+    link = tmp_path / "link.wav"
+    link.symlink_to(files["dev.wav"])
+    assert _AudioContents(budget=0).copies({str(link)}, dev) == {str(link): str(files["dev.wav"])}  # nothing read
+
+
+def test_a_line_longer_than_max_duration_is_refused_naming_file_line_and_key(model_and_overrides, search_data):
+    model, overrides = model_and_overrides
+    assert load_config([], overrides()).data.duration_limit(model.max_duration) == 60.0  # null: the model's bound
+    train = search_data[0] / "new" / "train.json"
+    with pytest.raises(UserError, match=rf"{train}:1: duration \d+\.\d{{3}}s is over data.max_duration \(0.5s\); "
+                                        r"expected at most 0.5s"):
+        _check(model_and_overrides, "data.max_duration=0.5")

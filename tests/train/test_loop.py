@@ -14,8 +14,8 @@ from raysearch_adapters.config import AdapterConfig, TrainConfig
 from raysearch_adapters.data.batching import SecondsSampler
 from raysearch_adapters.models.base import BackboneView
 from raysearch_adapters.train.evaluate import evaluate
-from raysearch_adapters.train.loop import (AdapterNoOpError, BatchPlan, TrainSets, check_in_forward_path,
-                                           num_evals, step_loss, train_adapters)
+from raysearch_adapters.train.loop import (AdapterNoOpError, BatchPlan, NonFiniteError, TrainSets,
+                                           check_in_forward_path, num_evals, step_loss, train_adapters)
 from raysearch_adapters.train.prefix import load_teacher_set
 
 CFG = TrainConfig(steps=5, lr=3e-2, eval_every=2, max_batch_seconds=2.0, warmup_steps=1, lr_schedule="cosine",
@@ -139,6 +139,46 @@ def test_no_op_guard_fails_adapters_that_leave_the_output_unchanged(model, featu
     inputs, lengths, _ = feature_sets["new"].collate([0, 1])
     # freshly injected adapters are zero-initialised: exactly the base model's output
     with pytest.raises(AdapterNoOpError, match="do not change their module's output"):
+        check_in_forward_path(model, handle, inputs, lengths)
+
+
+def test_a_nan_in_the_features_stops_the_trial_at_its_first_step_naming_the_term(model, feature_sets, monkeypatch):
+    handle = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1"))
+    train, collate = feature_sets["train"], feature_sets["train"].collate
+
+    def with_nan(indices):
+        x, lengths, texts = collate(indices)
+        x[0, : lengths[0]] = float("nan")  # every frame: SpecAugment's masks cannot hide it
+        return x, lengths, texts
+
+    monkeypatch.setattr(train, "collate", with_nan)
+    reports = []
+    with pytest.raises(NonFiniteError, match=r"^step 1: the training loss is nan \(non-finite: supervised = nan; "
+                                             r"learning rate .*\); the trial stops instead of training on it. Likely: "
+                                             r"a learning rate too high .* or bad audio"):
+        _train(model, handle, feature_sets, reports)
+    assert reports == []
+
+
+def test_an_absurd_learning_rate_stops_the_trial_at_the_step_its_loss_is_not_finite(model, feature_sets):
+    handle = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1"))
+    reports = []
+    # one evaluation, at the end: the loss diverges before it
+    cfg = dataclasses.replace(CFG, lr=1e30, warmup_steps=0, grad_clip=0.0, specaugment=False, eval_every=5)
+    with pytest.raises(NonFiniteError, match=r"^step [2-5]: the training loss is nan \(non-finite: supervised = nan; "
+                                             r"learning rate \d\.\d+e\+(29|30)\)"):
+        _train(model, handle, feature_sets, reports, cfg=cfg)
+    assert reports == []
+
+
+def test_adapters_with_nan_outputs_are_named_as_such_not_as_out_of_the_forward_path(model, feature_sets):
+    handle = inject_adapters(model, AdapterConfig(dim=4, blocks="top:1"))
+    with torch.no_grad():
+        for p in handle.parameters():
+            p.fill_(float("nan"))  # weights a diverged trial would have
+    inputs, lengths, _ = feature_sets["new"].collate([0, 1])
+    with pytest.raises(NonFiniteError, match=rf"the adapters at {handle.wrappers[0].name} output NaN/inf on a dev "
+                                             r"batch; .* Likely: a learning rate too high"):
         check_in_forward_path(model, handle, inputs, lengths)
 
 
