@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from raysearch_adapters.dashboard.charts import all_charts
-from raysearch_adapters.dashboard.data import (DOWNLOADS, OPTUNA_DB, ResultFileError, fingerprint, read_snapshot,
-                                               result_file, summary_view, trials_view)
+from raysearch_adapters.dashboard.data import (DOWNLOADS, OPTUNA_DB, ResultFileError, ViewLimits, fingerprint,
+                                               read_snapshot, result_file, summary_view, trials_view)
 from raysearch_adapters.dashboard.fixed_broken import fixed_broken_view
 from raysearch_adapters.dashboard.importance import Importances, param_importances
 
@@ -37,13 +37,13 @@ def static_path(name: str) -> Optional[Path]:
     return plotly_js() if name == "plotly.min.js" else STATIC_DIR / name
 
 
-def build_view(results_dir: Path, top_utterances: Optional[int] = None) -> dict:
+def build_view(results_dir: Path, top_utterances: Optional[int] = None, limits: ViewLimits = ViewLimits()) -> dict:
     """Everything the page shows, as JSON-able data (the API's answer, the report's embedded data);
     ``top_utterances``: the "Fixed and broken" view keeps only that many most fixed and most broken
-    utterances per set (the report)."""
+    utterances per set (the report); ``limits``: how many learning curves and table rows it carries."""
     results_dir = Path(results_dir)
     stamp = fingerprint(results_dir)
-    snap = read_snapshot(results_dir)
+    snap = read_snapshot(results_dir, limits.curves)
     if snap.state not in ("running", "finished"):
         imp = Importances(message="no trials yet")
     else:
@@ -67,8 +67,8 @@ def build_view(results_dir: Path, top_utterances: Optional[int] = None) -> dict:
         "fingerprint": stamp,
         "generated_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "results_dir": str(results_dir), "state": snap.state, "search_id": snap.search_id,
-        "errors": snap.errors, "notes": snap.notes, "summary": summary_view(snap), "trials": trials_view(snap),
-        "charts": all_charts(snap, imp), "fixed_broken": fixed_broken,
+        "errors": snap.errors, "notes": snap.notes, "summary": summary_view(snap),
+        "trials": trials_view(snap, limits.rows), "charts": all_charts(snap, imp, limits), "fixed_broken": fixed_broken,
         "files": files,
     }
 

@@ -26,8 +26,8 @@ from typing import Callable, Optional, Tuple
 from aiohttp import hdrs, web
 
 from raysearch_adapters.hosts import is_loopback, machine_names
-from raysearch_adapters.dashboard.data import (DOWNLOADS, EXPORTS, ResultFileError, fingerprint, result_file,
-                                               trials_export)
+from raysearch_adapters.dashboard.data import (DOWNLOADS, EXPORTS, ResultFileError, ViewLimits, fingerprint,
+                                               result_file, trials_export)
 from raysearch_adapters.dashboard.fixed_broken import audio_file
 from raysearch_adapters.dashboard.page import STATIC_TYPES, build_view, render_page, static_path
 from raysearch_adapters.errors import UserError
@@ -39,8 +39,9 @@ _HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer
 class ViewCache:
     """The latest view of a results folder, rebuilt when its fingerprint changes (one build at a time)."""
 
-    def __init__(self, results_dir: Path):
+    def __init__(self, results_dir: Path, limits: ViewLimits = ViewLimits()):
         self.results_dir = results_dir
+        self.limits = limits
         self._lock = threading.Lock()
         self._stamp: Optional[str] = None
         self._body: Optional[bytes] = None
@@ -54,7 +55,7 @@ class ViewCache:
             stamp = fingerprint(self.results_dir)
             if self._body is None or stamp != self._stamp:
                 # Never serve a half-built view: a failure answers with the error, the next poll retries.
-                view = build_view(self.results_dir)
+                view = build_view(self.results_dir, limits=self.limits)
                 self._body = json.dumps(view, allow_nan=False).encode()
                 self._drawn = view["fingerprint"]
                 self._unchanged = json.dumps({"fingerprint": self._drawn, "state": view["state"],
@@ -179,10 +180,10 @@ def _host_check(bind_host: str) -> Callable:
     return check
 
 
-def make_app(results_dir: Path, host: str = "127.0.0.1") -> web.Application:
+def make_app(results_dir: Path, host: str = "127.0.0.1", limits: ViewLimits = ViewLimits()) -> web.Application:
     """The dashboard app for ``results_dir`` bound to ``host``: GET routes only."""
     app = web.Application(middlewares=[_host_check(host)])
-    app[_CACHE] = ViewCache(Path(results_dir).absolute())
+    app[_CACHE] = ViewCache(Path(results_dir).absolute(), limits)
     app.router.add_get("/", _index)
     app.router.add_get("/api/view", _api_view)
     app.router.add_get("/static/{name}", _static)
@@ -192,8 +193,8 @@ def make_app(results_dir: Path, host: str = "127.0.0.1") -> web.Application:
     return app
 
 
-async def _serve_forever(results_dir: Path, host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(results_dir, host), access_log=None)
+async def _serve_forever(results_dir: Path, host: str, port: int, limits: ViewLimits) -> None:
+    runner = web.AppRunner(make_app(results_dir, host, limits), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -210,7 +211,7 @@ async def _serve_forever(results_dir: Path, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765, limits: ViewLimits = ViewLimits()) -> None:
     """Serve the dashboard until interrupted (Ctrl-C)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -220,6 +221,6 @@ def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
         print(f"warning: --host {host} makes the dashboard reachable from other machines; it has no "
               "authentication (read-only)", flush=True)
     try:
-        asyncio.run(_serve_forever(results_dir, host, port))
+        asyncio.run(_serve_forever(results_dir, host, port, limits))
     except KeyboardInterrupt:
         print("dashboard stopped", flush=True)
