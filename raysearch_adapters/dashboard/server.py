@@ -9,8 +9,9 @@ thing served from outside the results folder is an utterance's audio, by its row
 a link to another one (``fixed_broken.audio_file``). It answers only requests whose Host header
 names this server (its address, a loopback name, or with ``--host 0.0.0.0`` this machine's
 names), so a web page cannot read the results through DNS rebinding. The view is rebuilt only
-when a results file changed, in a worker thread so a slow read never blocks other requests;
-a page that polls with the fingerprint it drew gets only that fingerprint back while nothing changed.
+when a results file changed (or the study's importances, computed apart, became ready), in a worker
+thread so a slow read never blocks other requests; a page that polls with the fingerprint it drew
+gets only that fingerprint back while nothing changed.
 """
 
 from __future__ import annotations
@@ -26,18 +27,26 @@ from typing import Callable, Optional, Tuple
 from aiohttp import hdrs, web
 
 from raysearch_adapters.hosts import is_loopback, machine_names
-from raysearch_adapters.dashboard.data import (DOWNLOADS, EXPORTS, ResultFileError, ViewLimits, fingerprint,
-                                               result_file, trials_export)
+from raysearch_adapters.dashboard.data import (DOWNLOADS, EXPORTS, ResultFileError, Snapshot, ViewLimits,
+                                               fingerprint, result_file, trials_export)
 from raysearch_adapters.dashboard.fixed_broken import audio_file
-from raysearch_adapters.dashboard.page import STATIC_TYPES, build_view, render_page, static_path
+from raysearch_adapters.dashboard.importance import Importances
+from raysearch_adapters.dashboard.page import STATIC_TYPES, build_view, render_page, static_path, study_importances
 from raysearch_adapters.errors import UserError
 
 log = logging.getLogger(__name__)
 _HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
+# What the importances chart says while a worker thread computes them.
+IMPORTANCES_PENDING = "computing the parameter importances from the Optuna study (shown when ready)"
+
+
 class ViewCache:
-    """The latest view of a results folder, rebuilt when its fingerprint changes (one build at a time)."""
+    """The latest view of a results folder, rebuilt when its fingerprint changes (one build at a time).
+
+    The study's importances (seconds for a search of many thousands of trials) come from a worker thread: until
+    they are ready the view says so, and its fingerprint carries a mark, so the page redraws once they are."""
 
     def __init__(self, results_dir: Path, limits: ViewLimits = ViewLimits()):
         self.results_dir = results_dir
@@ -47,20 +56,55 @@ class ViewCache:
         self._body: Optional[bytes] = None
         self._drawn: Optional[str] = None  # the fingerprint the built view carries
         self._unchanged: Optional[bytes] = None
+        self._pending = False  # the built view waits for importances
+        self._imp_lock = threading.Lock()
+        self._imp: Tuple[Optional[str], Optional[Importances]] = (None, None)  # (fingerprint, importances)
+        self._job: Optional[tuple] = None  # the importances to compute once the view is out
+
+    def _importances(self, stamp: str) -> Callable[[Path, Snapshot], Importances]:
+        """For :func:`build_view`: the importances computed for ``stamp``, else a pending message (and, unless a
+        worker thread computes them already, the job for one)."""
+        def get(results_dir: Path, snap: Snapshot) -> Importances:
+            with self._imp_lock:
+                if self._imp[0] == stamp:
+                    return self._imp[1] or Importances(message=IMPORTANCES_PENDING)
+                self._imp = (stamp, None)
+            self._job = (stamp, results_dir, snap)
+            return Importances(message=IMPORTANCES_PENDING)
+
+        return get
+
+    def _compute(self, stamp: str, results_dir: Path, snap: Snapshot) -> None:
+        try:
+            imp = study_importances(results_dir, snap)
+        except Exception as e:  # shown in place of the chart, as param_importances shows a study's errors
+            log.exception("dashboard: the importances of %s failed", results_dir)
+            imp = Importances(message=f"cannot compute importances: {type(e).__name__}: {e}")
+        with self._imp_lock:
+            if self._imp[0] == stamp:  # not a folder that changed since
+                self._imp = (stamp, imp)
 
     def get(self, known: Optional[str] = None) -> bytes:
         """The view as JSON bytes; only its fingerprint and state when that fingerprint is ``known`` (the page
         polls with the one it drew: an unchanged view is not sent again)."""
         with self._lock:
             stamp = fingerprint(self.results_dir)
-            if self._body is None or stamp != self._stamp:
+            with self._imp_lock:
+                ready = self._imp[0] == stamp and self._imp[1] is not None
+            if self._body is None or stamp != self._stamp or (self._pending and ready):
                 # Never serve a half-built view: a failure answers with the error, the next poll retries.
-                view = build_view(self.results_dir, limits=self.limits)
+                view = build_view(self.results_dir, limits=self.limits, importances=self._importances(stamp))
+                self._pending = view["charts"]["importances"].get("message") == IMPORTANCES_PENDING
+                if self._pending:
+                    view["fingerprint"] += "|importances-pending"
                 self._body = json.dumps(view, allow_nan=False).encode()
                 self._drawn = view["fingerprint"]
                 self._unchanged = json.dumps({"fingerprint": self._drawn, "state": view["state"],
                                               "unchanged": True}).encode()
                 self._stamp = stamp
+            if self._job is not None:  # started after the build, which it would slow down (one interpreter lock)
+                threading.Thread(target=self._compute, args=self._job, daemon=True).start()
+                self._job = None
             return self._unchanged if known == self._drawn else self._body
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import math
 import threading
+import time
 from pathlib import Path
 
 from raysearch_adapters.hparams import NAMES as HPARAM_NAMES
@@ -261,3 +263,13 @@ def _write_big_study(path: Path, rows: list) -> None:
         intermediate_values={r["evals"]: r["dev_wer_new"]} if r["status"] == "PRUNED" else None,
         system_attrs={"constraints": [r["held_degradation"] - LIMIT]} if r["status"] != "FAIL" else None,
         user_attrs={"tune_trial_id": r["trial_id"]}) for r in rows])
+
+
+def settled_view(served) -> dict:
+    """The served view once its importances (computed by a worker thread) are in."""
+    for _ in range(1200):
+        view = json.loads(get(served, "/api/view")[2])
+        if not view["fingerprint"].endswith("|importances-pending"):
+            return view
+        time.sleep(0.1)
+    raise AssertionError("the importances never came")
