@@ -46,6 +46,24 @@ def _port(text: str) -> int:
     return port
 
 
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a whole number >= 1")
+    return count
+
+
+def _view_limits(p: argparse.ArgumentParser) -> None:
+    """``--curves`` and ``--rows``: how much of a big search the dashboard and the report carry."""
+    p.add_argument("--curves", type=_count, default=20, metavar="N",
+                   help="learning curves of the N best trials (feasible first, then by new-domain dev WER; default: 20)")
+    p.add_argument("--rows", type=_count, default=1000, metavar="K",
+                   help="trial table rows: the K best trials (default: 1000; trials.parquet has them all)")
+
+
 def _lazy(module: str) -> Callable[[argparse.Namespace], int]:
     """The handler ``run(args)`` of ``raysearch_adapters.commands.<module>``, imported when the subcommand runs."""
     def run(args: argparse.Namespace) -> int:
@@ -123,10 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir", help="a search's results folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8765, help="port (default: 8765; 0: any free port)")
+    _view_limits(p)
     p.set_defaults(func=_lazy("dashboard"))
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a search")
     p.add_argument("results_dir", help="a search's results folder")
+    _view_limits(p)
     p.set_defaults(func=_lazy("report"))
 
     p = sub.add_parser("export-nemo", help="write a NeMo model's winning adapter as a NeMo adapter file "

@@ -7,13 +7,13 @@ data is ``{"message": "..."}``, shown in its place.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from raysearch_adapters.adapter_types import ADAPTER_TYPES
-from raysearch_adapters.dashboard.data import Snapshot
+from raysearch_adapters.dashboard.data import Snapshot, ViewLimits
 from raysearch_adapters.dashboard.importance import Importances
 from raysearch_adapters.results.placement import PlacementError, describe_layout, layout_stacks, parse_blocks
-from raysearch_adapters.results.select import measured, pareto_front
+from raysearch_adapters.results.select import is_measured, measured, pareto_front
 
 FEASIBLE, INFEASIBLE, RUNNING = "#2a9d8f", "#e76f51", "#8d99ae"
 FRONT, WINNER, BASE, KAPPA = "#264653", "#e9c46a", "#6c757d", "#d62828"
@@ -81,9 +81,19 @@ def _hover(r: dict) -> str:
     return f"trial {r['trial_id']} ({r['status']})<br>{hp}"
 
 
-def _points(rows: List[dict], x: str, name: str, color: str, symbol: str = "circle") -> dict:
-    trace = {"type": "scatter", "mode": "markers", "name": name, "x": [r[x] for r in rows],
-             "y": [r["dev_wer_new"] for r in rows], "text": [_hover(r) for r in rows],
+def _points(rows: List[dict], x: str, name: str, color: str, detailed: Set[str], symbol: str = "circle") -> dict:
+    """A scatter of trials; the hover of those in ``detailed`` gives their parameters, the others' their id (a
+    search of many thousands of trials would otherwise send megabytes of hover text per chart)."""
+    def hover(r: dict) -> str:
+        if r["trial_id"] not in detailed:
+            return f"trial {r['trial_id']}"
+        bounds = (f"<br>degradation {r['degradation']:+.2f} [{r['degradation_lower']:+.2f}, "
+                  f"{r['degradation_upper']:+.2f}]" if x == "degradation" and r.get("degradation_upper") is not None
+                  else "")
+        return _hover(r) + bounds
+
+    trace = {"type": "scatter", "mode": "markers", "name": name, "x": [_coord(r[x]) for r in rows],
+             "y": [_coord(r["dev_wer_new"]) for r in rows], "text": [hover(r) for r in rows],
              "hovertemplate": "%{text}<br>%{x:.3g}, WER %{y:.2f}<extra></extra>",
              "marker": {"color": color, "size": 10, "symbol": symbol, "line": {"width": 1, "color": "#333"}}}
     if x == "degradation" and any(r.get("degradation_upper") is not None for r in rows):
@@ -91,14 +101,17 @@ def _points(rows: List[dict], x: str, name: str, color: str, symbol: str = "circ
         trace["error_x"] = {"type": "data", "symmetric": False, "color": color, "thickness": 1,
                             "array": [_span(r, "degradation_upper", r[x]) for r in rows],
                             "arrayminus": [_span(r, "degradation_lower", r[x]) for r in rows]}
-        trace["text"] = [t + (f"<br>degradation {r[x]:+.2f} [{r['degradation_lower']:+.2f}, "
-                              f"{r['degradation_upper']:+.2f}]" if r.get("degradation_upper") is not None else "")
-                         for t, r in zip(trace["text"], rows)]
     return trace
 
 
+def _coord(value):
+    """A point's coordinate to 6 significant digits (far below what a chart can show; a float's 17 digits would
+    double the size of a big search's charts)."""
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
 def _span(row: dict, bound: str, value: float) -> float:
-    return 0.0 if row.get(bound) is None else abs(row[bound] - value)
+    return 0.0 if row.get(bound) is None else _coord(abs(row[bound] - value))
 
 
 def _kappa_line(limit: Optional[float], axis: str = "x") -> List[dict]:
@@ -117,9 +130,10 @@ def trial_types(rows: List[dict]) -> List[str]:
     return [t for t in TYPE_COLORS if t in present] + sorted(present - set(TYPE_COLORS))
 
 
-def _by_feasibility(rows: List[dict], x: str) -> List[dict]:
+def _by_feasibility(rows: List[dict], x: str, detailed: Set[str]) -> List[dict]:
     """Finished trials split feasible / infeasible, running trials (their latest evaluation) apart. With
-    several adapter types, each type has its colour (feasible: circles, infeasible: crosses)."""
+    several adapter types, each type has its colour (feasible: circles, infeasible: crosses). The hover of the
+    trials in ``detailed`` gives their parameters."""
     done = [r for r in measured(rows) if r.get(x) is not None]
     running = [r for r in rows if r["status"] == "RUNNING" and r.get("dev_wer_new") is not None
                and r.get(x) is not None]
@@ -128,21 +142,27 @@ def _by_feasibility(rows: List[dict], x: str) -> List[dict]:
         traces = []
         for t in types:
             color = type_color(t)
-            traces += [_points([r for r in done if r.get("type") == t and r.get("feasible")], x, f"{t}, feasible", color),
+            traces += [_points([r for r in done if r.get("type") == t and r.get("feasible")], x, f"{t}, feasible",
+                               color, detailed),
                        _points([r for r in done if r.get("type") == t and not r.get("feasible")], x,
-                               f"{t}, infeasible", color, "x")]
+                               f"{t}, infeasible", color, detailed, "x")]
     else:
-        traces = [_points([r for r in done if r.get("feasible")], x, "feasible", FEASIBLE),
-                  _points([r for r in done if not r.get("feasible")], x, "infeasible", INFEASIBLE)]
-    traces.append(_points(running, x, "running (latest evaluation)", RUNNING, "circle-open"))
+        traces = [_points([r for r in done if r.get("feasible")], x, "feasible", FEASIBLE, detailed),
+                  _points([r for r in done if not r.get("feasible")], x, "infeasible", INFEASIBLE, detailed)]
+    traces.append(_points(running, x, "running (latest evaluation)", RUNNING, detailed, "circle-open"))
     return [t for t in traces if t["x"]]
 
 
-def tradeoff(snap: Snapshot) -> dict:
+def _detailed(snap: Snapshot, limits: ViewLimits) -> Set[str]:
+    """The trials whose hover gives their parameters: those of the trial table."""
+    return {r["trial_id"] for r in snap.by_rank[:limits.rows]}
+
+
+def tradeoff(snap: Snapshot, limits: ViewLimits = ViewLimits()) -> dict:
     """New-domain dev WER against degradation, the κ line, the Pareto front, winner and base model."""
     if not measured(snap.trials) and not any(r.get("degradation") is not None for r in snap.trials):
         return {"message": "no trial has been evaluated yet"}
-    traces = _by_feasibility(snap.trials, "degradation")
+    traces = _by_feasibility(snap.trials, "degradation", _detailed(snap, limits))
     front = pareto_front(snap.trials)
     if front:
         traces.append({"type": "scatter", "mode": "lines", "name": "Pareto front", "line": {"color": FRONT,
@@ -169,14 +189,9 @@ def tradeoff(snap: Snapshot) -> dict:
     return {"data": traces, "layout": layout}
 
 
-def _ranked(rows: List[dict]) -> List[dict]:
-    """Best trials first: feasible before infeasible, then by new-domain dev WER."""
-    return sorted(measured(rows), key=lambda r: (not r.get("feasible"), r["dev_wer_new"], r["trial_id"]))
-
-
 def placement(snap: Snapshot) -> dict:
     """For the best trials (feasible first), which blocks carry adapters and at which position."""
-    best = _ranked(snap.trials)[:BEST_TRIALS_SHOWN]
+    best = [r for r in snap.by_rank if is_measured(r)][:BEST_TRIALS_SHOWN]
     if not best:
         return {"message": "no trial has finished yet"}
     blocks_layout = snap.block_layout()
@@ -223,9 +238,9 @@ def placement(snap: Snapshot) -> dict:
     return out
 
 
-def hparam(snap: Snapshot, name: str) -> dict:
+def hparam(snap: Snapshot, name: str, limits: ViewLimits = ViewLimits()) -> dict:
     """One hyperparameter (``dim`` or ``lr``) against new-domain dev WER, log x axis."""
-    traces = _by_feasibility(snap.trials, name)
+    traces = _by_feasibility(snap.trials, name, _detailed(snap, limits))
     if not traces:
         return {"message": "no trial has been evaluated yet"}
     axis = {"dim": "adapter dim (bottleneck width h)", "lr": "learning rate"}[name]
@@ -239,7 +254,8 @@ def hparam(snap: Snapshot, name: str) -> dict:
 
 
 def curves(snap: Snapshot, metric: str) -> dict:
-    """Per-trial learning curves from epochs.parquet: ``dev_wer_new`` or ``degradation`` against step."""
+    """Per-trial learning curves from epochs.parquet: ``dev_wer_new`` or ``degradation`` against step; those of
+    the trials the snapshot kept evaluations of (the best ones), the best first."""
     by_trial: Dict[str, List[dict]] = {}
     for e in snap.epochs:
         if e.get(metric) is not None:
@@ -247,8 +263,9 @@ def curves(snap: Snapshot, metric: str) -> dict:
     if not by_trial:
         return {"message": "no evaluation in epochs.parquet yet"}
     status = {r["trial_id"]: r["status"] for r in snap.trials}
+    rank = {r["trial_id"]: i for i, r in enumerate(snap.by_rank)}
     traces = []
-    for tid, evals in sorted(by_trial.items()):
+    for tid, evals in sorted(by_trial.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])):
         evals.sort(key=lambda e: e["eval_index"])
         traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{tid} ({status.get(tid, '?')})",
                        "x": [e["step"] for e in evals], "y": [e[metric] for e in evals],
@@ -260,7 +277,13 @@ def curves(snap: Snapshot, metric: str) -> dict:
         layout = _layout("curves_degradation", "optimiser step", "degradation (κ: dashed)",
                          shapes=_kappa_line(snap.degradation_limit(), axis="y"))
     layout["showlegend"] = len(traces) <= 20
-    return {"data": traces, "layout": layout}
+    out = {"data": traces, "layout": layout}
+    kept = len({e["trial_id"] for e in snap.epochs})
+    if kept < snap.evaluated:
+        layout["title"]["text"] += f" (top {kept:,} of {snap.evaluated:,} trials)"
+        out["note"] = (f"the {kept:,} best trials (feasible first, then by new-domain dev WER) of the "
+                       f"{snap.evaluated:,} with evaluations; --curves N draws more")
+    return out
 
 
 def importances(imp: Importances) -> dict:
@@ -278,8 +301,8 @@ def importances(imp: Importances) -> dict:
     return out
 
 
-def all_charts(snap: Snapshot, imp: Importances) -> Dict[str, dict]:
+def all_charts(snap: Snapshot, imp: Importances, limits: ViewLimits = ViewLimits()) -> Dict[str, dict]:
     """Every chart of the dashboard, keyed as :data:`TITLES`."""
-    return {"tradeoff": tradeoff(snap), "placement": placement(snap), "dim": hparam(snap, "dim"),
-            "lr": hparam(snap, "lr"), "curves_new": curves(snap, "dev_wer_new"),
+    return {"tradeoff": tradeoff(snap, limits), "placement": placement(snap), "dim": hparam(snap, "dim", limits),
+            "lr": hparam(snap, "lr", limits), "curves_new": curves(snap, "dev_wer_new"),
             "curves_degradation": curves(snap, "degradation"), "importances": importances(imp)}

@@ -10,10 +10,12 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import List, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -23,7 +25,8 @@ from raysearch_adapters.results import (EPOCHS_FILE, EPOCHS_SCHEMA, HPARAM_NAMES
                                         read_table)
 from raysearch_adapters.results.hypotheses import HYPOTHESES_FILE
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, OPTUNA_DB, SUMMARY_FILE
-from raysearch_adapters.results.select import DEFAULT_SET_ROLES, best_per_type, dev_wers, select_winner, set_entries
+from raysearch_adapters.results.select import (DEFAULT_SET_ROLES, best_per_type, dev_wers, ranked, select_winner,
+                                               set_entries)
 
 # What the dashboard offers for download: these names only, never a path from the request.
 DOWNLOADS = (SUMMARY_FILE, TRIALS_FILE, EPOCHS_FILE, HYPOTHESES_FILE, CONFIG_FILE, BEST_ADAPTER_FILE, OPTUNA_DB)
@@ -45,17 +48,32 @@ TABLE_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class ViewLimits:
+    """How much of a search the view carries, so that the page of a search of many thousands of trials stays
+    quick (the results files keep everything; the trial table's download has every trial)."""
+
+    curves: int = 20  # learning curves of this many trials, the best first (results.select.ranked)
+    rows: int = 1000  # trial table rows (the best first), and the trials whose chart hover gives their parameters
+
+
 @dataclass
 class Snapshot:
     """What a results folder holds right now; ``errors`` name unreadable files, ``notes`` explain what is missing."""
 
     results_dir: Path
     trials: List[dict] = field(default_factory=list)
-    epochs: List[dict] = field(default_factory=list)
+    epochs: List[dict] = field(default_factory=list)  # the evaluations of the trials whose curves are drawn
+    evaluated: int = 0  # the trials with evaluations in epochs.parquet
     summary: Optional[dict] = None
     metadata: dict = field(default_factory=dict)  # trials.parquet schema metadata (kappa, num_blocks, ...)
     errors: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+
+    @cached_property
+    def by_rank(self) -> List[dict]:
+        """The trials, best first (:func:`~raysearch_adapters.results.select.ranked`)."""
+        return ranked(self.trials)
 
     @property
     def state(self) -> str:
@@ -195,8 +213,42 @@ def _clean(value):
     return value
 
 
-def read_snapshot(results_dir: Path) -> Snapshot:
-    """Read trials, epochs and summary of ``results_dir``; unreadable parts become errors, never exceptions."""
+def _curve_epochs(table: pa.Table, snap: Snapshot, curves: int) -> None:
+    """Keep the evaluations of the best ``curves`` trials that have any (converting every row of a big search's
+    epochs.parquet would take most of the view's time)."""
+    evaluated = set(table.column("trial_id").unique().to_pylist())
+    order = [r["trial_id"] for r in snap.by_rank if r["trial_id"] in evaluated]
+    order += sorted(evaluated - set(order))  # evaluations of trials trials.parquet does not have (yet)
+    if len(order) > curves:
+        table = table.filter(pc.is_in(table.column("trial_id"), value_set=pa.array(order[:curves], pa.string())))
+    snap.epochs, snap.evaluated = _rows(table), len(order)
+
+
+def _finite(column: pa.Array) -> pa.Array:
+    """``column`` with its NaN and infinities (at any depth) as nulls: :func:`_clean` on a table, in Arrow (in
+    Python it would take seconds for a search of many thousands of trials)."""
+    if isinstance(column, pa.ChunkedArray):
+        return pa.chunked_array([_finite(c) for c in column.chunks], column.type)
+    if pa.types.is_floating(column.type):
+        return pc.if_else(pc.is_finite(column), column, pa.scalar(None, column.type))
+    if pa.types.is_struct(column.type):
+        return pa.StructArray.from_arrays([_finite(column.field(i)) for i in range(column.type.num_fields)],
+                                          fields=list(column.type), mask=column.is_null())
+    if pa.types.is_list(column.type):
+        start, end = column.offsets[0].as_py(), column.offsets[-1].as_py()  # a slice's items only
+        return pa.ListArray.from_arrays(pc.subtract(column.offsets, start), _finite(column.values[start:end]),
+                                        type=column.type, mask=column.is_null())
+    return column
+
+
+def _rows(table: pa.Table) -> List[dict]:
+    """A table's rows as JSON-safe dicts (NaN and infinities as null)."""
+    return pa.table([_finite(c) for c in table.columns], schema=table.schema).to_pylist()
+
+
+def read_snapshot(results_dir: Path, curves: int = ViewLimits.curves) -> Snapshot:
+    """Read trials, epochs (of the best ``curves`` trials) and summary of ``results_dir``; unreadable parts become
+    errors, never exceptions."""
     snap = Snapshot(Path(results_dir))
     d = snap.results_dir
     if not d.is_dir():
@@ -206,12 +258,13 @@ def read_snapshot(results_dir: Path) -> Snapshot:
     if trials is not None:
         table = _read(trials, TRIALS_SCHEMA, snap.errors)
         if table is not None:
-            snap.trials = _clean(table.to_pylist())
+            snap.trials = _rows(table)
             snap.metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
                              if not k.startswith(b"ARROW")}
     if epochs is not None:
         table = _read(epochs, EPOCHS_SCHEMA, snap.errors)
-        snap.epochs = _clean(table.to_pylist()) if table is not None else []
+        if table is not None:
+            _curve_epochs(table, snap, curves)
     if summary is not None:
         try:
             loaded = json.loads(summary.read_text(encoding="utf-8"))
@@ -320,12 +373,19 @@ def summary_view(snap: Snapshot) -> dict:
 SET_COLUMNS = (("binding_set", "binding set"), ("sets", "per protected set (held / limit)"))
 
 
-def trials_view(snap: Snapshot) -> dict:
-    """The trial table: columns (key, header, the schema's doc) and rows as lists."""
+def trials_view(snap: Snapshot, rows: int = ViewLimits.rows) -> dict:
+    """The trial table: columns (key, header, the schema's doc) and, as lists, the rows of the best ``rows``
+    trials, best first; ``total`` trials in all and, when some are left out, a ``note`` that says so."""
     docs = {f.name: (f.metadata or {}).get(b"doc", b"").decode() for f in TRIALS_SCHEMA}
     columns = TABLE_COLUMNS + (SET_COLUMNS if several_protected(snap) else ())
-    return {"columns": [{"key": k, "label": label, "doc": docs[k]} for k, label in columns],
-            "rows": [[format_sets(r.get(k)) if k == "sets" else r.get(k) for k, _ in columns] for r in snap.trials]}
+    shown = snap.by_rank[:rows]
+    out = {"columns": [{"key": k, "label": label, "doc": docs[k]} for k, label in columns],
+           "rows": [[format_sets(r.get(k)) if k == "sets" else r.get(k) for k, _ in columns] for r in shown],
+           "total": len(snap.trials), "note": None}
+    if len(shown) < len(snap.trials):
+        out["note"] = (f"showing the best {len(shown):,} of {len(snap.trials):,} trials (feasible first, then by "
+                       f"new-domain dev WER); the full table is {TRIALS_FILE}")
+    return out
 
 
 def trials_export(results_dir: Path, name: str) -> Optional[bytes]:

@@ -7,11 +7,11 @@ import datetime
 import importlib.util
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from raysearch_adapters.dashboard.charts import all_charts
-from raysearch_adapters.dashboard.data import (DOWNLOADS, OPTUNA_DB, ResultFileError, fingerprint, read_snapshot,
-                                               result_file, summary_view, trials_view)
+from raysearch_adapters.dashboard.data import (DOWNLOADS, OPTUNA_DB, ResultFileError, Snapshot, ViewLimits,
+                                               fingerprint, read_snapshot, result_file, summary_view, trials_view)
 from raysearch_adapters.dashboard.fixed_broken import fixed_broken_view
 from raysearch_adapters.dashboard.importance import Importances, param_importances
 
@@ -37,23 +37,29 @@ def static_path(name: str) -> Optional[Path]:
     return plotly_js() if name == "plotly.min.js" else STATIC_DIR / name
 
 
-def build_view(results_dir: Path, top_utterances: Optional[int] = None) -> dict:
+def study_importances(results_dir: Path, snap: Snapshot) -> Importances:
+    """The parameter importances of the search's Optuna study (``optuna.db``), or why there are none."""
+    if snap.state not in ("running", "finished"):
+        return Importances(message="no trials yet")
+    try:
+        db = result_file(results_dir, OPTUNA_DB)
+        for sidecar in ("-journal", "-wal", "-shm"):  # SQLite opens these beside the study file too
+            result_file(results_dir, OPTUNA_DB + sidecar)
+        return param_importances(db or results_dir / OPTUNA_DB, snap.search_id)
+    except ResultFileError as e:
+        return Importances(message=str(e))
+
+
+def build_view(results_dir: Path, top_utterances: Optional[int] = None, limits: ViewLimits = ViewLimits(),
+               importances: Callable[[Path, Snapshot], Importances] = study_importances) -> dict:
     """Everything the page shows, as JSON-able data (the API's answer, the report's embedded data);
     ``top_utterances``: the "Fixed and broken" view keeps only that many most fixed and most broken
-    utterances per set (the report)."""
+    utterances per set (the report); ``limits``: how many learning curves and table rows it carries;
+    ``importances``: what gives the study's importances (the server: a worker thread)."""
     results_dir = Path(results_dir)
     stamp = fingerprint(results_dir)
-    snap = read_snapshot(results_dir)
-    if snap.state not in ("running", "finished"):
-        imp = Importances(message="no trials yet")
-    else:
-        try:
-            db = result_file(results_dir, OPTUNA_DB)
-            for sidecar in ("-journal", "-wal", "-shm"):  # SQLite opens these beside the study file too
-                result_file(results_dir, OPTUNA_DB + sidecar)
-            imp = param_importances(db or results_dir / OPTUNA_DB, snap.search_id)
-        except ResultFileError as e:
-            imp = Importances(message=str(e))
+    snap = read_snapshot(results_dir, limits.curves)
+    imp = importances(results_dir, snap)
     fixed_broken = fixed_broken_view(results_dir, snap.errors, top_utterances)
     files = []
     for name in DOWNLOADS:
@@ -67,8 +73,8 @@ def build_view(results_dir: Path, top_utterances: Optional[int] = None) -> dict:
         "fingerprint": stamp,
         "generated_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "results_dir": str(results_dir), "state": snap.state, "search_id": snap.search_id,
-        "errors": snap.errors, "notes": snap.notes, "summary": summary_view(snap), "trials": trials_view(snap),
-        "charts": all_charts(snap, imp), "fixed_broken": fixed_broken,
+        "errors": snap.errors, "notes": snap.notes, "summary": summary_view(snap),
+        "trials": trials_view(snap, limits.rows), "charts": all_charts(snap, imp, limits), "fixed_broken": fixed_broken,
         "files": files,
     }
 

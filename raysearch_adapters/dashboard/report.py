@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
+from raysearch_adapters.dashboard.data import ViewLimits
 from raysearch_adapters.dashboard.page import build_view, render_page
 from raysearch_adapters.dashboard.png import write_png
 from raysearch_adapters.errors import UserError
@@ -29,13 +30,14 @@ class Report:
     notes: List[str]
 
 
-def write_report(results_dir: Path) -> Report:
-    """Write ``report.html`` and ``plots/<chart>.png`` into ``results_dir``."""
+def write_report(results_dir: Path, limits: ViewLimits = ViewLimits()) -> Report:
+    """Write ``report.html`` and ``plots/<chart>.png`` into ``results_dir`` (``limits``: the learning curves and
+    table rows it keeps)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"RESULTS_DIR {results_dir}: not a folder; pass a search's results folder "
                         "(results/<search name>/)")
-    view = build_view(results_dir, top_utterances=REPORT_UTTERANCES)
+    view = build_view(results_dir, top_utterances=REPORT_UTTERANCES, limits=limits)
     if view["state"] in ("empty", "error"):
         raise UserError(f"RESULTS_DIR {results_dir}: nothing to report: " + " | ".join(view["errors"] + view["notes"]))
     html = results_dir / REPORT_FILE

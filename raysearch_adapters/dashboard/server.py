@@ -9,8 +9,9 @@ thing served from outside the results folder is an utterance's audio, by its row
 a link to another one (``fixed_broken.audio_file``). It answers only requests whose Host header
 names this server (its address, a loopback name, or with ``--host 0.0.0.0`` this machine's
 names), so a web page cannot read the results through DNS rebinding. The view is rebuilt only
-when a results file changed, in a worker thread so a slow read never blocks other requests;
-a page that polls with the fingerprint it drew gets only that fingerprint back while nothing changed.
+when a results file changed (or the study's importances, computed apart, became ready), in a worker
+thread so a slow read never blocks other requests; a page that polls with the fingerprint it drew
+gets only that fingerprint back while nothing changed.
 """
 
 from __future__ import annotations
@@ -26,40 +27,84 @@ from typing import Callable, Optional, Tuple
 from aiohttp import hdrs, web
 
 from raysearch_adapters.hosts import is_loopback, machine_names
-from raysearch_adapters.dashboard.data import (DOWNLOADS, EXPORTS, ResultFileError, fingerprint, result_file,
-                                               trials_export)
+from raysearch_adapters.dashboard.data import (DOWNLOADS, EXPORTS, ResultFileError, Snapshot, ViewLimits,
+                                               fingerprint, result_file, trials_export)
 from raysearch_adapters.dashboard.fixed_broken import audio_file
-from raysearch_adapters.dashboard.page import STATIC_TYPES, build_view, render_page, static_path
+from raysearch_adapters.dashboard.importance import Importances
+from raysearch_adapters.dashboard.page import STATIC_TYPES, build_view, render_page, static_path, study_importances
 from raysearch_adapters.errors import UserError
 
 log = logging.getLogger(__name__)
 _HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
-class ViewCache:
-    """The latest view of a results folder, rebuilt when its fingerprint changes (one build at a time)."""
+# What the importances chart says while a worker thread computes them.
+IMPORTANCES_PENDING = "computing the parameter importances from the Optuna study (shown when ready)"
 
-    def __init__(self, results_dir: Path):
+
+class ViewCache:
+    """The latest view of a results folder, rebuilt when its fingerprint changes (one build at a time).
+
+    The study's importances (seconds for a search of many thousands of trials) come from a worker thread: until
+    they are ready the view says so, and its fingerprint carries a mark, so the page redraws once they are."""
+
+    def __init__(self, results_dir: Path, limits: ViewLimits = ViewLimits()):
         self.results_dir = results_dir
+        self.limits = limits
         self._lock = threading.Lock()
         self._stamp: Optional[str] = None
         self._body: Optional[bytes] = None
         self._drawn: Optional[str] = None  # the fingerprint the built view carries
         self._unchanged: Optional[bytes] = None
+        self._pending = False  # the built view waits for importances
+        self._imp_lock = threading.Lock()
+        self._imp: Tuple[Optional[str], Optional[Importances]] = (None, None)  # (fingerprint, importances)
+        self._job: Optional[tuple] = None  # the importances to compute once the view is out
+
+    def _importances(self, stamp: str) -> Callable[[Path, Snapshot], Importances]:
+        """For :func:`build_view`: the importances computed for ``stamp``, else a pending message (and, unless a
+        worker thread computes them already, the job for one)."""
+        def get(results_dir: Path, snap: Snapshot) -> Importances:
+            with self._imp_lock:
+                if self._imp[0] == stamp:
+                    return self._imp[1] or Importances(message=IMPORTANCES_PENDING)
+                self._imp = (stamp, None)
+            self._job = (stamp, results_dir, snap)
+            return Importances(message=IMPORTANCES_PENDING)
+
+        return get
+
+    def _compute(self, stamp: str, results_dir: Path, snap: Snapshot) -> None:
+        try:
+            imp = study_importances(results_dir, snap)
+        except Exception as e:  # shown in place of the chart, as param_importances shows a study's errors
+            log.exception("dashboard: the importances of %s failed", results_dir)
+            imp = Importances(message=f"cannot compute importances: {type(e).__name__}: {e}")
+        with self._imp_lock:
+            if self._imp[0] == stamp:  # not a folder that changed since
+                self._imp = (stamp, imp)
 
     def get(self, known: Optional[str] = None) -> bytes:
         """The view as JSON bytes; only its fingerprint and state when that fingerprint is ``known`` (the page
         polls with the one it drew: an unchanged view is not sent again)."""
         with self._lock:
             stamp = fingerprint(self.results_dir)
-            if self._body is None or stamp != self._stamp:
+            with self._imp_lock:
+                ready = self._imp[0] == stamp and self._imp[1] is not None
+            if self._body is None or stamp != self._stamp or (self._pending and ready):
                 # Never serve a half-built view: a failure answers with the error, the next poll retries.
-                view = build_view(self.results_dir)
+                view = build_view(self.results_dir, limits=self.limits, importances=self._importances(stamp))
+                self._pending = view["charts"]["importances"].get("message") == IMPORTANCES_PENDING
+                if self._pending:
+                    view["fingerprint"] += "|importances-pending"
                 self._body = json.dumps(view, allow_nan=False).encode()
                 self._drawn = view["fingerprint"]
                 self._unchanged = json.dumps({"fingerprint": self._drawn, "state": view["state"],
                                               "unchanged": True}).encode()
                 self._stamp = stamp
+            if self._job is not None:  # started after the build, which it would slow down (one interpreter lock)
+                threading.Thread(target=self._compute, args=self._job, daemon=True).start()
+                self._job = None
             return self._unchanged if known == self._drawn else self._body
 
 
@@ -179,10 +224,10 @@ def _host_check(bind_host: str) -> Callable:
     return check
 
 
-def make_app(results_dir: Path, host: str = "127.0.0.1") -> web.Application:
+def make_app(results_dir: Path, host: str = "127.0.0.1", limits: ViewLimits = ViewLimits()) -> web.Application:
     """The dashboard app for ``results_dir`` bound to ``host``: GET routes only."""
     app = web.Application(middlewares=[_host_check(host)])
-    app[_CACHE] = ViewCache(Path(results_dir).absolute())
+    app[_CACHE] = ViewCache(Path(results_dir).absolute(), limits)
     app.router.add_get("/", _index)
     app.router.add_get("/api/view", _api_view)
     app.router.add_get("/static/{name}", _static)
@@ -192,8 +237,8 @@ def make_app(results_dir: Path, host: str = "127.0.0.1") -> web.Application:
     return app
 
 
-async def _serve_forever(results_dir: Path, host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(results_dir, host), access_log=None)
+async def _serve_forever(results_dir: Path, host: str, port: int, limits: ViewLimits) -> None:
+    runner = web.AppRunner(make_app(results_dir, host, limits), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -210,7 +255,7 @@ async def _serve_forever(results_dir: Path, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765, limits: ViewLimits = ViewLimits()) -> None:
     """Serve the dashboard until interrupted (Ctrl-C)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -220,6 +265,6 @@ def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
         print(f"warning: --host {host} makes the dashboard reachable from other machines; it has no "
               "authentication (read-only)", flush=True)
     try:
-        asyncio.run(_serve_forever(results_dir, host, port))
+        asyncio.run(_serve_forever(results_dir, host, port, limits))
     except KeyboardInterrupt:
         print("dashboard stopped", flush=True)

@@ -17,10 +17,15 @@ MEASURED_STATUSES = ("COMPLETE", "PRUNED")
 WINNER_STATUSES = ("COMPLETE",)
 
 
+def is_measured(row: dict) -> bool:
+    """Whether a trial finished (COMPLETE or PRUNED) with a dev new-domain WER and a degradation."""
+    return (row["status"] in MEASURED_STATUSES and row.get("dev_wer_new") is not None
+            and row.get("degradation") is not None)
+
+
 def measured(rows: Sequence[dict]) -> List[dict]:
-    """Finished trials (COMPLETE or PRUNED) with a dev new-domain WER and a degradation."""
-    return [r for r in rows if r["status"] in MEASURED_STATUSES and r.get("dev_wer_new") is not None
-            and r.get("degradation") is not None]
+    """The trials that :func:`is_measured`."""
+    return [r for r in rows if is_measured(r)]
 
 
 def held_degradation(row: dict, prefix: str = "") -> float:
@@ -109,6 +114,18 @@ def select_winner(rows: Sequence[dict], limit: float, max_new_loops: Optional[in
     feasible = [r for r in measured(rows)
                 if r["status"] in WINNER_STATUSES and within_limits(r, limit, max_new_loops)]
     return min(feasible, key=lambda r: (r["dev_wer_new"], held_degradation(r), *_order(r)), default=None)
+
+
+def ranked(rows: Sequence[dict]) -> List[dict]:
+    """Every trial, best first, as the dashboard and the report list them: the measured trials (:func:`measured`)
+    feasible before infeasible (as their row says), then by dev new WER, held degradation and start order (the
+    keys of :func:`select_winner`); the others (running, failed) after them, in their order."""
+    def key(r: dict) -> tuple:
+        if not is_measured(r):
+            return (1,)
+        return (0, not r.get("feasible"), r["dev_wer_new"], held_degradation(r), *_order(r))
+
+    return sorted(rows, key=key)
 
 
 def best_per_type(rows: Sequence[dict], limit: float, max_new_loops: Optional[int] = None) -> Dict[str, dict]:

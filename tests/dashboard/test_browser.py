@@ -53,6 +53,8 @@ def _wait_rendered(page, count: int = 1) -> None:
 
 
 def _check_every_view(page) -> None:
+    # the dashboard draws the importances once its worker thread has them (the report has them at once)
+    page.wait_for_selector("#chart-importances[data-state=chart]")
     for key in CHARTS:
         box = page.locator(f"#chart-{key}")
         assert box.get_attribute("data-state") == "chart", f"{key}: {box.inner_text()}"

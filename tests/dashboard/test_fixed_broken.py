@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dash_helpers import TRIALS, get
+from dash_helpers import TRIALS, get, settled_view
 
 from raysearch_adapters.dashboard.data import TABLE_COLUMNS
 from raysearch_adapters.dashboard.page import build_view
@@ -163,7 +163,7 @@ def test_trial_table_exports_have_the_columns_shown(serve, finished_dir, results
 
 def test_an_unchanged_view_is_not_sent_again(serve, finished_dir):
     s = serve(finished_dir)
-    view = json.loads(get(s, "/api/view")[2])
+    view = settled_view(s)
     again = json.loads(get(s, f"/api/view?known={view['fingerprint']}")[2])
     assert again == {"fingerprint": view["fingerprint"], "state": "finished", "unchanged": True}
     assert json.loads(get(s, "/api/view?known=stale")[2]) == view

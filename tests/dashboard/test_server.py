@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,19 @@ def test_static_assets_exist_in_the_package():
     assert all(static_path(name).is_file() for name in STATIC_TYPES)
     assert static_path("../server.py") is None and static_path("index.html") is None
     assert Path(static_path("dashboard.js")).parent.name == "static"
+
+
+def test_importances_come_from_a_worker_thread_and_the_view_follows(serve, finished_dir):
+    from raysearch_adapters.dashboard.server import IMPORTANCES_PENDING
+
+    s = serve(finished_dir)
+    first = json.loads(get(s, "/api/view")[2])
+    assert first["charts"]["importances"] == {"message": IMPORTANCES_PENDING}
+    assert first["fingerprint"].endswith("|importances-pending")
+    for _ in range(600):  # the page's poll: the drawn fingerprint until the view changes
+        view = json.loads(get(s, "/api/view?known=" + urllib.parse.quote(first["fingerprint"]))[2])
+        if not view.get("unchanged"):
+            break
+        time.sleep(0.1)
+    assert "data" in view["charts"]["importances"] and view["fingerprint"] == first["fingerprint"].split("|imp")[0]
+    assert view["trials"] == first["trials"]

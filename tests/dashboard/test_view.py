@@ -134,7 +134,8 @@ def test_nan_values_are_sent_as_null(tmp_path):
     view = build_view(tmp_path)
     json.dumps(view, allow_nan=False)
     keys = [c["key"] for c in view["trials"]["columns"]]
-    assert view["trials"]["rows"][0][keys.index("dev_wer_new")] is None
+    (row,) = [r for r in view["trials"]["rows"] if r[keys.index("trial_id")] == rows[0]["trial_id"]]
+    assert row[keys.index("dev_wer_new")] is None
 
 
 def test_corrupt_study_is_a_message_and_the_file_is_untouched(results_copy):

@@ -181,6 +181,7 @@
       head.appendChild(th);
     });
     table.tHead.replaceChildren(head);
+    document.getElementById("trial-count").textContent = t.note || "";
     renderTypeFilter(t);
     const typeIndex = t.columns.findIndex((c) => c.key === "type");
     const rows = t.rows.filter((row) => typeFilter === "all" || row[typeIndex] === typeFilter);
@@ -392,8 +393,9 @@
     renderTrials(view.trials);
     renderExports();
     renderFiles(view);
-    const drawn = Object.entries(view.charts).map(([key, fig]) => renderChart(key, fig));
-    return Promise.all(drawn).then(() => {
+    // The charts of a big search take seconds to draw: let the browser show the table and the summary first.
+    const painted = new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
+    return painted.then(() => Promise.all(Object.entries(view.charts).map(([key, fig]) => renderChart(key, fig)))).then(() => {
       // Tests (and curious users) can see that a drawing finished, and how many there were.
       document.body.dataset.rendered = String(++renderCount);
     });
