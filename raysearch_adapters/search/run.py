@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickletools
 import shutil
 import signal
 import tempfile
@@ -50,7 +51,8 @@ from raysearch_adapters.search.preflight import may_be_positive, preflight, shar
 from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
 from raysearch_adapters.search.searcher import fail_abandoned_trials, tell_finished_trials
 from raysearch_adapters.search.storage import check_shared_storage
-from raysearch_adapters.search.stored_state import checkpoint_folder, keep_only_checkpoint
+from raysearch_adapters.search.stored_state import (LAST_GOOD, STATE_FILES, checkpoint_folder,
+                                                    keep_only_checkpoint)
 from raysearch_adapters.search.summary import build_summary, format_summary, set_label, set_roles, write_summary
 from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner, num_trials, objective
 from raysearch_adapters.train.evaluate import evaluate
@@ -185,19 +187,48 @@ def resumed_config(given: Config, paths=(), overrides=()) -> Config:
     return stored
 
 
-def _check_tune_state(experiment: Path) -> None:
-    """Refuse to resume from a Ray Tune state file that does not parse (cut short when the disk filled up as it was
-    copied to the results folder): Tune would fail with a traceback, and start every trial again on the next try."""
+def _whole(path: Path) -> Optional[str]:
+    """None when Tune's state file ``path`` is whole, else what is wrong (JSON that does not parse, a pickle
+    that ends before its STOP; nothing is unpickled). Only experiment_state is JSON: the search generator's
+    ``.json`` is a pickle too."""
+    try:
+        data = path.read_bytes()
+        if path.name.startswith("experiment_state"):
+            json.loads(data)
+        else:
+            for _ in pickletools.genops(data):
+                pass
+    except (OSError, ValueError) as e:
+        return first_line(e)
+    return None
+
+
+def _recover_tune_state(experiment: Path) -> None:
+    """A Ray Tune state file cut short as it was copied to the results folder (a full disk) would fail the resume
+    with a traceback and start every trial again on the next try: the state goes back to its last copy found whole
+    (``stored_state.LAST_GOOD``), or, without one, the search is refused with one line naming the file."""
     if not experiment.is_dir():  # remote storage (s3://...): Tune reads it itself
         return
-    for state in sorted(experiment.glob("experiment_state-*.json")):
-        try:
-            json.loads(state.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"--resume: Ray Tune's saved state {state} is unreadable ({first_line(e)}): it was cut "
-                            "short as it was written (a full disk?); this search cannot be resumed: start it again "
-                            "with another search.name (its trials so far are in trials.parquet and epochs.parquet)"
-                            ) from None
+    broken = [(p, why) for pattern in STATE_FILES for p in sorted(experiment.glob(pattern))
+              if (why := _whole(p)) is not None]
+    if not broken:
+        return
+    path, why = broken[0]
+    good = experiment / LAST_GOOD
+    copies = sorted(p for pattern in STATE_FILES for p in good.glob(pattern)) if good.is_dir() else []
+    if not copies or any(_whole(p) for p in copies):
+        raise UserError(f"--resume: Ray Tune's saved state {path} is unreadable ({why}): it was cut short as it was "
+                        "written (a full disk?) and no whole copy of it was kept; this search cannot be resumed: "
+                        "start it again with another search.name (its trials so far are in trials.parquet and "
+                        "epochs.parquet)")
+    for stale in (p for pattern in STATE_FILES for p in experiment.glob(pattern)):
+        if not (good / stale.name).is_file():  # a state file of a later session: the copy is older than it
+            stale.unlink()
+    for copy in copies:
+        atomic_write(experiment / copy.name, lambda tmp, copy=copy: shutil.copyfile(copy, tmp))
+    print(f"Ray Tune's saved state {path} is unreadable ({why}; a full disk?): resuming from its last copy found "
+          f"whole ({good}, saved {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(copies[0].stat().st_mtime))})",
+          flush=True)
 
 
 def _finished_summary(results_dir: Path) -> Optional[dict]:
@@ -373,7 +404,7 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     # afresh (the study continues; the trials it had asked are taken over by the new ones).
     restore = resume and tune.Tuner.can_restore(f"{storage_path}/{TUNE_RUN_NAME}")
     if restore:
-        _check_tune_state(Path(storage_path) / TUNE_RUN_NAME)
+        _recover_tune_state(Path(storage_path) / TUNE_RUN_NAME)
     trials_started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _sigterm_stops_like_ctrl_c)
     try:

@@ -16,6 +16,11 @@ path afterwards, in a background thread. Two things must not run ahead of that c
 Both happen once the state on storage is byte for byte the driver's latest snapshot and that
 snapshot was written after the checkpoint was registered or the outcome noted: from then on no
 resume can need the old checkpoint or run the trial again.
+
+A state on storage found whole that way is also kept as the last good copy (``LAST_GOOD``, beside
+it), before anything is deleted on its word: a copy cut short later (a full disk) leaves a state
+``--resume`` cannot read, and the search resumes from the last good one instead, every checkpoint
+it names still there and every trial it has unfinished not yet told to Optuna.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
     from raysearch_adapters.search.searcher import ConstrainedOptunaSearch
 
 CHECK_EVERY_S = 2.0  # how often, at most, the stored state is compared while something waits for it
+LAST_GOOD = ".last-good"  # the folder, beside Tune's state files, of the last copy of them found whole
+# Tune's state files, written together to the driver's staging folder and copied to storage together
+STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
 
 
@@ -87,6 +95,7 @@ class StoredStateWatcher(Callback):
         self._pending: Dict[str, List[Tuple[str, float, pyarrow.fs.FileSystem]]] = {}
         self._storage = None
         self._last_check = 0.0
+        self._last_good_at: Optional[float] = None
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._storage = trial.storage
@@ -109,8 +118,32 @@ class StoredStateWatcher(Callback):
         saved_at = self._stored_snapshot_time()
         if saved_at is None:
             return [], []
+        self._keep_last_good(saved_at)
         told = self.searcher.tell_recorded(saved_at) if self.searcher is not None else []
         return self._prune(saved_at), told
+
+    def _keep_last_good(self, saved_at: float) -> None:
+        """Copy Tune's state files to ``LAST_GOOD`` when every one on storage is its staging copy byte for byte
+        (the snapshot of ``saved_at``, copied whole); each file is written beside its place and moved there."""
+        if saved_at == self._last_good_at:
+            return
+        fs, base = self._storage.storage_filesystem, self._storage.experiment_fs_path
+        staging = Path(self._storage.experiment_driver_staging_path)
+        files = {p.name: p.read_bytes() for pattern in STATE_FILES for p in staging.glob(pattern)}
+        for name, data in files.items():
+            try:
+                with fs.open_input_stream(f"{base}/{name}") as f:
+                    if f.read() != data:
+                        return  # copied since, or being copied: a later check
+            except (FileNotFoundError, OSError):
+                return
+        fs.create_dir(f"{base}/{LAST_GOOD}")
+        for name, data in files.items():
+            tmp = f"{base}/{LAST_GOOD}/.{name}.tmp"
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            fs.move(tmp, f"{base}/{LAST_GOOD}/{name}")
+        self._last_good_at = saved_at
 
     def _prune(self, saved_at: float) -> List[str]:
         deleted = []
