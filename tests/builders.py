@@ -50,6 +50,19 @@ def tiny_wav2vec2(seed: int = 0, num_layers: int = 3, embed_dim: int = 16, extra
                        normalize_waveform=normalize_waveform).eval()
 
 
+def with_random_adapters(model, cfg, scale: float = 0.3, seed: int = 0):
+    """Adapters of ``cfg`` injected into ``model`` with random non-zero weights (a fresh adapter adds exactly 0, which
+    hides whether it is applied at all, and in which precision); the handle."""
+    from raysearch_adapters.adapters.inject import inject_adapters
+
+    handle = inject_adapters(model, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in handle.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return handle
+
+
 def random_inputs(model, batch: int = 2, frames: int = 24, seed: int = 0):
     """Random cached inputs ``(inputs [B, T, F], lengths [B])`` for ``model``; the last item is shorter (padding)."""
     from raysearch_adapters.models.conformer import ConformerCTC

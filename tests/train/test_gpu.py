@@ -10,7 +10,8 @@ import torch
 from raysearch_adapters.models.base import BackboneView
 from raysearch_adapters.train.evaluate import model_outputs
 from raysearch_adapters.train.loop import TrainSets, step_loss
-from test_precision import ADAPTERS, BF16_TOLERANCE, DtypeHooks, _max_diff, _trained
+from builders import with_random_adapters
+from test_precision import ADAPTERS, BF16_TOLERANCE, DtypeHooks, _max_diff
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.mark.parametrize("cfg", ADAPTERS, ids=lambda c: c.type)
 def test_auto_precision_on_cuda_is_bf16_and_its_outputs_match_the_cpus_fp32(model, feature_sets, cfg):
     fs = feature_sets["original"]
-    _trained(model, cfg)
+    with_random_adapters(model, cfg)
     hooks = DtypeHooks(model)
     cpu = model_outputs(model, fs, max_batch_seconds=1.0, device="cpu", precision="auto")
     assert {o for _, _, o in hooks.take()} == {torch.float32}  # auto on the CPU: fp32
@@ -32,7 +33,7 @@ def test_auto_precision_on_cuda_is_bf16_and_its_outputs_match_the_cpus_fp32(mode
 
 @pytest.mark.parametrize("cfg", ADAPTERS, ids=lambda c: c.type)
 def test_a_training_step_on_cuda_reaches_every_adapter_and_matches_the_cpus_loss(model, feature_sets, cfg):
-    handle = _trained(model, cfg)
+    handle = with_random_adapters(model, cfg)
     handle.eval()  # no dropout: both devices see the same model
     sets = TrainSets(feature_sets["train"])
     batch = ([0, 1, 2], [], [])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raysearch_adapters.adapters.inject import inject_adapters
+from builders import with_random_adapters
 from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.models.base import BackboneView
 from raysearch_adapters.train.evaluate import model_outputs
@@ -20,15 +20,6 @@ ADAPTERS = [AdapterConfig(dim=4, positions=["post", "mha", "ffn"]),
 # Log-probabilities of the tiny 2-layer model differ by ~0.03 between bf16 and fp32 (bf16 keeps ~3 significant
 # digits per operation); the adapters here move them by ~1-2.
 BF16_TOLERANCE = 0.1
-
-
-def _trained(model, cfg: AdapterConfig):
-    handle = inject_adapters(model, cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in handle.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return handle
 
 
 class DtypeHooks:
@@ -66,7 +57,7 @@ def _max_diff(a, b) -> float:
 @pytest.mark.parametrize("cfg", ADAPTERS, ids=lambda c: c.type)
 def test_bf16_evaluation_computes_in_bf16_and_keeps_the_adapters_effect(model, feature_sets, cfg):
     fs = feature_sets["original"]
-    handle = _trained(model, cfg)
+    handle = with_random_adapters(model, cfg)
     hooks = DtypeHooks(model)
     fp32 = model_outputs(model, fs, max_batch_seconds=1.0, precision="fp32")
     assert {(i, o) for _, i, o in hooks.take()} == {(torch.float32, torch.float32)}
@@ -89,7 +80,7 @@ def test_bf16_evaluation_computes_in_bf16_and_keeps_the_adapters_effect(model, f
 
 @pytest.mark.parametrize("cfg", ADAPTERS, ids=lambda c: c.type)
 def test_a_bf16_training_step_computes_in_bf16_and_reaches_the_adapters(model, feature_sets, cfg):
-    handle = _trained(model, cfg)
+    handle = with_random_adapters(model, cfg)
     sets = TrainSets(feature_sets["train"])
     view = BackboneView(model, None)
     hooks = DtypeHooks(model)

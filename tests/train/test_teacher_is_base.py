@@ -10,21 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from builders import tiny_conformer, tiny_whisper
-from raysearch_adapters.adapters.inject import inject_adapters
+from builders import tiny_conformer, tiny_whisper, with_random_adapters
 from raysearch_adapters.config import AdapterConfig
 from raysearch_adapters.data.cache import load_features
 from raysearch_adapters.models.base import BackboneView
 from raysearch_adapters.train.prefix import load_teacher_set
-
-
-def _trained(model, cfg: AdapterConfig):
-    handle = inject_adapters(model, cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in handle.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return handle
 
 
 def _features(model, manifest, cache_dir):
@@ -39,7 +29,7 @@ def _features(model, manifest, cache_dir):
 def test_the_ctc_teacher_built_with_trained_adapters_on_is_the_base_models_posterior(manifests, tmp_path, cfg):
     model, base = tiny_conformer(seed=0, num_layers=2), tiny_conformer(seed=0, num_layers=2)
     fs = _features(model, manifests["original"], tmp_path / "cache")
-    handle = _trained(model, cfg)
+    handle = with_random_adapters(model, cfg)
 
     def outputs(m, i):
         log_probs, lengths = m(fs.features(i)[None], torch.tensor([fs.num_frames[i]]))
@@ -59,7 +49,8 @@ def test_the_ctc_teacher_built_with_trained_adapters_on_is_the_base_models_poste
 def test_the_whisper_teacher_built_with_trained_adapters_on_is_the_base_models(manifests, tmp_path):
     model, base = tiny_whisper(), tiny_whisper()
     fs = _features(model, manifests["original"], tmp_path / "cache")
-    handle = _trained(model, AdapterConfig(dim=4, blocks="encoder:top:1+decoder:all", positions=["post", "ffn"]))
+    handle = with_random_adapters(model, AdapterConfig(dim=4, blocks="encoder:top:1+decoder:all",
+                                                       positions=["post", "ffn"]))
     x = [(fs.features(i)[None], torch.tensor([fs.num_frames[i]])) for i in range(len(fs))]
     # The teacher's rows: the greedy transcript, then the top-16 token ids and their logits at each position.
     expected = [BackboneView(base).teacher(*xi)[0] for xi in x]
