@@ -51,8 +51,7 @@ from raysearch_adapters.search.preflight import may_be_positive, preflight, shar
 from raysearch_adapters.search.record import TablesRecorder, keep_only_trials
 from raysearch_adapters.search.searcher import fail_abandoned_trials, tell_finished_trials
 from raysearch_adapters.search.storage import check_shared_storage
-from raysearch_adapters.search.stored_state import (LAST_GOOD, STATE_FILES, checkpoint_folder,
-                                                    keep_only_checkpoint)
+from raysearch_adapters.search.stored_state import LAST_GOOD, checkpoint_folder, keep_only_checkpoint, state_files
 from raysearch_adapters.search.summary import build_summary, format_summary, set_label, set_roles, write_summary
 from raysearch_adapters.search.tuner import TUNE_RUN_NAME, make_tuner, num_trials, objective
 from raysearch_adapters.train.evaluate import evaluate
@@ -90,10 +89,10 @@ def check_results_dir(cfg: Config, resume: bool = False) -> None:
             key = "search.name" if part == cfg.search.name else "results.dir"
             raise UserError(f"{key}: the name {part[:40]!r}... is {len(part.encode())} bytes; the file system of "
                             f"{existing} takes at most {name_max}")
-    if len(str(results_dir).encode()) + 200 > os.pathconf(existing, "PC_PATH_MAX"):  # 200: the deepest Tune file
-        raise UserError(f"{where} is {len(str(results_dir).encode())} bytes long; the files a search writes under it "
-                        f"need about 200 more, and {existing}'s file system takes paths of at most "
-                        f"{os.pathconf(existing, 'PC_PATH_MAX')}: choose a shorter results.dir")
+    length, path_max = len(str(results_dir).encode()), os.pathconf(existing, "PC_PATH_MAX")
+    if length + 200 > path_max:  # 200: the deepest file Tune writes under it
+        raise UserError(f"{where} is {length} bytes long; the files a search writes under it need about 200 more, and "
+                        f"{existing}'s file system takes paths of at most {path_max}: choose a shorter results.dir")
     try:  # a real file: os.access says yes to root on a read-only folder or mount
         fd, probe = tempfile.mkstemp(prefix=".raysearch-write-test-", dir=existing)
         os.close(fd)
@@ -176,10 +175,10 @@ def resumed_config(given: Config, paths=(), overrides=()) -> Config:
                         "resumed search continues with its own config; drop those overrides, or start a new search "
                         "(search.name=...)")
     here, there = results_dir_of(given), results_dir_of(stored)
-    if here != there and _finished_summary(here) is not None:  # nothing will be resumed: run_search says so
-        return dataclasses.replace(stored, results=dataclasses.replace(stored.results, dir=str(here.parent)),
-                                   search=dataclasses.replace(stored.search, name=here.name))
     if here != there:
+        if _finished_summary(here) is not None:  # nothing will be resumed: run_search says so
+            return dataclasses.replace(stored, results=dataclasses.replace(stored.results, dir=str(here.parent)),
+                                       search=dataclasses.replace(stored.search, name=here.name))
         where = ("it is still there: resume that one" if (there / CONFIG_FILE).is_file() else
                  f"move the folder back to {there} and resume it there (results.dir={there.parent})")
         raise UserError(f"--resume: results.dir: the search in {here} was started in {there}, and Ray Tune's state "
@@ -209,19 +208,18 @@ def _recover_tune_state(experiment: Path) -> None:
     (``stored_state.LAST_GOOD``), or, without one, the search is refused with one line naming the file."""
     if not experiment.is_dir():  # remote storage (s3://...): Tune reads it itself
         return
-    broken = [(p, why) for pattern in STATE_FILES for p in sorted(experiment.glob(pattern))
-              if (why := _whole(p)) is not None]
+    broken = [(p, why) for p in state_files(experiment) if (why := _whole(p)) is not None]
     if not broken:
         return
     path, why = broken[0]
     good = experiment / LAST_GOOD
-    copies = sorted(p for pattern in STATE_FILES for p in good.glob(pattern)) if good.is_dir() else []
+    copies = state_files(good)
     if not copies or any(_whole(p) for p in copies):
         raise UserError(f"--resume: Ray Tune's saved state {path} is unreadable ({why}): it was cut short as it was "
                         "written (a full disk?) and no whole copy of it was kept; this search cannot be resumed: "
                         "start it again with another search.name (its trials so far are in trials.parquet and "
                         "epochs.parquet)")
-    for stale in (p for pattern in STATE_FILES for p in experiment.glob(pattern)):
+    for stale in state_files(experiment):
         if not (good / stale.name).is_file():  # a state file of a later session: the copy is older than it
             stale.unlink()
     for copy in copies:
@@ -342,11 +340,12 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
 
     ``cfg`` of a resumed search is its stored config (:func:`resumed_config`)."""
     started = time.monotonic()
+    results_dir = results_dir_of(cfg)
     check_results_dir(cfg, resume)
     if resume:
-        finished = _finished_summary(results_dir_of(cfg))
+        finished = _finished_summary(results_dir)
         if finished is not None:  # nothing to resume: the tables, the test evaluation and the timings stay
-            print(f"the search in {results_dir_of(cfg)} has finished; nothing to resume (start another with "
+            print(f"the search in {results_dir} has finished; nothing to resume (start another with "
                   "search.name=...)\n\n" + format_summary(finished), flush=True)
             return finished
     _init_ray()
@@ -354,7 +353,6 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     _ensure_demo_data(cfg)
     model = load_base_model(cfg.model)
     preflight(cfg, model)
-    results_dir = results_dir_of(cfg)
     storage_path = cfg.results.storage_path or str(results_dir)
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")

@@ -43,6 +43,11 @@ STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_st
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
 
 
+def state_files(folder: Path) -> List[Path]:
+    """Tune's state files in ``folder`` (``STATE_FILES``), in name order."""
+    return sorted(p for pattern in STATE_FILES for p in folder.glob(pattern))
+
+
 def checkpoint_index(path: str) -> Optional[int]:
     m = _CHECKPOINT_DIR.search(path.rstrip("/"))
     return int(m.group(1)) if m else None
@@ -115,22 +120,26 @@ class StoredStateWatcher(Callback):
     def check(self) -> Tuple[List[str], List[str]]:
         """Act on what the stored state records now: the deleted checkpoint folders and the told trials."""
         self._last_check = time.monotonic()
-        saved_at = self._stored_snapshot_time()
-        if saved_at is None:
+        stored = self._stored_snapshot()
+        if stored is None:
             return [], []
-        self._keep_last_good(saved_at)
+        saved_at, name, data = stored
+        self._keep_last_good(saved_at, {name: data})
         told = self.searcher.tell_recorded(saved_at) if self.searcher is not None else []
         return self._prune(saved_at), told
 
-    def _keep_last_good(self, saved_at: float) -> None:
+    def _keep_last_good(self, saved_at: float, verified: Dict[str, bytes]) -> None:
         """Copy Tune's state files to ``LAST_GOOD`` when every one on storage is its staging copy byte for byte
-        (the snapshot of ``saved_at``, copied whole); each file is written beside its place and moved there."""
+        (the snapshot of ``saved_at``, copied whole; ``verified``: the files already found so, with their bytes);
+        each file is written beside its place and moved there."""
         if saved_at == self._last_good_at:
             return
         fs, base = self._storage.storage_filesystem, self._storage.experiment_fs_path
         staging = Path(self._storage.experiment_driver_staging_path)
-        files = {p.name: p.read_bytes() for pattern in STATE_FILES for p in staging.glob(pattern)}
+        files = {p.name: verified[p.name] if p.name in verified else p.read_bytes() for p in state_files(staging)}
         for name, data in files.items():
+            if name in verified:
+                continue
             try:
                 with fs.open_input_stream(f"{base}/{name}") as f:
                     if f.read() != data:
@@ -156,8 +165,9 @@ class StoredStateWatcher(Callback):
             self._pending[trial_id] = registered[len(known):]
         return deleted
 
-    def _stored_snapshot_time(self) -> Optional[float]:
-        """When the driver wrote the snapshot that storage holds now, if storage holds its latest one."""
+    def _stored_snapshot(self) -> Optional[Tuple[float, str, bytes]]:
+        """When the driver wrote the snapshot that storage holds now, its file name and bytes, if storage holds
+        its latest one."""
         if self._storage is None:
             return None
         snapshots = sorted(Path(self._storage.experiment_driver_staging_path).glob("experiment_state-*.json"),
@@ -175,4 +185,4 @@ class StoredStateWatcher(Callback):
         except (FileNotFoundError, OSError):  # not copied yet
             return None
         # Unequal while the copy runs or before it starts; the next check sees it done.
-        return saved_at if stored == latest.read_bytes() else None
+        return (saved_at, latest.name, stored) if stored == latest.read_bytes() else None
