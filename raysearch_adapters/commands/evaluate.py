@@ -12,6 +12,7 @@ from raysearch_adapters.adapters.state import load_adapter
 from raysearch_adapters.commands.args import load_from_args
 from raysearch_adapters.config import Config
 from raysearch_adapters.data.cache import load_feature_set
+from raysearch_adapters.data.source import dataset_options
 from raysearch_adapters.models.base import Backbone
 from raysearch_adapters.models.registry import load_base_model, model_section_for
 from raysearch_adapters.results.hypotheses import HYPOTHESES_SCHEMA
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                 with handle.disabled():
                     base = transcribe(view, inputs, None, cfg.data.max_batch_seconds, device, cfg.train.precision)
                 winner = r["hypotheses"]
-            rows += set_rows(*set_of(cfg, manifest), manifest, fs, base, winner, wer_text=model.wer_text)
+            rows += set_rows(*set_of(cfg, manifest), manifest, fs, base, winner, wer_text=model.wer_text,
+                             options=dataset_options(cfg.data))
     if args.hypotheses:
         # --model, else the config's model section it came from
         source = args.model or cfg.model.checkpoint

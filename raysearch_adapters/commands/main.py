@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "config's model section, e.g. model.name=whisper model.checkpoint=DIR or model.name=nemo "
                         "model.checkpoint=stt_en_conformer_ctc_small; by default the shipped demo model)")
     p.add_argument("--manifest", required=True, nargs="+", action="extend", metavar="MANIFEST",
-                   help="manifests to evaluate (.json, .jsonl or .parquet; several, and repeatable)")
+                   help="manifests to evaluate (.json, .jsonl or .parquet; a Hugging Face dataset or "
+                   "hf://ORG/NAME?split=S; lhotse cuts: docs/data.md; several, and repeatable)")
     p.add_argument("--adapter", default=None, help="an adapter file saved by a search")
     p.add_argument("--hypotheses", default=None,
                    help="write per-utterance hypotheses here (Parquet, the schema of a search's hypotheses.parquet; "
@@ -172,7 +173,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "manifest", None):
         # --manifest takes every word up to the next flag: config files and key=value among them
-        # are config items (a manifest is .json, .jsonl or .parquet), in command-line order.
+        # are config items (a manifest is never .yaml, nor key=value without a '/' before the '='), in order.
         moved = [m for m in args.manifest if is_config_item(m)]
         args.config = sorted(args.config + moved, key=lambda w: argv.index(w) if w in argv else len(argv))
         args.manifest = [m for m in args.manifest if not is_config_item(m)]

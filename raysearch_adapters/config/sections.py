@@ -74,8 +74,8 @@ class EvalSet:
 class DataConfig:
     """Manifests of both domains, the feature cache and batching.
 
-    Manifests are NeMo JSON-lines (``.json``/``.jsonl``) or Parquet (``.parquet``). There are no default
-    manifests: a search needs the five below ``original_train`` given (the demo's are in conf/demo.yaml).
+    Manifests are NeMo JSON-lines (``.json``/``.jsonl``) or Parquet (``.parquet``), Hugging Face datasets or lhotse
+    cuts (docs/data.md, "Bring your data"). There are no default manifests: a search needs the five below ``original_train`` given (the demo's are in conf/demo.yaml).
     """
 
     # The embedded demo corpus: built here on first use when a manifest under it is missing ("": none)
@@ -106,6 +106,8 @@ class DataConfig:
     pool_hours: float = 0.5
     cache_dir: str = DEFAULT_HOME + "/features"  # feature cache; may live on shared storage
     on_error: str = "fail"  # fail | skip: what a bad manifest line does
+    text_column: str = "text"  # a Hugging Face dataset's transcript column (NeMo manifests and cuts: their fields)
+    audio_column: str = "audio"  # a Hugging Face dataset's Audio column (or a column of audio file paths)
     duration_tolerance: float = 0.25  # seconds a manifest duration may differ from the audio
     # A manifest line longer than this many seconds is a bad line (data.on_error). null: the model's bound, 30 s for
     # Whisper (its encoder's window) and 60 s for the others (an unsegmented recording is caught before a batch of
@@ -118,6 +120,12 @@ class DataConfig:
     def validate(self, key: str) -> None:
         self._validate_sets(key)
         check_choice(f"{key}.on_error", self.on_error, ("fail", "skip"))
+        for name, default in (("text_column", "text"), ("audio_column", "audio")):
+            if not str(getattr(self, name)).strip():
+                fail(f"{key}.{name}", getattr(self, name), f"expected a column name of the datasets (default: {default})")
+        if self.text_column == self.audio_column:
+            fail(f"{key}.audio_column", self.audio_column, f"expected a column other than {key}.text_column: the "
+                 "transcript and the audio are two columns")
         check_range(f"{key}.duration_tolerance", self.duration_tolerance, 0, None)
         if self.max_duration is not None:
             check_range(f"{key}.max_duration", self.max_duration, 0, None, low_open=True)

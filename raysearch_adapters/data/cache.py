@@ -26,7 +26,8 @@ import torch
 from tqdm import tqdm
 
 from raysearch_adapters.data.audio import load_audio
-from raysearch_adapters.data.manifest import ManifestError, Utterance, line_of, read_manifest
+from raysearch_adapters.data.manifest import ManifestError, Utterance, line_of, open_source, read_manifest
+from raysearch_adapters.data.source import DatasetOptions, dataset_options
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.fileio import atomic_write
@@ -112,12 +113,15 @@ def concat_padded(batches: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple
     return torch.cat(xs), torch.cat([lengths for _, lengths in batches])
 
 
-def cache_key(manifest_path: Path, utterances: Sequence[Utterance], featurizer_key: Dict,
+def cache_key(fingerprint: Optional[Path], utterances: Sequence[Utterance], featurizer_key: Dict,
               sample_rate: int) -> str:
-    """sha256 of the manifest bytes, the kept utterances, their audio files' size and mtime, the featurizer key
-    and the sample rate."""
+    """sha256 of the manifest bytes (a dataset: its utterances, every field), the kept utterances, their audio files'
+    size and mtime, the featurizer key and the sample rate."""
     h = hashlib.sha256()
-    h.update(manifest_path.read_bytes())
+    if fingerprint is not None:
+        h.update(fingerprint.read_bytes())
+    else:
+        h.update(json.dumps([u.to_dict() for u in utterances], sort_keys=True, default=str).encode())
     # on_error=skip keeps a subset that depends on the audio and the tolerance, not only on the bytes.
     h.update("\0".join(u.id for u in utterances).encode() + b"\n")
     for path in sorted({u.audio_filepath for u in utterances}):
@@ -128,32 +132,32 @@ def cache_key(manifest_path: Path, utterances: Sequence[Utterance], featurizer_k
     return h.hexdigest()
 
 
-def _non_finite(manifest_path: Path, utt: Utterance, wave: torch.Tensor) -> Optional[str]:
+def _non_finite(manifest: str, utt: Utterance, wave: torch.Tensor, options: DatasetOptions) -> Optional[str]:
     """A bad line's message when the audio has NaN or inf samples (a float WAV of a diverged signal), else None."""
     bad = int((~torch.isfinite(wave)).sum())
     if not bad:
         return None
-    return (f"{line_of(manifest_path, utt.id)}: audio {utt.audio_filepath} has NaN/inf samples ({bad} of "
+    return (f"{line_of(manifest, utt.id, options)}: audio {utt.audio_filepath} has NaN/inf samples ({bad} of "
             f"{wave.numel()}); expected finite samples (every loss and WER on it would be NaN)")
 
 
-def _feature_rows(manifest_path: Path, utterances: Sequence[Utterance], featurizer: Featurizer, sample_rate: int,
-                  progress: bool, on_error: str = "fail") -> Iterator[Row]:
+def _feature_rows(manifest: str, utterances: Sequence[Utterance], featurizer: Featurizer, sample_rate: int,
+                  progress: bool, on_error: str = "fail", options: DatasetOptions = DatasetOptions()) -> Iterator[Row]:
     # One utterance at a time: padding would change the edge frames (centred STFT) and any
     # featurizer with normalisation over time, so cached features would depend on batching.
     kept = 0
     with torch.no_grad():
-        for utt in tqdm(utterances, desc=f"features {manifest_path.name}", unit="utt", disable=not progress):
+        for utt in tqdm(utterances, desc=f"features {Path(manifest).name}", unit="utt", disable=not progress):
             samples, problem = 0, None
             try:
                 wave = load_audio(utt.audio_filepath, sample_rate, utt.offset, utt.duration)
                 samples = wave.numel()
-                problem = _non_finite(manifest_path, utt, wave)
+                problem = _non_finite(manifest, utt, wave, options)
                 if problem is None:
                     feats, lengths = featurizer(wave[None], torch.tensor([samples]))
             except RuntimeError as exc:  # soundfile on a file damaged after its header, the front end on a
                 # clip shorter than its analysis window: one line naming the utterance, not a tensor traceback
-                raise UserError(f"{manifest_path}: utterance {utt.id!r}: cannot compute features of audio "
+                raise UserError(f"{manifest}: utterance {utt.id!r}: cannot compute features of audio "
                                 f"{utt.audio_filepath} ({samples} samples at {sample_rate} Hz: {first_line(exc)}); expected "
                                 "readable audio at least as long as the front end's window; fix or remove the "
                                 "line") from exc
@@ -166,7 +170,7 @@ def _feature_rows(manifest_path: Path, utterances: Sequence[Utterance], featuriz
             kept += 1
             yield Row(utt.id, normalize_text(utt.text), utt.duration, feats[0, : int(lengths[0])].float().cpu().numpy())
     if not kept:
-        raise ManifestError(f"{manifest_path}: the audio of all {len(utterances)} utterances is bad (on_error=skip; "
+        raise ManifestError(f"{manifest}: the audio of all {len(utterances)} utterances is bad (on_error=skip; "
                             "see the warnings above); expected at least one usable utterance")
 
 
@@ -270,19 +274,23 @@ def pool_subset(utterances: Sequence[Utterance], hours: float) -> List[Utterance
 def load_features(manifest_path: os.PathLike | str, featurizer: Featurizer, featurizer_key: Dict,
                   cache_dir: os.PathLike | str, sample_rate: int, on_error: str = "fail",
                   duration_tolerance: float = 0.25, progress: bool = True, max_hours: float = 0.0,
-                  require_text: bool = True, max_duration: Optional[float] = None) -> FeatureSet:
-    """Features of every utterance of a manifest, from the cache or computed once (process-safe).
+                  require_text: bool = True, max_duration: Optional[float] = None,
+                  options: DatasetOptions = DatasetOptions()) -> FeatureSet:
+    """Features of every utterance of a manifest (any format :func:`~raysearch_adapters.data.manifest.open_source`
+    accepts, read with ``options``), from the cache or computed once (process-safe).
 
     ``featurizer`` maps (waveform [1, S], lengths [1]) -> (features [1, T, F], lengths [1]);
     ``featurizer_key`` identifies it. A module runs in eval mode and gets its mode back after.
     ``max_hours`` > 0 keeps only :func:`pool_subset` of the manifest; ``require_text=False`` accepts
     untranscribed lines, ``max_duration`` refuses longer ones (see :func:`read_manifest`)."""
-    manifest_path = Path(manifest_path)
-    utterances = pool_subset(read_manifest(manifest_path, on_error=on_error, duration_tolerance=duration_tolerance,
-                                           require_text=require_text, max_duration=max_duration), max_hours)
-    key = cache_key(manifest_path, utterances, featurizer_key, sample_rate)
-    path = Path(cache_dir).expanduser() / f"{manifest_path.parent.name}-{manifest_path.stem}-{key[:20]}.arrow"
-    rows = _feature_rows(manifest_path, utterances, featurizer, sample_rate, progress, on_error)
+    manifest = str(manifest_path)
+    source = open_source(manifest, options, require_text)
+    utterances = pool_subset(read_manifest(source, on_error=on_error, duration_tolerance=duration_tolerance,
+                                           require_text=require_text, max_duration=max_duration, options=options),
+                             max_hours)
+    key = cache_key(source.fingerprint, utterances, featurizer_key, sample_rate)
+    path = Path(cache_dir).expanduser() / f"{source.cache_stem}-{key[:20]}.arrow"
+    rows = _feature_rows(manifest, utterances, featurizer, sample_rate, progress, on_error, options)
     with eval_mode(featurizer):
         return open_or_build(path, key, rows)
 
@@ -296,4 +304,4 @@ def load_feature_set(data, model, manifest: str, progress: bool = True, max_hour
     return load_features(manifest, model.featurizer().eval(), model.featurizer_key(), data.cache_dir,
                          model.sample_rate, data.on_error, data.duration_tolerance, progress=progress,
                          max_hours=max_hours, require_text=require_text,
-                         max_duration=data.duration_limit(model.max_duration))
+                         max_duration=data.duration_limit(model.max_duration), options=dataset_options(data))

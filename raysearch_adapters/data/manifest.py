@@ -1,4 +1,6 @@
-"""Manifests: NeMo JSON-lines (``.json``/``.jsonl``) and Parquet, read, validated and written.
+"""Manifests: NeMo JSON-lines (``.json``/``.jsonl``) and Parquet, read, validated and written; Hugging Face
+datasets (:mod:`~raysearch_adapters.data.hf_datasets`) and lhotse cuts (:mod:`~raysearch_adapters.data.cuts`)
+are read and validated as the same records.
 
 A manifest line (or Parquet row) describes one utterance::
 
@@ -7,7 +9,8 @@ A manifest line (or Parquet row) describes one utterance::
 with optional ``offset`` (seconds into the file; the line is then a segment), ``speaker``
 and ``id``/``utt_id``; other keys are kept in ``Utterance.extra``. Relative audio paths
 are relative to the manifest's folder. Validation reports *every* bad line as
-``file:line: what was found; what is expected`` (Parquet: ``file:row N``, N from 0).
+``file:line: what was found; what is expected`` (Parquet: ``file:row N``, N from 0; a dataset:
+``dataset X, row N``; cuts: ``cuts X, line N``).
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
+from raysearch_adapters.data import cuts, hf_datasets
 from raysearch_adapters.data.audio import segment_frames
+from raysearch_adapters.data.source import FORMS, DatasetOptions, ManifestError, Source, is_hub
 from raysearch_adapters.data.text import is_rewritten, normalize_text
-from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -37,14 +41,6 @@ _KNOWN_KEYS = ("id", "utt_id", "audio_filepath", "duration", "text", "offset", "
 _REQUIRED = "audio_filepath (string), duration (seconds) and text (string)"
 # How many problems the error message lists; all of them are in ManifestError.problems.
 _MAX_LISTED = 20
-
-
-class ManifestError(UserError):
-    """A bad manifest; ``problems`` holds one ``file:line: found; expected`` string per problem."""
-
-    def __init__(self, message: str, problems: Sequence[str] = ()):
-        super().__init__(message)
-        self.problems = list(problems)
 
 
 @dataclass(frozen=True)
@@ -215,9 +211,52 @@ def _is_parquet(path: Path) -> bool:
     """Whether the manifest is Parquet (else JSON-lines); any other extension is a ManifestError."""
     suffix = path.suffix.lower()
     if suffix not in JSON_EXTENSIONS + PARQUET_EXTENSIONS:
-        raise ManifestError(f"{path}: unknown manifest extension {path.suffix!r}; expected "
-                            f".json or .jsonl (NeMo JSON-lines) or .parquet")
+        raise ManifestError(f"{path}: unknown manifest extension {path.suffix!r}; expected {FORMS}")
     return suffix in PARQUET_EXTENSIONS
+
+
+def _nemo_source(path: Path) -> Source:
+    parquet = _is_parquet(path)
+    return Source(name=str(path), read=lambda seen: _parquet_records(path) if parquet else _json_records(path),
+                  base_dir=path.parent, row="row" if parquet else "line",
+                  at_format="{name}:row {number}" if parquet else "{name}:{number}",
+                  report=path.with_name(path.name + ".skipped.jsonl"), fingerprint=path,
+                  cache_stem=f"{path.parent.name}-{path.stem}")
+
+
+def open_source(spec: os.PathLike | str, options: DatasetOptions = DatasetOptions(),
+                require_text: bool = True) -> Source:
+    """The source a manifest key names, in whichever format (docs/data.md, "Bring your data"); a missing one, or
+    one without the columns it needs, is a ManifestError naming it, before any row is read."""
+    if is_hub(spec):
+        return hf_datasets.hub_source(str(spec), options, require_text)
+    path = Path(spec)
+    if any(c in str(spec) for c in "*?[") and not path.exists():
+        files = sorted(path.parent.glob(path.name))
+        if not files:
+            raise ManifestError(f"{spec}: no file matches; expected {FORMS}")
+        return hf_datasets.parquet_source(str(spec), files, options, require_text)
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return hf_datasets.saved_source(path, options, require_text)
+        if (path / hf_datasets.METADATA).is_file():
+            return hf_datasets.audiofolder_source(path, options, require_text)
+        raise ManifestError(f"{path}: a folder without dataset_info.json (save_to_disk) or {hf_datasets.METADATA} "
+                            f"(audiofolder); expected {FORMS}")
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; expected {FORMS}")
+    if path.name.lower().endswith(cuts.GZIP_EXTENSIONS):
+        return cuts.cuts_source(path, options, require_text)
+    if _is_parquet(path):
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(f"{path}: cannot read Parquet ({exc}); expected a Parquet manifest file") from exc
+        if "audio_filepath" not in names:
+            return hf_datasets.parquet_source(str(path), [path], options, require_text)
+    elif cuts.looks_like_cuts(path):
+        return cuts.cuts_source(path, options, require_text)
+    return _nemo_source(path)
 
 
 def _too_long(record: Any, max_duration: Optional[float]) -> Optional[str]:
@@ -228,28 +267,28 @@ def _too_long(record: Any, max_duration: Optional[float]) -> Optional[str]:
             f"{max_duration:g}s: split the recording into utterances, or raise data.max_duration")
 
 
-def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: bool = True,
+def read_manifest(path: os.PathLike | str | Source, on_error: str = "fail", check_audio: bool = True,
                   duration_tolerance: float = 0.25, report_path: os.PathLike | str | None = None,
-                  require_text: bool = True, max_duration: Optional[float] = None) -> List[Utterance]:
-    """Read and validate a manifest; ``on_error`` is ``fail`` (raise listing every problem) or ``skip``.
+                  require_text: bool = True, max_duration: Optional[float] = None,
+                  options: DatasetOptions = DatasetOptions()) -> List[Utterance]:
+    """Read and validate a manifest (any format :func:`open_source` accepts); ``on_error`` is ``fail`` (raise
+    listing every problem) or ``skip``.
 
     ``require_text=False`` accepts lines without ``text`` (their text is ""); ``max_duration``: a line
-    longer than that many seconds is a bad line (``data.max_duration``)."""
+    longer than that many seconds is a bad line (``data.max_duration``); ``options``: a dataset's columns
+    and where its embedded audio is stored (written once every line is known to be good)."""
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error: got {on_error!r}; allowed: fail, skip")
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found; expected a .json/.jsonl or .parquet file")
-    parquet = _is_parquet(path)
-    records = _parquet_records(path) if parquet else _json_records(path)
-    where, unit = ("row", "rows") if parquet else ("line", "lines")
-    base_dir = path.parent
+    source = path if isinstance(path, Source) else open_source(path, options, require_text)
+    name, where = source.name, source.row
+    unit = f"{where}s"
+    base_dir = source.base_dir
     utterances: List[Utterance] = []
     problems: List[Tuple[int, Optional[str], str]] = []  # (line, id, reason)
     first_line_of: Dict[str, int] = {}
     audio_seen: Dict[str, Tuple[Optional[Any], str]] = {}
     total = 0
-    for number, record, parse_problem in records:
+    for number, record, parse_problem in source.read(audio_seen):
         total += 1
         if parse_problem:
             problems.append((number, None, parse_problem))
@@ -274,58 +313,60 @@ def read_manifest(path: os.PathLike | str, on_error: str = "fail", check_audio: 
         first_line_of[utt.id] = number
         utterances.append(utt)
     if total == 0:
-        raise ManifestError(f"{path}: the manifest is empty; expected at least one utterance")
+        raise ManifestError(f"{name}: the manifest is empty; expected at least one utterance")
     rewritten = sum(is_rewritten(u.text) for u in utterances)
     if rewritten:  # the references WER is scored against are these normalised texts: say so
         log.info("%s: normalised %d of %d texts beyond lower-casing (numbers, money, symbols, non-ASCII "
-                 "letters spelled out)", path, rewritten, len(utterances))
+                 "letters spelled out)", name, rewritten, len(utterances))
     if not problems:
+        source.store(u.audio_filepath for u in utterances)
         return utterances
     bad_lines = len({line for line, _, _ in problems})
-    messages = [f"{_at(path, parquet, line)}: {reason}" for line, _, reason in problems]
+    messages = [f"{source.at(line)}: {reason}" for line, _, reason in problems]
     if on_error == "fail":
         listed = messages[:_MAX_LISTED]
         more = len(messages) - len(listed)
         count = f" ({len(messages)} problems)" if len(messages) != bad_lines else ""
-        summary = (f"{path}: {bad_lines} of {total} {unit} are bad{count}; fix them, "
+        summary = (f"{name}: {bad_lines} of {total} {unit} are bad{count}; fix them, "
                    f"or set data.on_error=skip to drop them and get a report")
         tail = [f"  ... and {more} more problems"] if more else []
         raise ManifestError("\n".join([summary] + [f"  {m}" for m in listed] + tail), messages)
-    report = Path(report_path) if report_path is not None else path.with_name(path.name + ".skipped.jsonl")
+    report = Path(report_path) if report_path is not None else source.report
     text = "".join(json.dumps({"line": line, "id": uid, "reason": reason}) + "\n" for line, uid, reason in problems)
-    try:
-        atomic_write(report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        report_note = f"; report: {report}"
-    except OSError as exc:
-        report_note = f"; could not write the report {report} ({exc})"
-    log.warning("%s: skipped %d of %d %s with problems (on_error=skip)%s", path, bad_lines, total, unit, report_note)
+    report_note = "; the problems:\n  " + "\n  ".join(messages)  # a hub dataset has no folder for a report
+    if report is not None:
+        try:
+            atomic_write(report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            report_note = f"; report: {report}"
+        except OSError as exc:
+            report_note = f"; could not write the report {report} ({exc})"
+    log.warning("%s: skipped %d of %d %s with problems (on_error=skip)%s", name, bad_lines, total, unit, report_note)
     if not utterances:
-        raise ManifestError(f"{path}: all {total} {unit} are bad{report_note}; "
+        raise ManifestError(f"{name}: all {total} {unit} are bad{report_note}; "
                             f"expected at least one usable utterance", messages)
+    source.store(u.audio_filepath for u in utterances)
     return utterances
 
 
-def _at(path: Path, parquet: bool, line: int) -> str:
-    """How messages name a line: ``file:7`` (JSON-lines, from 1), ``file:row 7`` (Parquet, from 0)."""
-    return f"{path}:{'row ' if parquet else ''}{line}"
+def line_of(path: os.PathLike | str, uid: str, options: DatasetOptions = DatasetOptions()) -> str:
+    """``file:line`` (Parquet: ``file:row N``; a dataset: ``dataset X, row N``) of the utterance ``uid`` of a
+    manifest, as :func:`read_manifest`'s messages name it."""
+    source = open_source(path, options, require_text=False)
+    return source.at(_lines(source)[uid][0])
 
 
-def line_of(path: os.PathLike | str, uid: str) -> str:
-    """``file:line`` (Parquet: ``file:row N``) of the utterance ``uid`` of a manifest, as :func:`read_manifest`'s
-    messages name it."""
-    path = Path(path)
-    return _at(path, _is_parquet(path), manifest_lines(path)[uid][0])
-
-
-def manifest_lines(path: os.PathLike | str) -> Dict[str, Tuple[int, Utterance]]:
+def manifest_lines(path: os.PathLike | str,
+                   options: DatasetOptions = DatasetOptions()) -> Dict[str, Tuple[int, Utterance]]:
     """Each well-formed utterance of a manifest by id, with its line (JSON-lines, from 1) or row (Parquet, from 0),
-    numbered as :func:`read_manifest`'s messages do; no audio is opened and nothing is written."""
-    path = Path(path)
-    records = _parquet_records(path) if _is_parquet(path) else _json_records(path)
+    numbered as :func:`read_manifest`'s messages do; nothing is written."""
+    return _lines(open_source(path, options, require_text=False))
+
+
+def _lines(source: Source) -> Dict[str, Tuple[int, Utterance]]:
     out: Dict[str, Tuple[int, Utterance]] = {}
-    for number, record, parse_problem in records:
+    for number, record, parse_problem in source.read({}):
         if parse_problem is None and not field_problems(record, require_text=False):
-            utt = Utterance.from_dict(record, path.parent)
+            utt = Utterance.from_dict(record, source.base_dir)
             out.setdefault(utt.id, (number, utt))  # read_manifest keeps the first of a duplicated id
     return out
 

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Set
 
 from raysearch_adapters.config import Config, ConfigError
 from raysearch_adapters.data.manifest import Utterance, line_of, read_manifest
+from raysearch_adapters.data.source import FORMS, dataset_options, manifest_exists, same_spec
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.models.base import Backbone, BlockInfo, block_layout
 from raysearch_adapters.results.placement import PlacementError, parse_blocks
@@ -132,16 +133,18 @@ def _check_targets(cfg: Config, model: Backbone, infos: List[BlockInfo], spec: s
                               "(or: all)")
 
 
-def _read(cfg: Config, model: Backbone, path: Path, require_text: bool = True) -> List[Utterance]:
-    """A manifest's utterances as the search reads them (data.on_error, data.duration_tolerance, the duration limit)."""
+def _read(cfg: Config, model: Backbone, path: str, require_text: bool = True) -> List[Utterance]:
+    """A manifest's utterances as the search reads them (data.on_error, data.duration_tolerance, the duration limit,
+    a dataset's columns)."""
     return read_manifest(path, on_error=cfg.data.on_error, duration_tolerance=cfg.data.duration_tolerance,
-                         require_text=require_text, max_duration=cfg.data.duration_limit(model.max_duration))
+                         require_text=require_text, max_duration=cfg.data.duration_limit(model.max_duration),
+                         options=dataset_options(cfg.data))
 
 
 def _check_texts(cfg: Config, model: Backbone, key: str) -> None:
     """The transcripts a trial trains on, in the model's vocabulary (one error naming the lines and characters)."""
     path = getattr(cfg.data, key)
-    utterances = _read(cfg, model, Path(path))
+    utterances = _read(cfg, model, path)
     model.tokenizer.check_texts([normalize_text(u.text) for u in utterances], f"data.{key} {path}")
 
 
@@ -153,8 +156,10 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or _file_digest(a) == _file_digest(b)
+def _same_file(a: str, b: str) -> bool:
+    """The same manifest: one path (or hub id), or two files of the same bytes."""
+    files = Path(a).is_file() and Path(b).is_file()
+    return same_spec(a, b) or (files and _file_digest(Path(a)) == _file_digest(Path(b)))
 
 
 class _AudioContents:
@@ -212,13 +217,13 @@ class _AudioContents:
         return out
 
 
-def _same_manifest(path: Path, other_key: str, other_path: Path) -> Optional[str]:
+def _same_manifest(path: str, other_key: str, other_path: str) -> Optional[str]:
     """What an error says after a manifest's path when it is the other one (or a copy), else None."""
     return f"is the same manifest as {other_key} ({other_path})" if _same_file(path, other_path) else None
 
 
-def _shared(path: Path, utterances: List[Utterance], other_key: str, other_path: Path, others: List[Utterance],
-            contents: _AudioContents) -> Optional[str]:
+def _shared(cfg: Config, path: str, utterances: List[Utterance], other_key: str, other_path: str,
+            others: List[Utterance], contents: _AudioContents) -> Optional[str]:
     """What an error says after a manifest's path when it shares utterances with another, else None.
 
     An utterance is its audio file and offset; a file is also the same as a link to it or a copy of it."""
@@ -233,7 +238,11 @@ def _shared(path: Path, utterances: List[Utterance], other_key: str, other_path:
     u, o = pairs[0]
     copy = "" if u.audio_filepath == o.audio_filepath else f"; {u.audio_filepath} is a copy of {o.audio_filepath}"
     return (f"shares {len(pairs)} of its {len(utterances)} utterances with {other_key} ({other_path}), the first "
-            f"at {line_of(path, u.id)} = {line_of(other_path, o.id)}{copy}")
+            f"at {_line_of(cfg, path, u.id)} = {_line_of(cfg, other_path, o.id)}{copy}")
+
+
+def _line_of(cfg: Config, path: str, uid: str) -> str:
+    return line_of(path, uid, dataset_options(cfg.data))
 
 
 def _check_pool(cfg: Config, model: Backbone, key: str, what: str, measured: Dict[str, tuple], require_text: bool,
@@ -242,8 +251,8 @@ def _check_pool(cfg: Config, model: Backbone, key: str, what: str, measured: Dic
     if not path_str:
         raise ConfigError(f"data.{key}: empty, but {what}; set data.{key} (default: data.original_train) to a "
                           "manifest of original-domain audio")
-    path = Path(path_str)
-    if not path.is_file():
+    path = str(path_str)
+    if not manifest_exists(path):
         raise ConfigError(f"data.{key}: {path} not found, but {what}; set it (default: data.original_train) to a "
                           "manifest of original-domain audio")
 
@@ -256,7 +265,7 @@ def _check_pool(cfg: Config, model: Backbone, key: str, what: str, measured: Dic
         refuse(_same_manifest(path, other, other_path))
     utterances = _read(cfg, model, path, require_text)
     for other, (other_path, others) in measured.items():
-        refuse(_shared(path, utterances, other, other_path, others, contents))
+        refuse(_shared(cfg, path, utterances, other, other_path, others, contents))
 
 
 # (role, role of the other set) -> what is allowed instead, for the pairs of sets that must share no utterance
@@ -267,7 +276,7 @@ _APART = {("protected", "train"): "a protected set apart from the new domain's t
 _APART[("protected", "target")] = _APART[("protected", "train")]
 
 
-def _check_apart(required: List[tuple], seen: Dict[str, tuple], contents: _AudioContents) -> None:
+def _check_apart(cfg: Config, required: List[tuple], seen: Dict[str, tuple], contents: _AudioContents) -> None:
     """The training set shares no file and no utterance with a new-domain dev or test set, nor a protected set's with
     the new domain's (training set and targets)."""
     roles = {key: role for key, _, role, _ in required}
@@ -275,7 +284,7 @@ def _check_apart(required: List[tuple], seen: Dict[str, tuple], contents: _Audio
         for other, (other_path, others) in seen.items():
             allowed = _APART.get((roles[key], roles[other]))
             overlap = allowed and (_same_manifest(path, other, other_path)
-                                   or _shared(path, utterances, other, other_path, others, contents))
+                                   or _shared(cfg, path, utterances, other, other_path, others, contents))
             if overlap:
                 raise ConfigError(f"{key}: {path} {overlap}; allowed: {allowed}")
 
@@ -290,16 +299,15 @@ def preflight(cfg: Config, model: Backbone) -> List[str]:
     required = _required(cfg)
     for key, given, _, role in required:
         if not given:
-            raise ConfigError(f"{key}: not set; a search needs {role}: a .json/.jsonl or .parquet "
-                              "manifest (conf/demo.yaml has the demo's)")
-        path = Path(given)
-        if not path.is_file():
-            raise ConfigError(f"{key}: {path} not found; expected a .json/.jsonl or .parquet manifest")
+            raise ConfigError(f"{key}: not set; a search needs {role}: a {FORMS} (conf/demo.yaml has the demo's)")
+        path = str(given)
+        if not manifest_exists(path):
+            raise ConfigError(f"{key}: {path} not found; expected a {FORMS}")
         utterances = _read(cfg, model, path)
         seen[key] = (path, utterances)
         checked.append(str(path))
     contents = _AudioContents()
-    _check_apart(required, seen, contents)
+    _check_apart(cfg, required, seen, contents)
     # Replay and distillation audio must never come from a set something is measured on.
     measured = {key: v for key, v in seen.items() if key != "data.new_train"}
     _check_texts(cfg, model, "new_train")

@@ -38,6 +38,7 @@ from raysearch_adapters.adapters.state import base_fingerprint, load_adapter
 from raysearch_adapters.config import Config, load_config, to_dict, to_yaml
 from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.data.demo import ensure_demo_corpus
+from raysearch_adapters.data.source import dataset_options
 from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.base import block_layout
@@ -287,7 +288,7 @@ def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[
     sets = {**{(d, "dev"): (measured[d].dev, s) for d, s in dev_sets.items()},
             **{(d, "test"): (measured[d].test, s) for d, s in test_sets.items()}}
     rows = decode_sets(model, handle, k, sets, cfg.data.cache_dir, cfg.data.max_batch_seconds, device,
-                       cfg.train.precision)
+                       cfg.train.precision, dataset_options(cfg.data))
     if handle is not None:
         handle.remove()
     write_table(results_dir / HYPOTHESES_FILE, rows, HYPOTHESES_SCHEMA,

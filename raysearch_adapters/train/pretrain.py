@@ -26,6 +26,7 @@ from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.data.demo import ensure_demo_corpus
 from raysearch_adapters.data.features import SpecAugment
 from raysearch_adapters.data.manifest import read_manifest
+from raysearch_adapters.data.source import dataset_options, manifest_exists
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.fileio import atomic_write_text
 from raysearch_adapters.models.checkpoint import atomic_torch_save, load_state_strict, save_checkpoint
@@ -45,7 +46,7 @@ def _feature_sets(cfg: Config, model, names) -> Dict[str, object]:
     sets = {}
     for name in names:
         manifest = getattr(cfg.data, name)
-        if not Path(manifest).is_file():
+        if not manifest_exists(manifest):
             log.warning("pretrain: %s (%s) not found; skipped", name, manifest)
             continue
         sets[name] = load_feature_set(cfg.data, model, manifest)
@@ -78,7 +79,7 @@ def pretrain(cfg: Config, resume: bool = False, command: str = "") -> Path:
         tokenizer = tokenizer_from_dict(state["tokenizer"])
     else:
         texts = [normalize_text(u.text) for u in read_manifest(cfg.data.original_train, on_error=cfg.data.on_error,
-                                                               check_audio=False)]
+                                                               check_audio=False, options=dataset_options(cfg.data))]
         tokenizer = SentencePieceTokenizer.train(texts, cfg.model.conformer.vocab_size)
     model = ConformerCTC(cfg.model.conformer, cfg.data.frontend, tokenizer)
     sets = _feature_sets(cfg, model, ["original_train", "original_dev", "new_dev"])

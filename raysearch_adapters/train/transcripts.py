@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from raysearch_adapters.data.cache import FeatureSet
 from raysearch_adapters.data.manifest import manifest_lines
+from raysearch_adapters.data.source import DatasetOptions, is_hub
 from raysearch_adapters.results.hypotheses import Location, hypothesis_rows
 from raysearch_adapters.train.evaluate import transcribe
 from raysearch_adapters.train.prefix import inputs_from, view_from
@@ -30,26 +31,29 @@ def set_of(cfg, manifest: str) -> Tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def locations(manifest: str) -> Dict[str, Location]:
-    """Manifest line and audio (links resolved) of each utterance of ``manifest``, by id."""
+def locations(manifest: str, options: DatasetOptions = DatasetOptions()) -> Dict[str, Location]:
+    """Manifest line (a dataset's row) and audio (links resolved) of each utterance of ``manifest``, by id."""
     return {uid: Location(line, os.path.realpath(u.audio_filepath), u.offset, u.duration)
-            for uid, (line, u) in manifest_lines(manifest).items()}
+            for uid, (line, u) in manifest_lines(manifest, options).items()}
 
 
 def set_rows(domain: Optional[str], split: Optional[str], manifest: str, features: FeatureSet, base: Sequence[str],
-             winner: Optional[Sequence[str]], *, wer_text: Callable[[str], str]) -> List[dict]:
+             winner: Optional[Sequence[str]], *, wer_text: Callable[[str], str],
+             options: DatasetOptions = DatasetOptions()) -> List[dict]:
     """``hypotheses.parquet`` rows of one decoded set (``features``: its feature set, for ids and references).
 
     References and hypotheses are stored as WER scores them: through the backbone's ``wer_text`` (identity
     for CTC models; Whisper's normaliser), so a row's error counts, the view's alignments and the WERs
     computed from the file are ``evaluate``'s."""
     texts = [wer_text(t) for t in features.texts]
-    return hypothesis_rows(domain, split, os.path.abspath(manifest), features.ids, texts, locations(manifest),
+    where = manifest if is_hub(manifest) else os.path.abspath(manifest)
+    return hypothesis_rows(domain, split, where, features.ids, texts, locations(manifest, options),
                            [wer_text(h) for h in base], None if winner is None else [wer_text(h) for h in winner])
 
 
 def decode_sets(model, handle, k: Optional[int], sets: Dict[Tuple[str, str], Tuple[str, FeatureSet]],
-                cache_dir: str, batch_seconds: float, device, precision: str) -> List[dict]:
+                cache_dir: str, batch_seconds: float, device, precision: str,
+                options: DatasetOptions = DatasetOptions()) -> List[dict]:
     """Rows of every set ``{(domain, split): (manifest, features)}``, decoded from block ``k`` (None: the whole
     model) by the adapters of ``handle`` (None: no winner) and by the base model (those adapters disabled)."""
     view = view_from(model, k)
@@ -59,5 +63,5 @@ def decode_sets(model, handle, k: Optional[int], sets: Dict[Tuple[str, str], Tup
         winner = None if handle is None else transcribe(view, inputs, None, batch_seconds, device, precision)
         with contextlib.nullcontext() if handle is None else handle.disabled():
             base = transcribe(view, inputs, None, batch_seconds, device, precision)
-        rows += set_rows(domain, split, manifest, features, base, winner, wer_text=model.wer_text)
+        rows += set_rows(domain, split, manifest, features, base, winner, wer_text=model.wer_text, options=options)
     return rows
