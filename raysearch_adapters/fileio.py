@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -52,3 +53,21 @@ def atomic_write(path: os.PathLike | str, write: Callable[[Path], None]) -> Path
 def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_folder(folder: os.PathLike | str, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a temporary folder beside ``folder``, then put it in place of ``folder`` (replacing an
+    older one): a reader never sees half of it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        write(tmp)
+        tmp.chmod(0o755)  # mkdtemp creates 0700; others may read an export (shared storage)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

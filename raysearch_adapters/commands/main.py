@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="merge a search's LoRA winner into the base model and check it on the dev sets")
     p.add_argument("results_dir", help="a finished search's results folder (it holds best_adapter.pt)")
     p.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/export)")
+    p.add_argument("--ct2-quantization", default="float32", choices=("float32", "int8", "float16"),
+                   help="weights of the CTranslate2 model a merged Whisper winner is converted to (default: float32)")
     p.set_defaults(func=_lazy("export"))
 
     p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray job; --status/--logs/--stop JOB_ID")

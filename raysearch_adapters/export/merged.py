@@ -11,11 +11,16 @@ precision, the same batches), and ``export.json`` records the difference per pre
 bf16 where the search used it. Bottleneck and parallel adapters cannot merge: the export says so
 and writes the adapter-only file with how to load it.
 
+Beside the backbone's own format, a LoRA winner of a Hugging Face backbone is also a PEFT adapter folder
+(:mod:`.peft_lora`), checked the same way through peft's own layers, and a merged Whisper model is also a
+CTranslate2 model (:mod:`.ct2`), checked against the merged model's transcripts.
+
 Reads the results folder only; needs neither Ray nor the search to be running.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 from pathlib import Path
@@ -23,6 +28,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from raysearch_adapters.adapters.inject import AdapterHandle
 from raysearch_adapters.adapters.layers import not_mergeable_message
 from raysearch_adapters.adapters.state import FORMAT as ADAPTER_FORMAT, AdapterFileError, load_adapter
 from raysearch_adapters.config import Config, load_config
@@ -30,10 +36,14 @@ from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.checkpoint import read_format_file
+from raysearch_adapters.models.base import Backbone
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE
 from raysearch_adapters.search.summary import load_instructions, versions
 from raysearch_adapters.adapter_types import ADAPTER_TYPES
+from raysearch_adapters.export import ct2
+from raysearch_adapters.export.peft_lora import load_peft, load_snippet, not_peft_type, peft_weights, why_not_peft, \
+    write_peft
 from raysearch_adapters.train.evaluate import evaluate, model_outputs, uses_bf16
 from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
 
@@ -78,13 +88,14 @@ def _adapter_type(adapter_file: Path) -> str:
     return str(payload["adapter"].get("type", "bottleneck"))
 
 
-def _compare(unmerged: Dict[str, dict], merged: Dict[str, dict]) -> Dict[str, dict]:
-    """Per dev set: both WERs, their difference, how many transcripts and how large an output differs."""
+def _compare(unmerged: Dict[str, dict], other: Dict[str, dict], label: str = "merged") -> Dict[str, dict]:
+    """Per dev set: both WERs (the other model's as ``{label}_wer``), their difference, how many transcripts and
+    how large an output differs."""
     out = {}
     for domain, a in unmerged.items():
-        b = merged[domain]
+        b = other[domain]
         diffs = [float((x - y).abs().amax()) if x.numel() else 0.0 for x, y in zip(a["outputs"], b["outputs"])]
-        out[domain] = {"unmerged_wer": a["wer"], "merged_wer": b["wer"], "wer_difference": b["wer"] - a["wer"],
+        out[domain] = {"unmerged_wer": a["wer"], f"{label}_wer": b["wer"], "wer_difference": b["wer"] - a["wer"],
                        "changed_hypotheses": sum(x != y for x, y in zip(a["hypotheses"], b["hypotheses"])),
                        "utterances": len(a["hypotheses"]), "max_abs_output_diff": max(diffs, default=0.0)}
     return out
@@ -103,9 +114,13 @@ def _measure(model, k: Optional[int], dev_sets: dict, cfg: Config, device: torch
     return out
 
 
-def export(results_dir: Path, out_dir: Optional[Path] = None, device: Optional[torch.device] = None) -> dict:
+def export(results_dir: Path, out_dir: Optional[Path] = None, device: Optional[torch.device] = None,
+           ct2_quantization: str = "float32") -> dict:
     """Export the winner of ``results_dir`` into ``out_dir`` (default: ``results_dir/export``); returns
-    ``export.json``'s content (also written there)."""
+    ``export.json``'s content (also written there). ``ct2_quantization``: the CTranslate2 model's weights
+    (a Whisper winner; one of ``ct2.QUANTIZATIONS``)."""
+    if ct2_quantization not in ct2.QUANTIZATIONS:
+        raise UserError(f"--ct2-quantization: got {ct2_quantization!r}; allowed: {', '.join(ct2.QUANTIZATIONS)}")
     results_dir = Path(results_dir)
     winner = winner_of(results_dir)
     adapter_file = results_dir / BEST_ADAPTER_FILE
@@ -119,16 +134,17 @@ def export(results_dir: Path, out_dir: Optional[Path] = None, device: Optional[t
         copy = out_dir / ADAPTER_COPY
         atomic_write(copy, lambda tmp: shutil.copyfile(adapter_file, tmp))
         record.update(merged=False, reason=not_mergeable_message(adapter_type), files={"adapter": str(copy)},
-                      load=load_instructions(cfg, copy))
+                      load=load_instructions(cfg, copy), peft={"written": False, "reason": not_peft_type(adapter_type)})
     else:
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        record.update(merged=True, **_merge_and_check(cfg, adapter_file, out_dir, winner, device))
+        record.update(merged=True, **_merge_and_check(cfg, adapter_file, out_dir, winner, device, ct2_quantization))
     atomic_write_text(out_dir / EXPORT_JSON, json.dumps(record, indent=2, default=str) + "\n")
     record["files"]["export_json"] = str(out_dir / EXPORT_JSON)
     return record
 
 
-def _merge_and_check(cfg: Config, adapter_file: Path, out_dir: Path, winner: dict, device: torch.device) -> dict:
+def _merge_and_check(cfg: Config, adapter_file: Path, out_dir: Path, winner: dict, device: torch.device,
+                     ct2_quantization: str) -> dict:
     model = load_base_model(cfg.model)
     handle, _, extra = load_adapter(adapter_file, model)
     k = measurement_block(handle, cfg.train.prefix_cache, bool(extra.get("hp", {}).get("specaugment")))
@@ -138,12 +154,42 @@ def _merge_and_check(cfg: Config, adapter_file: Path, out_dir: Path, winner: dic
     merged = load_base_model(cfg.model)
     merged_handle, _, _ = load_adapter(adapter_file, merged)
     path, how = merged_handle.merge_and_unload().save_export(out_dir, meta)
-    reloaded = type(merged).load_export(path)  # the files as a user gets them, not the object in memory
-    dev_sets = {s.name: load_feature_set(cfg.data, model, s.dev, progress=False) for s in cfg.measured_sets()}
+    del merged, merged_handle
+    reloaded = type(model).load_export(path)  # the files as a user gets them, not the object in memory
+    sets = cfg.measured_sets()
+    dev_sets = {s.name: load_feature_set(cfg.data, model, s.dev, progress=False) for s in sets}
     model.to(device)
     reloaded.to(device)
     precisions: List[str] = ["fp32"] + (["bf16"] if uses_bf16(device, cfg.train.precision) else [])
-    dev = {p: _compare(_measure(model, k, dev_sets, cfg, device, p), _measure(reloaded, k, dev_sets, cfg, device, p))
-           for p in precisions}
-    return {"files": {"model": str(path)}, "load": how, "measured_from_block": k, "precisions": precisions,
-            "device": str(device), "search_dev_wer": winner.get("dev"), "dev": dev}
+    unmerged = {p: _measure(model, k, dev_sets, cfg, device, p) for p in precisions}
+    measured = {p: _measure(reloaded, k, dev_sets, cfg, device, p) for p in precisions}
+    record = {"files": {"model": str(path)}, "load": how, "measured_from_block": k, "precisions": precisions,
+              "device": str(device), "search_dev_wer": winner.get("dev"),
+              "dev": {p: _compare(unmerged[p], measured[p]) for p in precisions},
+              "peft": _peft(cfg, model, handle, out_dir, k, dev_sets, device, unmerged)}
+    if reloaded.ctranslate2:
+        reason = ct2.why_not()
+        record["ctranslate2"] = {"written": False, "reason": reason} if reason else ct2.check(
+            ct2.convert(path, out_dir, ct2_quantization), reloaded, dev_sets, {s.name: s.dev for s in sets},
+            measured["fp32"], device, ct2_quantization)
+    return record
+
+
+def _peft(cfg: Config, model: Backbone, handle: AdapterHandle, out_dir: Path, k: Optional[int], dev_sets: dict,
+          device: torch.device, unmerged: Dict[str, dict]) -> dict:
+    """The PEFT folder of the winner (``model`` with it, unmerged), read back by ``PeftModel.from_pretrained`` onto
+    a fresh base and measured through peft's layers beside the unmerged adapter (``unmerged``, per precision);
+    or why there is none."""
+    reason = why_not_peft(model, handle)
+    if reason:
+        return {"written": False, "reason": reason}
+    folder = write_peft(model, handle, cfg.model.checkpoint, out_dir)
+    with_peft = load_base_model(cfg.model)
+    targeted = load_peft(with_peft, folder, peft_weights(model, handle))
+    with_peft.to(device)
+    dev = {p: _compare(unmerged[p], _measure(with_peft, k, dev_sets, cfg, device, p), "peft") for p in unmerged}
+    same = all(r["wer_difference"] == 0 and r["changed_hypotheses"] == 0
+               for sets in dev.values() for r in sets.values())
+    return {"written": True, "folder": str(folder), "version": importlib.metadata.version("peft"),
+            "load": load_snippet(model, cfg.model.checkpoint, folder),
+            "targeted": targeted, "reproduces_unmerged": same, "dev": dev}

@@ -116,6 +116,11 @@ class Backbone(nn.Module):
     # that keeps one utterance's activations (attention grows with its square) well within a GPU's memory.
     max_duration: float = 60.0
     tokenizer: "object"  # raysearch_adapters.models.tokenizer.Tokenizer
+    # The attribute holding the Hugging Face transformers model that PEFT wraps (``PeftModel.from_pretrained(base,
+    # folder)``): export also writes a LoRA winner as a PEFT adapter folder. "": a model PEFT does not load.
+    peft_root: str = ""
+    # Whether export converts the merged model with CTranslate2 and checks its transcripts (ctranslate2.models.Whisper).
+    ctranslate2: bool = False
 
     # ---- what its registration (raysearch_adapters.backbones) asks of a backbone class
     @classmethod

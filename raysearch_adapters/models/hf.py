@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, List, Sequence, Tuple
 
 from raysearch_adapters.errors import UserError, first_line
+from raysearch_adapters.fileio import atomic_folder
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 EXPORT_FOLDER = "hf_model"  # the folder a merged export writes inside ``export --out``
@@ -118,23 +117,14 @@ def save_export(model, parts: Sequence, out_dir: Path, settings: dict, meta: dic
     each of ``parts`` (the tokenizer, the feature extractor) saved beside it, and ``settings`` with ``meta``
     in :data:`EXPORT_SETTINGS`. Written next to the folder and moved into place, so a reader never sees
     half of it."""
-    folder = Path(out_dir) / EXPORT_FOLDER
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         for part in parts:
             part.save_pretrained(tmp)
         (tmp / EXPORT_SETTINGS).write_text(json.dumps({**settings, "meta": meta}, indent=2, default=str) + "\n",
                                            encoding="utf-8")
-        tmp.chmod(0o755)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return atomic_folder(Path(out_dir) / EXPORT_FOLDER, write)
 
 
 def export_settings(path: Path) -> dict:

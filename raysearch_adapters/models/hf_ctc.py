@@ -69,6 +69,7 @@ class HFCTC(CTCBackbone):
     """A transformers ``*ForCTC`` model of one of :data:`MODEL_TYPES`, with the checkpoint's vocabulary."""
 
     name = "hf_ctc"
+    peft_root = "hf"
 
     def __init__(self, model: nn.Module, vocab: dict, blank: int, space: str, special: List[str],
                  do_normalize: bool, sample_rate: int = 16000, processors: Sequence = ()):

@@ -120,6 +120,8 @@ class Whisper(Backbone):
     """A transformers ``WhisperForConditionalGeneration`` with its tokenizer, log-mel extractor and prompt."""
 
     name = "whisper"
+    peft_root = "hf"
+    ctranslate2 = True
 
     def __init__(self, model: nn.Module, tokenizer, extractor, language: str = "en", max_new_tokens: int = 128,
                  spelling: Optional[dict] = None, no_repeat_ngram_size: int = 0):
@@ -309,7 +311,9 @@ class Whisper(Backbone):
         lengths = torch.tensor([len(t) for t in targets], device=encoded.device)
         return self._logits(ids, encoded)[:, p - 1:], lengths
 
-    def _cap(self) -> int:
+    def max_decoded_tokens(self) -> int:
+        """The most tokens :meth:`greedy` decodes per utterance (<|endoftext|> included): ``max_new_tokens`` within
+        the decoder's positions after the prompt."""
         return min(self.max_new_tokens, self.hf.config.max_target_positions - len(self.prompt))
 
     def _repeats(self, history: List[int]) -> List[int]:
@@ -333,7 +337,7 @@ class Whisper(Backbone):
         done = torch.zeros(b, dtype=torch.bool, device=encoded.device)
         tokens: List[torch.Tensor] = []
         history = [list(self.prompt) for _ in range(b)]  # prompt + tokens so far (the no-repeat guard's n-grams)
-        for step in range(self._cap()):
+        for step in range(self.max_decoded_tokens()):
             logits = self.hf.proj_out(out.last_hidden_state[:, -1]).float()
             suppressed = self.suppress + (self.begin_suppress if step == 0 else [])
             if suppressed:

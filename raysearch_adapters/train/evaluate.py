@@ -68,20 +68,24 @@ def model_outputs(model, feature_set, max_batch_seconds: float = 120.0, device: 
                           lambda view, x, lengths: [o.float().cpu() for o in view.teacher(x, lengths)])
 
 
-def evaluate(model, feature_set, indices: Sequence[int] | None = None, max_batch_seconds: float = 120.0,
-             device: torch.device | str = "cpu", precision: str = "auto") -> dict:
+def score(wer_text: Callable[[str], str], refs: Sequence[str], hyps: Sequence[str]) -> dict:
     """WER/CER (percent) plus the raw error and word counts, in all and per utterance (to reduce across shards and
-    to bootstrap), scored on the backbone's
-    ``wer_text`` of references and hypotheses; ``hypotheses`` are the model's own text."""
-    idx = list(range(len(feature_set))) if indices is None else list(indices)
-    hyps = transcribe(model, feature_set, idx, max_batch_seconds, device, precision)
-    # The backbone's one normaliser, on references and hypotheses alike (identity for CTC models).
-    scored = as_view(model).model.wer_text
-    refs = [scored(feature_set.texts[i]) for i in idx]
-    scored_hyps = [scored(h) for h in hyps]
+    to bootstrap), of ``hyps`` against ``refs``, both mapped by ``wer_text`` (the backbone's one normaliser:
+    identity for CTC models)."""
+    refs = [wer_text(r) for r in refs]
+    scored_hyps = [wer_text(h) for h in hyps]
     utterance_errors, utterance_words = utterance_error_counts(refs, scored_hyps)
     utterance_errors = scored_errors(utterance_errors, utterance_words)  # what the WER and its bounds count
     errors, words = sum(utterance_errors), sum(utterance_words)
     return {"wer": 100.0 * errors / max(words, 1), "cer": char_error_rate(refs, scored_hyps),
             "errors": errors, "words": words, "utterance_errors": utterance_errors,
-            "utterance_words": utterance_words, "hypotheses": hyps}
+            "utterance_words": utterance_words}
+
+
+def evaluate(model, feature_set, indices: Sequence[int] | None = None, max_batch_seconds: float = 120.0,
+             device: torch.device | str = "cpu", precision: str = "auto") -> dict:
+    """:func:`score` of the model's transcripts of ``indices`` (default: all) of ``feature_set``, on the backbone's
+    ``wer_text`` of references and hypotheses; ``hypotheses`` are the model's own text."""
+    idx = list(range(len(feature_set))) if indices is None else list(indices)
+    hyps = transcribe(model, feature_set, idx, max_batch_seconds, device, precision)
+    return {**score(as_view(model).model.wer_text, [feature_set.texts[i] for i in idx], hyps), "hypotheses": hyps}
