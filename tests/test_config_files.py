@@ -50,7 +50,7 @@ def test_a_file_extends_the_demo_and_gives_only_what_differs(tmp_path):
     assert cfg.search.name == "mine" and cfg.search.kappa == 0.5
     assert cfg.data == demo.data and cfg.model == demo.model and cfg.search.start_points == demo.search.start_points
     # the shipped configs built on the demo
-    for name in ("types", "whisper", "nemo_demo"):
+    for name in ("types", "whisper", "whisper_lora", "nemo_demo"):
         assert load_config([REPO_CONF / f"{name}.yaml"]).data.new_train == demo.data.new_train, name
 
 

@@ -17,7 +17,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import soundfile as sf
 
-from raysearch_adapters.data.source import DatasetOptions, Record, Source, embedded_audio, text_problem
+from raysearch_adapters.data.source import (DatasetOptions, Record, Source, embedded_audio, import_reader,
+                                            text_problem)
 from raysearch_adapters.errors import first_line
 
 GZIP_EXTENSIONS = (".jsonl.gz", ".json.gz")
@@ -102,6 +103,7 @@ def _records(path: Path, options: DatasetOptions, require_text: bool, source: So
 
 def cuts_source(path: Path, options: DatasetOptions, require_text: bool) -> Source:
     """A lhotse CutSet file; messages name its lines (``cuts FILE, line N``), one cut a line."""
+    import_reader("lhotse", "lhotse", f"cuts {path}")  # one error before any line is read when lhotse is missing
     source = Source(name=f"cuts {path}", read=lambda seen: None, base_dir=path.parent, row="line",
                     at_format="{name}, line {number}", report=path.with_name(path.name + ".skipped.jsonl"),
                     fingerprint=path, cache_stem=f"{path.parent.name}-{path.name.split('.')[0]}")

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from raysearch_adapters.data.source import (HUB_PREFIX, DatasetOptions, ManifestError, Record, Source, audio_record,
-                                            embedded_audio, text_problem)
+                                            embedded_audio, import_reader, text_problem)
 from raysearch_adapters.errors import first_line
 
 METADATA = "metadata.csv"  # an audiofolder's transcripts: a file_name column, and the text column
@@ -191,7 +191,7 @@ def _hub_parts(spec: str) -> Tuple[str, Optional[str], str]:
 def hub_source(spec: str, options: DatasetOptions, require_text: bool) -> Source:
     """A split of a dataset on the Hugging Face hub (downloaded into the ``datasets`` cache on first use)."""
     repo, config, split = _hub_parts(spec)
-    import datasets
+    datasets = import_reader("datasets", "hf", f"dataset {spec}")
 
     name = f"dataset {spec}"
     try:

@@ -9,6 +9,7 @@ validates them all the same way.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import soundfile as sf
 
 from raysearch_adapters.data.text import normalize_text
-from raysearch_adapters.errors import UserError
+from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.fileio import atomic_write
 
 HUB_PREFIX = "hf://"
@@ -83,6 +84,15 @@ class Source:
             if path in self.embedded and not os.path.exists(path):
                 data = self.embedded[path]()
                 atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def import_reader(module: str, extra: str, what: str):
+    """``module`` imported for reading ``what``, or one ManifestError naming it and the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ManifestError(f"{what}: reading it needs {module.split('.')[0]}, which is not installed "
+                            f"({first_line(exc)}); pip install 'raysearch-adapters[{extra}]'") from None
 
 
 def embedded_audio(data: bytes, audio_dir: str) -> Tuple[str, Any]:

@@ -36,6 +36,7 @@ from raysearch_adapters.data.cache import load_feature_set
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.checkpoint import read_format_file
+from raysearch_adapters.models import hf
 from raysearch_adapters.models.base import Backbone
 from raysearch_adapters.models.registry import load_base_model
 from raysearch_adapters.results.layout import BEST_ADAPTER_FILE, CONFIG_FILE, SUMMARY_FILE
@@ -88,13 +89,20 @@ def _adapter_type(adapter_file: Path) -> str:
     return str(payload["adapter"].get("type", "bottleneck"))
 
 
+def _output_difference(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The largest absolute difference of two outputs of one utterance (``Backbone.output_scores`` of them) over
+    the positions both have: a Whisper transcript that changed length is compared where both were decoded."""
+    n = min(len(x), len(y))
+    return float((x[:n] - y[:n]).abs().amax()) if n and x.numel() and y.numel() else 0.0
+
+
 def _compare(unmerged: Dict[str, dict], other: Dict[str, dict], label: str = "merged") -> Dict[str, dict]:
     """Per dev set: both WERs (the other model's as ``{label}_wer``), their difference, how many transcripts and
     how large an output differs."""
     out = {}
     for domain, a in unmerged.items():
         b = other[domain]
-        diffs = [float((x - y).abs().amax()) if x.numel() else 0.0 for x, y in zip(a["outputs"], b["outputs"])]
+        diffs = [_output_difference(x, y) for x, y in zip(a["outputs"], b["outputs"])]
         out[domain] = {"unmerged_wer": a["wer"], f"{label}_wer": b["wer"], "wer_difference": b["wer"] - a["wer"],
                        "changed_hypotheses": sum(x != y for x, y in zip(a["hypotheses"], b["hypotheses"])),
                        "utterances": len(a["hypotheses"]), "max_abs_output_diff": max(diffs, default=0.0)}
@@ -110,7 +118,8 @@ def _measure(model, k: Optional[int], dev_sets: dict, cfg: Config, device: torch
         # evaluate's WER: on the backbone's wer_text of references and hypotheses (Whisper normalises both)
         scored = evaluate(view, inputs, None, cfg.data.max_batch_seconds, device, precision)
         out[domain] = {"wer": scored["wer"], "hypotheses": scored["hypotheses"],
-                       "outputs": model_outputs(view, inputs, cfg.data.max_batch_seconds, device, precision)}
+                       "outputs": [model.output_scores(o) for o in
+                                   model_outputs(view, inputs, cfg.data.max_batch_seconds, device, precision)]}
     return out
 
 
@@ -183,7 +192,9 @@ def _peft(cfg: Config, model: Backbone, handle: AdapterHandle, out_dir: Path, k:
     reason = why_not_peft(model, handle)
     if reason:
         return {"written": False, "reason": reason}
-    folder = write_peft(model, handle, cfg.model.checkpoint, out_dir)
+    # the folder names its base as from_pretrained takes it: a local checkpoint's path with ~ expanded, or the hub id
+    base = hf.source(cfg.model.checkpoint, cfg.model.name)
+    folder = write_peft(model, handle, base, out_dir)
     with_peft = load_base_model(cfg.model)
     targeted = load_peft(with_peft, folder, peft_weights(model, handle))
     with_peft.to(device)
@@ -191,5 +202,5 @@ def _peft(cfg: Config, model: Backbone, handle: AdapterHandle, out_dir: Path, k:
     same = all(r["wer_difference"] == 0 and r["changed_hypotheses"] == 0
                for sets in dev.values() for r in sets.values())
     return {"written": True, "folder": str(folder), "version": importlib.metadata.version("peft"),
-            "load": load_snippet(model, cfg.model.checkpoint, folder),
+            "load": load_snippet(model, base, folder),
             "targeted": targeted, "reproduces_unmerged": same, "dev": dev}

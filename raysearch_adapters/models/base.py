@@ -211,6 +211,11 @@ class Backbone(nn.Module):
         adapted model with it."""
         raise NotImplementedError
 
+    def output_scores(self, row: torch.Tensor) -> torch.Tensor:
+        """The scores in one :meth:`teacher_from` tensor, the part two models' outputs are compared on (export's
+        largest output difference): all of it by default; token ids stored beside the scores are left out."""
+        return row
+
     def distill_from(self, hidden: torch.Tensor, lengths: torch.Tensor, k: int, teacher: torch.Tensor,
                      teacher_lengths: torch.Tensor) -> torch.Tensor:
         """The distillation loss of each utterance [B]: how far this model's outputs are from the

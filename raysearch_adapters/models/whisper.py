@@ -389,6 +389,11 @@ class Whisper(Backbone):
             out.append(rows)
         return out
 
+    def output_scores(self, row: torch.Tensor) -> torch.Tensor:
+        # [greedy token, top-k ids, top-k logits]: the logits, sorted, so that two near-equal tokens trading
+        # places is no difference of thousands (their ids)
+        return row[:, 1 + (row.shape[-1] - 1) // 2:]
+
     def distill_from(self, hidden, lengths, k, teacher, teacher_lengths) -> torch.Tensor:
         encoded = self._encoded(hidden, k)
         kk = (teacher.shape[-1] - 1) // 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -198,3 +199,18 @@ def test_column_keys_are_validated():
     with pytest.raises(ConfigError, match=r"^data\.audio_column: got 'x'; expected a column other than "
                                           r"data\.text_column"):
         load_config([], ["data.text_column=x", "data.audio_column=x"])
+
+
+def test_a_reader_that_is_not_installed_is_one_error_naming_the_file_and_the_extra(small_demo, tmp_path, monkeypatch):
+    (a, ta), = _utterances(small_demo)[:1]
+    cuts = _cuts(tmp_path / "cuts.jsonl", [_cut(a, [("s0", 0.0, 0.5, ta)])])
+    for module in [m for m in list(sys.modules) if m == "lhotse" or m.startswith("lhotse.")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "lhotse", None)  # what an environment without lhotse gives
+    with pytest.raises(ManifestError, match=rf"^cuts {cuts}: reading it needs lhotse, which is not installed "
+                                            r"\(.*\); pip install 'raysearch-adapters\[lhotse\]'$"):
+        read_manifest(cuts)
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ManifestError, match=r"^dataset hf://someone/calls\?split=train: reading it needs datasets, "
+                                            r"which is not installed .*raysearch-adapters\[hf\]'$"):
+        read_manifest("hf://someone/calls?split=train")

@@ -164,12 +164,19 @@ def _lora_winner(results_for, tmp_path, name, dropout: float = 0.0):
 
 @pytest.mark.parametrize("name", sorted(HF_BACKBONES))
 def test_a_lora_winner_of_a_hugging_face_backbone_is_a_peft_folder_that_reproduces_the_unmerged_adapter(
-        results_for, tmp_path, name):
+        results_for, tmp_path, name, monkeypatch):
     import transformers
+    import yaml
     from peft import PeftModel
     from safetensors.torch import load_file
 
     out = _lora_winner(results_for, tmp_path, name, dropout=0.1)
+    # the search's model.checkpoint as a user writes it, under ~: the PEFT folder names the base as from_pretrained
+    # takes it (transformers does not expand ~)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    stored = yaml.safe_load((out / CONFIG_FILE).read_text())
+    stored["model"]["checkpoint"] = "~/base"
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(stored))
     record = export(out)
     peft = record["peft"]
     folder = out / "export" / "peft_adapter"
@@ -188,14 +195,16 @@ def test_a_lora_winner_of_a_hugging_face_backbone_is_a_peft_folder_that_reproduc
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 2 and config["lora_alpha"] == 4.0
     assert config["lora_dropout"] == 0.1 and sorted(config["target_modules"]) == sorted(paths)
+    assert config["base_model_name_or_path"] == str(tmp_path / "base")
+    assert peft["load"].endswith(f".from_pretrained('{tmp_path / 'base'}'), '{folder}')")
     weights = load_file(folder / "adapter_model.safetensors")
     assert sorted(weights) == sorted(f"base_model.model.{p}.{part}.weight"
                                      for p in paths for part in ("lora_A", "lora_B"))
     assert all(weights[f"base_model.model.{p}.lora_B.weight"].abs().max() > 0 for p in paths)  # B = 0 hides nothing
     # plain transformers + peft, as a user loads it, computes the project's adapted model's logits
     auto = transformers.AutoModelForCTC if name == "hf_ctc" else transformers.WhisperForConditionalGeneration
-    with_peft = PeftModel.from_pretrained(auto.from_pretrained(cfg.model.checkpoint), str(folder)).eval()
-    plain = auto.from_pretrained(cfg.model.checkpoint).eval()
+    with_peft = PeftModel.from_pretrained(auto.from_pretrained(config["base_model_name_or_path"]), str(folder)).eval()
+    plain = auto.from_pretrained(tmp_path / "base").eval()
     g = torch.Generator().manual_seed(1)
     if name == "hf_ctc":
         inputs = {"input_values": torch.randn(2, 8000, generator=g)}
@@ -304,3 +313,18 @@ def test_a_lora_winner_whose_weights_a_module_reads_itself_gets_no_peft_folder_a
     assert why_not_peft(model, handle) == (
         "no PEFT folder: the LoRA of hf.wavlm.encoder.layers.1.attention updates weights its module reads itself "
         "(not through an nn.Linear call), which peft's LoRA layer would bypass; the merged model holds the winner")
+
+
+def test_outputs_are_compared_on_their_scores_where_both_transcripts_have_positions():
+    from raysearch_adapters.export.merged import _compare
+    from raysearch_adapters.models.whisper import Whisper
+
+    # Whisper's teacher rows: [greedy token, top-2 ids, top-2 logits]; two near-equal tokens trade places
+    a = torch.tensor([[7.0, 3.0, 2900.0, 5.00, 4.99], [9.0, 9.0, 1.0, 6.0, 1.0]])
+    b = torch.tensor([[7.0, 2900.0, 3.0, 5.01, 5.00], [9.0, 9.0, 1.0, 6.0, 1.0], [4.0, 4.0, 8.0, 3.0, 2.0]])
+    scores = Whisper.output_scores(None, a)
+    assert torch.equal(scores, a[:, 3:])
+    unmerged = {"new": {"wer": 10.0, "hypotheses": ["x"], "outputs": [Whisper.output_scores(None, a)]}}
+    other = {"new": {"wer": 10.0, "hypotheses": ["x"], "outputs": [Whisper.output_scores(None, b)]}}
+    # the logits' largest difference over the 2 positions both have (0.01), not the ids' (2,897) nor a shape error
+    assert _compare(unmerged, other)["new"]["max_abs_output_diff"] == pytest.approx(0.01, abs=1e-6)
