@@ -23,6 +23,12 @@ def _save(manifest, folder):
     return folder
 
 
+def _parquet(manifest, path):
+    """The utterances of a NeMo manifest as Parquet with an Audio column holding the bytes (a saved dataset's)."""
+    datasets.load_from_disk(str(_save(manifest, path.with_suffix(".saved")))).to_parquet(str(path))
+    return path
+
+
 def _cuts(manifest, path):
     """The utterances of a NeMo manifest as lhotse cuts, one supervision each."""
     cuts = []
@@ -42,15 +48,19 @@ def dataset_overrides(search_data, tmp_path_factory):
     train, dev = _save(corpus / "new" / "train.json", tmp / "train"), _cuts(corpus / "new" / "dev.json",
                                                                               tmp / "dev.jsonl.gz")
     dev_as_train = _save(corpus / "new" / "dev.json", tmp / "dev_saved")
+    trains = {"save_to_disk": train, "parquet": _parquet(corpus / "new" / "train.json", tmp / "train.parquet"),
+              "cuts": _cuts(corpus / "new" / "train.json", tmp / "train.jsonl.gz")}
 
     def overrides(results, *extra, new_train=train):
+        # lhotse supervisions keep the transcript in "text": data.text_column names the datasets' column
+        text = [] if str(new_train).endswith(".jsonl.gz") else ["data.text_column=sentence"]
         return tiny_search_overrides(corpus, checkpoint, cache, results, "hf", f"data.new_train={new_train}",
-                                     f"data.new_dev={dev}", "data.text_column=sentence", *extra)
-    return overrides, train, dev, dev_as_train
+                                     f"data.new_dev={dev}", *text, *extra)
+    return overrides, train, dev, dev_as_train, trains
 
 
 def test_preflight_reads_the_dataset_and_the_cuts(dataset_overrides, tmp_path):
-    overrides, train, dev, dev_as_train = dataset_overrides
+    overrides, train, dev, dev_as_train, _ = dataset_overrides
     model = tiny_conformer(seed=0, num_layers=2)
     checked = preflight(load_config([], overrides(tmp_path)), model)
     assert checked[:2] == [str(train), str(dev)]
@@ -65,9 +75,10 @@ def test_preflight_reads_the_dataset_and_the_cuts(dataset_overrides, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
-def test_a_search_runs_on_a_saved_dataset(ray_session, dataset_overrides, tmp_path):
-    overrides = dataset_overrides[0]
-    cfg = load_config([], overrides(tmp_path, "search.num_trials=2", "search.kappa=1000"))
+@pytest.mark.parametrize("form", ["save_to_disk", "parquet", "cuts"])
+def test_a_search_runs_on_each_form(ray_session, dataset_overrides, tmp_path, form):
+    overrides, trains = dataset_overrides[0], dataset_overrides[4]
+    cfg = load_config([], overrides(tmp_path, "search.num_trials=2", "search.kappa=1000", new_train=trains[form]))
     summary = run.run_search(cfg)
     rows = read_rows(tmp_path / "hf" / "trials.parquet", TRIALS_SCHEMA)
     assert len(rows) == 2 and summary["winner"] is not None
