@@ -29,7 +29,7 @@ DEFERRED = {
     "sqlalchemy": "only to name a study storage URL in the error when it fails to open",
     "optuna": "the dashboard starts in a second; optuna is needed only for parameter importance",
     "ray": "the submit command's checks run before ray (seconds to import) is needed to reach the cluster",
-    "datasets": "the hf extra: only a Hugging Face dataset on the hub pays for it (saved ones are read with pyarrow)",
+    "datasets": "the hf extra: only a save_to_disk folder or a hub id pays for it (Parquet is read with pyarrow)",
     "lhotse": "the lhotse extra: only lhotse cuts read as a manifest pay for it",
 }
 

@@ -151,11 +151,11 @@ def saved_source(path: Path, options: DatasetOptions, require_text: bool) -> Sou
         splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
         raise ManifestError(f"dataset {path} is a DatasetDict of the splits {', '.join(splits)}; expected one split's "
                             f"folder, e.g. {path / (splits[0] if splits else 'train')}")
-    from datasets import load_from_disk
-
     name = f"dataset {path}"
-    return _table_source(name, lambda: _dataset_table(name, load_from_disk(str(path)), options), path, options,
-                         require_text, f"{path.parent.name}-{path.name}", path.with_name(path.name + ".skipped.jsonl"))
+    datasets = import_reader("datasets", "hf", name)
+    return _table_source(name, lambda: _dataset_table(name, datasets.load_from_disk(str(path)), options), path,
+                         options, require_text, f"{path.parent.name}-{path.name}",
+                         path.with_name(path.name + ".skipped.jsonl"))
 
 
 def audiofolder_source(path: Path, options: DatasetOptions, require_text: bool) -> Source:

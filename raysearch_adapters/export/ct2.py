@@ -23,7 +23,8 @@ import torch
 
 from raysearch_adapters.data.audio import load_audio
 from raysearch_adapters.data.cache import FeatureSet
-from raysearch_adapters.data.manifest import Utterance, read_manifest
+from raysearch_adapters.data.manifest import Utterance, manifest_lines
+from raysearch_adapters.data.source import DatasetOptions
 from raysearch_adapters.fileio import atomic_folder
 from raysearch_adapters.metrics import is_looping
 from raysearch_adapters.train.evaluate import score
@@ -82,10 +83,11 @@ def transcribe(folder: Path, model, utterances: Sequence[Utterance], device: str
     return out
 
 
-def _utterances(manifest: str, ids: Sequence[str]) -> List[Utterance]:
-    """The manifest lines of ``ids`` (a feature set's utterances), in that order."""
-    by_id = {u.id: u for u in read_manifest(manifest, on_error="skip", check_audio=False)}
-    return [by_id[i] for i in ids]
+def _utterances(manifest: str, ids: Sequence[str], options: DatasetOptions) -> List[Utterance]:
+    """The manifest lines of ``ids`` (a feature set's utterances), in that order (``options``: a dataset's columns
+    and where its embedded audio was stored, as the search read it)."""
+    lines = manifest_lines(manifest, options)
+    return [lines[i][1] for i in ids]
 
 
 def warnings(dev: Dict[str, dict], quantization: str, by: float = WORSE_BY) -> List[str]:
@@ -98,7 +100,7 @@ def warnings(dev: Dict[str, dict], quantization: str, by: float = WORSE_BY) -> L
 
 
 def check(folder: Path, model, dev_sets: Dict[str, FeatureSet], manifests: Dict[str, str], merged: Dict[str, dict],
-          device: torch.device, quantization: str) -> dict:
+          device: torch.device, quantization: str, options: DatasetOptions) -> dict:
     """The CT2 model in ``folder`` on each dev set beside the merged model's fp32 measurement ``merged`` (per dev
     set: ``wer``, ``hypotheses``): both WERs, their difference, changed and looping transcripts; flagged
     ``worse_than_merged`` past :data:`WORSE_BY` points."""
@@ -107,7 +109,7 @@ def check(folder: Path, model, dev_sets: Dict[str, FeatureSet], manifests: Dict[
     ct2_device = "cuda" if device.type == "cuda" and ctranslate2.get_cuda_device_count() > 0 else "cpu"
     dev = {}
     for domain, features in dev_sets.items():
-        hyps = transcribe(folder, model, _utterances(manifests[domain], features.ids), ct2_device)
+        hyps = transcribe(folder, model, _utterances(manifests[domain], features.ids, options), ct2_device)
         wer = score(model.wer_text, features.texts, hyps)["wer"]
         reference = merged[domain]
         dev[domain] = {"ct2_wer": wer, "merged_wer": reference["wer"], "wer_difference": wer - reference["wer"],

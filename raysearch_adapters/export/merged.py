@@ -33,6 +33,7 @@ from raysearch_adapters.adapters.layers import not_mergeable_message
 from raysearch_adapters.adapters.state import FORMAT as ADAPTER_FORMAT, AdapterFileError, load_adapter
 from raysearch_adapters.config import Config, load_config
 from raysearch_adapters.data.cache import load_feature_set
+from raysearch_adapters.data.source import dataset_options
 from raysearch_adapters.errors import UserError
 from raysearch_adapters.fileio import atomic_write, atomic_write_text
 from raysearch_adapters.models.checkpoint import read_format_file
@@ -180,7 +181,7 @@ def _merge_and_check(cfg: Config, adapter_file: Path, out_dir: Path, winner: dic
         reason = ct2.why_not()
         record["ctranslate2"] = {"written": False, "reason": reason} if reason else ct2.check(
             ct2.convert(path, out_dir, ct2_quantization), reloaded, dev_sets, {s.name: s.dev for s in sets},
-            measured["fp32"], device, ct2_quantization)
+            measured["fp32"], device, ct2_quantization, dataset_options(cfg.data))
     return record
 
 

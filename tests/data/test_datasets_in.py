@@ -204,6 +204,7 @@ def test_column_keys_are_validated():
 def test_a_reader_that_is_not_installed_is_one_error_naming_the_file_and_the_extra(small_demo, tmp_path, monkeypatch):
     (a, ta), = _utterances(small_demo)[:1]
     cuts = _cuts(tmp_path / "cuts.jsonl", [_cut(a, [("s0", 0.0, 0.5, ta)])])
+    saved = _saved(tmp_path / "saved", [(a, ta)])
     for module in [m for m in list(sys.modules) if m == "lhotse" or m.startswith("lhotse.")]:
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, "lhotse", None)  # what an environment without lhotse gives
@@ -214,3 +215,6 @@ def test_a_reader_that_is_not_installed_is_one_error_naming_the_file_and_the_ext
     with pytest.raises(ManifestError, match=r"^dataset hf://someone/calls\?split=train: reading it needs datasets, "
                                             r"which is not installed .*raysearch-adapters\[hf\]'$"):
         read_manifest("hf://someone/calls?split=train")
+    with pytest.raises(ManifestError, match=rf"^dataset {saved}: reading it needs datasets, which is not installed "
+                                            r".*raysearch-adapters\[hf\]'$"):
+        read_manifest(saved)

@@ -153,13 +153,13 @@ def test_a_folder_without_a_winner_is_one_clear_error(results_for, tmp_path, cap
         export(tmp_path / "missing")
 
 
-def _lora_winner(results_for, tmp_path, name, dropout: float = 0.0):
+def _lora_winner(results_for, tmp_path, name, *extra: str, dropout: float = 0.0):
     """A results folder whose winner is a LoRA (random non-zero A and B) on every target of the tiny model of
     Hugging Face backbone ``name``."""
     save, overrides, blocks = HF_BACKBONES[name]
     folder = save(tmp_path / "base")
     return results_for(AdapterConfig(type="lora", rank=2, alpha=4.0, targets="all", blocks=blocks, dropout=dropout),
-                       f"model.checkpoint={folder}", f"data.cache_dir={tmp_path / 'cache'}", *overrides)
+                       f"model.checkpoint={folder}", f"data.cache_dir={tmp_path / 'cache'}", *overrides, *extra)
 
 
 @pytest.mark.parametrize("name", sorted(HF_BACKBONES))
@@ -255,6 +255,23 @@ def test_a_lora_winner_of_whisper_is_a_ctranslate2_model_transcribing_as_the_mer
                              beam_size=1, max_length=12)
     assert [processor.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results] == expected
     assert any(e.strip() for e in expected)
+
+
+def test_a_whisper_winner_with_a_dataset_dev_set_is_checked_in_ctranslate2_on_it(results_for, search_data,
+                                                                                 tmp_path):
+    """A dev set given as a Hugging Face dataset with its own transcript column: CTranslate2 transcribes the
+    utterances the search measured, read with the search's data.text_column."""
+    datasets = pytest.importorskip("datasets")
+    from raysearch_adapters.data.manifest import read_manifest
+
+    utts = read_manifest(search_data[0] / "new" / "dev.json", check_audio=False)
+    saved = tmp_path / "new_dev"
+    datasets.Dataset.from_dict({"audio": [u.audio_filepath for u in utts], "sentence": [u.text for u in utts]}) \
+        .cast_column("audio", datasets.Audio()).save_to_disk(str(saved))
+    out = _lora_winner(results_for, tmp_path, "whisper", f"data.new_dev={saved}", "data.text_column=sentence")
+    record = export(out)
+    r = record["ctranslate2"]["dev"]["new"]
+    assert r["utterances"] == len(utts) and r["ct2_wer"] == r["merged_wer"] == record["dev"]["fp32"]["new"]["merged_wer"]
 
 
 def test_a_ctranslate2_model_that_transcribes_worse_than_the_merged_model_is_reported_loudly(results_for, tmp_path,
