@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import yaml
 
 from raysearch_adapters.commands.args import load_from_args
-from raysearch_adapters.config import Config
+from raysearch_adapters.config import HOME_ENV, Config
 from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.hosts import is_loopback
 
@@ -36,7 +36,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 EXCLUDES = [".git", ".venv", "venv", ".gpu", "results", "pretrain", "demo_data", "data", ".cache", "__pycache__",
             "*.egg-info", ".pytest_cache", "*.pyc", "*.arrow", "*.flac", "*.wav"]
 # Forwarded to the job when set in the submitting shell.
-FORWARDED_ENV = ("RAY_TRAIN_V2_ENABLED", "RAYSEARCH_ADAPTERS_HOME")
+FORWARDED_ENV = ("RAY_TRAIN_V2_ENABLED", HOME_ENV)
 CONNECT_TIMEOUT_S = 5.0
 
 

@@ -13,12 +13,13 @@ from raysearch_adapters.config.loader import DEMO_CONFIG, RENAMED_KEYS, from_dic
 from raysearch_adapters.config.root import Config, MeasuredSet
 from raysearch_adapters.config.search import (SAMPLERS, AshaConfig, GridConfig, ParamSpec,
                                               SearchConfig, SpaceConfig)
-from raysearch_adapters.config.sections import (ACTIVATIONS, DEFAULT_HOME, NEMO_HEADS, AdapterConfig, ConformerConfig,
-                                                DataConfig, EvalSet, FrontendConfig, ModelConfig, NemoOptions, PretrainConfig,
-                                                ResourcesConfig, ResultsConfig, SpecAugmentConfig, TrainConfig,
-                                                WhisperOptions)
+from raysearch_adapters.config.sections import (ACTIVATIONS, DEFAULT_HOME, HOME_ENV, HOME_FALLBACK, NEMO_HEADS,
+                                                AdapterConfig, ConformerConfig, DataConfig, EvalSet, FrontendConfig,
+                                                ModelConfig, NemoOptions, PretrainConfig, ResourcesConfig,
+                                                ResultsConfig, SpecAugmentConfig, TrainConfig, WhisperOptions)
 
-__all__ = ["ACTIVATIONS", "DEFAULT_HOME", "DEMO_CONFIG", "NEMO_HEADS", "RENAMED_KEYS", "SAMPLERS", "AdapterConfig",
-           "AshaConfig", "Config", "ConfigError", "ConformerConfig", "DataConfig", "EvalSet", "FrontendConfig", "GridConfig",
-           "MeasuredSet", "ModelConfig", "NemoOptions", "ParamSpec", "PretrainConfig", "ResourcesConfig", "ResultsConfig", "SearchConfig",
-           "SpaceConfig", "SpecAugmentConfig", "TrainConfig", "WhisperOptions", "from_dict", "load_config", "to_dict", "to_yaml"]
+__all__ = ["ACTIVATIONS", "DEFAULT_HOME", "DEMO_CONFIG", "HOME_ENV", "HOME_FALLBACK", "NEMO_HEADS", "RENAMED_KEYS",
+           "SAMPLERS", "AdapterConfig", "AshaConfig", "Config", "ConfigError", "ConformerConfig", "DataConfig",
+           "EvalSet", "FrontendConfig", "GridConfig", "MeasuredSet", "ModelConfig", "NemoOptions", "ParamSpec",
+           "PretrainConfig", "ResourcesConfig", "ResultsConfig", "SearchConfig", "SpaceConfig", "SpecAugmentConfig",
+           "TrainConfig", "WhisperOptions", "from_dict", "load_config", "to_dict", "to_yaml"]

@@ -13,7 +13,8 @@ from raysearch_adapters.adapter_types import ADAPTER_TYPES
 from raysearch_adapters.space_values import POSITIONS
 
 # Where the demo corpus, feature cache and other generated data live unless told otherwise.
-DEFAULT_HOME = "${oc.env:RAYSEARCH_ADAPTERS_HOME,'~/.cache/raysearch-adapters'}"
+HOME_ENV, HOME_FALLBACK = "RAYSEARCH_ADAPTERS_HOME", "~/.cache/raysearch-adapters"  # where caches and models go
+DEFAULT_HOME = f"${{oc.env:{HOME_ENV},'{HOME_FALLBACK}'}}"
 
 
 # --------------------------------------------------------------------------- data

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import soundfile as sf
 
+from raysearch_adapters.config import HOME_ENV, HOME_FALLBACK
 from raysearch_adapters.data.text import normalize_text
 from raysearch_adapters.errors import UserError, first_line
 from raysearch_adapters.fileio import atomic_write
@@ -50,7 +51,7 @@ class DatasetOptions:
 
     def audio_folder(self) -> str:
         """Where embedded audio is stored as files."""
-        home = os.environ.get("RAYSEARCH_ADAPTERS_HOME", "~/.cache/raysearch-adapters")
+        home = os.environ.get(HOME_ENV, HOME_FALLBACK)  # what data.cache_dir's default resolves to, + /audio
         return os.path.expanduser(self.audio_dir or os.path.join(home, "features", "audio"))
 
 

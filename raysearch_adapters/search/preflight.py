@@ -141,10 +141,9 @@ def _read(cfg: Config, model: Backbone, path: str, require_text: bool = True) ->
                          options=dataset_options(cfg.data))
 
 
-def _check_texts(cfg: Config, model: Backbone, key: str) -> None:
-    """The transcripts a trial trains on, in the model's vocabulary (one error naming the lines and characters)."""
-    path = getattr(cfg.data, key)
-    utterances = _read(cfg, model, path)
+def _check_texts(model: Backbone, key: str, path: str, utterances: List[Utterance]) -> None:
+    """The transcripts a trial trains on (``utterances`` of ``path``, read by :func:`_read`), in the model's
+    vocabulary (one error naming the lines and characters)."""
     model.tokenizer.check_texts([normalize_text(u.text) for u in utterances], f"data.{key} {path}")
 
 
@@ -246,7 +245,8 @@ def _line_of(cfg: Config, path: str, uid: str) -> str:
 
 
 def _check_pool(cfg: Config, model: Backbone, key: str, what: str, measured: Dict[str, tuple], require_text: bool,
-                contents: _AudioContents) -> None:
+                contents: _AudioContents) -> List[Utterance]:
+    """The utterances of a replay or distillation pool, refused when it is (or shares audio with) a measured set."""
     path_str = getattr(cfg.data, key)
     if not path_str:
         raise ConfigError(f"data.{key}: empty, but {what}; set data.{key} (default: data.original_train) to a "
@@ -266,6 +266,7 @@ def _check_pool(cfg: Config, model: Backbone, key: str, what: str, measured: Dic
     utterances = _read(cfg, model, path, require_text)
     for other, (other_path, others) in measured.items():
         refuse(_shared(cfg, path, utterances, other, other_path, others, contents))
+    return utterances
 
 
 # (role, role of the other set) -> what is allowed instead, for the pairs of sets that must share no utterance
@@ -310,11 +311,11 @@ def preflight(cfg: Config, model: Backbone) -> List[str]:
     _check_apart(cfg, required, seen, contents)
     # Replay and distillation audio must never come from a set something is measured on.
     measured = {key: v for key, v in seen.items() if key != "data.new_train"}
-    _check_texts(cfg, model, "new_train")
+    _check_texts(model, "new_train", *seen["data.new_train"])
     if may_be_positive(cfg, "replay"):
-        _check_pool(cfg, model, "replay_manifest", "train.replay / search.space.replay asks for replay", measured, True,
-                    contents)
-        _check_texts(cfg, model, "replay_manifest")
+        replay = _check_pool(cfg, model, "replay_manifest", "train.replay / search.space.replay asks for replay",
+                             measured, True, contents)
+        _check_texts(model, "replay_manifest", cfg.data.replay_manifest, replay)
         checked.append(cfg.data.replay_manifest)
     if may_be_positive(cfg, "distill_weight"):
         _check_pool(cfg, model, "distill_manifest", "train.distill_weight / search.space.distill_weight asks for "
