@@ -121,6 +121,11 @@ class Backbone(nn.Module):
     peft_root: str = ""
     # Whether export converts the merged model with CTranslate2 and checks its transcripts (ctranslate2.models.Whisper).
     ctranslate2: bool = False
+    # Whether an utterance's encode_prefix output is the same computation whatever its batch-mates: every input is
+    # brought to one fixed shape first (Whisper's 30 s window), so the frozen-prefix cache can be built in batches
+    # (checked bit for bit against one at a time on each machine: train/prefix.py). False where padding to the
+    # longest utterance of a batch changes an utterance's convolutions, attention or normalisation.
+    fixed_input_shape: bool = False
 
     # ---- what its registration (raysearch_adapters.backbones) asks of a backbone class
     @classmethod

@@ -122,6 +122,7 @@ class Whisper(Backbone):
     name = "whisper"
     peft_root = "hf"
     ctranslate2 = True
+    fixed_input_shape = True  # the encoder always sees the padded 30 s window
 
     def __init__(self, model: nn.Module, tokenizer, extractor, language: str = "en", max_new_tokens: int = 128,
                  spelling: Optional[dict] = None, no_repeat_ngram_size: int = 0):
