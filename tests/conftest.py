@@ -20,18 +20,21 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=False, configure_logging=False)
+        from raysearch_adapters.search.run import start_local_ray
+
+        start_local_ray(num_cpus=2, configure_logging=False)
     yield ray
     ray.shutdown()
 
 
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory):
-    """The small demo corpus (real TTS audio), built once per test session."""
+    """The small demo corpus (real TTS audio), built once per test session; where $RAYSEARCH_ADAPTERS_SMALL_DEMO
+    names a copy built before (the GPU machine has no TTS: bench/gpu_check.sh carries one), that copy."""
     from raysearch_adapters.data.demo import build_demo_corpus
 
-    return build_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", small=True, seed=0)
+    carried = os.environ.get("RAYSEARCH_ADAPTERS_SMALL_DEMO")
+    return build_demo_corpus(carried or tmp_path_factory.mktemp("demo") / "corpus", small=True, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -394,12 +394,19 @@ class ResourcesConfig:
     num_workers: int = 1  # Ray Train workers per trial (DDP when > 1)
     gpus_per_worker: float = 1.0  # < 1 shares one GPU between trials (then num_workers must be 1)
     cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker (what bounds concurrent CPU trials)
+    # torch/OpenMP threads of each worker; 0 = its CPU share (cpus_per_worker, rounded down, at least 1). More
+    # threads than CPUs make the threads wait on each other (a busy machine slows a search many times over).
+    threads_per_worker: int = 0
     max_concurrent_trials: int = 0  # 0 = derived from the cluster's resources
     gpu_memory_fraction: float = 0.0  # per-process CUDA memory cap (0 = gpus_per_worker)
     # auto: a one-worker trial trains inside its Tune trial actor, which Tune reuses for the
     # next trial (no new processes, model or data loading per trial); ray_train: every trial
     # starts a Ray Train TorchTrainer (always the case when num_workers > 1).
     trial_runner: str = "auto"
+
+    def worker_threads(self) -> int:
+        """The torch/OpenMP threads each trial worker computes with: ``threads_per_worker``, else its CPU share."""
+        return self.threads_per_worker or max(1, int(self.cpus_per_worker))
 
     def uses_ray_train(self) -> bool:
         """Whether trials run through a Ray Train ``TorchTrainer`` (else inside the reused Tune trial actor)."""
@@ -415,6 +422,7 @@ class ResourcesConfig:
             fail(f"{key}.num_workers", self.num_workers,
                   "must be 1 when gpus_per_worker < 1 (DDP workers cannot share one GPU: NCCL refuses)")
         check_range(f"{key}.cpus_per_worker", self.cpus_per_worker, 0, None)
+        check_range(f"{key}.threads_per_worker", self.threads_per_worker, 0, None)
         check_range(f"{key}.max_concurrent_trials", self.max_concurrent_trials, 0, None)
         check_range(f"{key}.gpu_memory_fraction", self.gpu_memory_fraction, 0, 1)
 

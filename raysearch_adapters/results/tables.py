@@ -86,6 +86,7 @@ TRIALS_SCHEMA = pa.schema([
        "original-domain dev WER (%) of the base model measured on this trial's path (same blocks, precision)"),
     _f("wall_time_s", pa.float64(), "seconds from the trial's start to its last result"),
     _f("device", pa.string(), "device of rank 0 (cpu, cuda:0 NVIDIA H100 ...)"),
+    _f("threads", pa.int64(), "torch CPU threads of rank 0 (resources.threads_per_worker, else its CPU share)"),
     _f("node_id", pa.string(), "Ray node id of rank 0"),
     _f("checkpoint_path", pa.string(), "checkpoint holding the best evaluation's adapter (best_adapter.pt)"),
     _f("error", pa.string(), "first line of the error of a FAIL trial"),

@@ -23,7 +23,7 @@ from raysearch_adapters.search.summary import format_bounds, format_hparams
 _METRIC_COLUMNS = ("adapter_params", "adapter_percent", "step", "best_step", "dev_wer_new", "dev_wer_original",
                    "degradation", "degradation_lower", "degradation_upper", "held_degradation", "new_loops", "feasible",
                    "binding_set", "sets",
-                   "base_dev_wer_original", "device", "node_id")
+                   "base_dev_wer_original", "device", "threads", "node_id")
 _EPOCH_COLUMNS = {"step": "step", "eval_index": "eval_index", "train_loss": "train_loss",
                   "supervised_loss": "supervised_loss", "distill_loss": "distill_loss",
                   "dev_wer_new": "eval_dev_wer_new", "dev_wer_original": "eval_dev_wer_original",

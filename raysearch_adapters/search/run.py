@@ -59,7 +59,7 @@ from raysearch_adapters.train.evaluate import evaluate
 from raysearch_adapters.train.objective import degradation_bounds, degradation_limit, utterances_to_resolve
 from raysearch_adapters.train.prefix import inputs_from, measurement_block, view_from
 from raysearch_adapters.train.transcripts import decode_sets
-from raysearch_adapters.train.worker import TRIAL_BEST_ADAPTER_FILE, training_sets
+from raysearch_adapters.train.worker import TRIAL_BEST_ADAPTER_FILE, threads_while_trials_run, training_sets
 
 INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT
 # Keys a resumed search may be given again: they only say where the search is.
@@ -129,8 +129,19 @@ def _init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
     else:
-        # The dashboard's State API is what frees the reservations of trials ASHA stops (ray#54305).
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        start_local_ray()
+
+
+def start_local_ray(**kwargs) -> None:
+    """A local Ray instance for a search (``kwargs``: more ``ray.init`` arguments, e.g. ``num_cpus``).
+
+    Its worker processes, which run the trials, get the driver's priority: Ray starts them at nice 15 by
+    default, so that any other process on the machine (a second job, a test suite, an editor's indexer) takes
+    the cores from the trials almost entirely while the search waits on them. ``RAY_worker_niceness`` set in the
+    environment is kept; a cluster started with ``ray start`` takes it from its own environment."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    # The dashboard's State API is what frees the reservations of trials ASHA stops (ray#54305).
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, **kwargs)
 
 
 def _study_storage(cfg: Config, results_dir: Path) -> tuple[optuna.storages.RDBStorage, str]:
@@ -407,7 +418,8 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     trials_started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _sigterm_stops_like_ctrl_c)
     try:
-        make_tuner(cfg, storage_path, study_storage, recorder, restore).fit()
+        with threads_while_trials_run():
+            make_tuner(cfg, storage_path, study_storage, recorder, restore).fit()
     finally:
         signal.signal(signal.SIGTERM, previous)
     trials_ended = time.monotonic()

@@ -18,6 +18,7 @@ writes the adapter-only checkpoint of every evaluation; a restarted trial contin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -58,7 +59,8 @@ def trial_loop_config(cfg: Config, hp: dict) -> dict:
                                         protected=[replace(s, test="") for s in cfg.data.protected]))
     fraction = cfg.resources.gpu_memory_fraction or min(cfg.resources.gpus_per_worker, 1.0)
     return {"cfg": trial_config(no_test, hp), "hp": dict(hp),
-            "gpu_memory_fraction": fraction if cfg.resources.use_gpu else 0.0}
+            "gpu_memory_fraction": fraction if cfg.resources.use_gpu else 0.0,
+            "threads": cfg.resources.worker_threads()}
 
 
 def _device_name(device: torch.device) -> str:
@@ -165,6 +167,40 @@ _BASE_ERRORS: Dict[tuple, UtteranceErrors] = {}
 SendReport = Callable[[dict, Optional[str]], None]
 
 
+def cap_gpu_memory(device: torch.device, fraction: float) -> None:
+    """Ray shares a GPU between trials but does not police its memory: on CUDA, a fraction < 1 caps what this
+    process's caching allocator may hold (an allocation past it raises torch.OutOfMemoryError in this trial
+    instead of starving the trials beside it)."""
+    if device.type == "cuda" and 0 < fraction < 1.0:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
+def set_threads(n: int) -> None:
+    """Compute with ``n`` torch threads in this process (its intra-op pool, OpenMP's and MKL's with it), and let
+    any process it starts inherit as many (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``).
+
+    A trial worker runs with its CPU share (``resources.worker_threads``), not with what it inherited: the
+    environment of a cluster's container or of the driver can say every core of the machine, and threads that
+    outnumber the worker's CPUs wait on each other at every parallel region whenever another trial or process
+    holds a core."""
+    torch.set_num_threads(n)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+@contextlib.contextmanager
+def threads_while_trials_run():
+    """The driver computes with one torch thread while the trials run (it only waits on them and writes the
+    tables); its own pool of one thread per core would otherwise keep spinning on cores the trials hold. The
+    driver's thread count is restored after (it evaluates the winner on the test sets with all of them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.device, checkpoint,
                      send_report: SendReport, all_reduce=None) -> None:
     """Train one trial's adapters in this process (see :func:`trial_loop_config` for ``config``).
@@ -173,9 +209,8 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
     evaluation to Ray Train or Ray Tune."""
     cfg: Config = config["cfg"]
     hp = config["hp"]  # as searched: stored with the adapter; the trial reads its typed fields in cfg
-    if device.type == "cuda" and config["gpu_memory_fraction"] < 1.0:
-        # Ray shares the GPU between trials but does not police its memory: cap this process.
-        torch.cuda.set_per_process_memory_fraction(config["gpu_memory_fraction"], device)
+    cap_gpu_memory(device, config["gpu_memory_fraction"])
+    set_threads(config["threads"])
     torch.manual_seed(cfg.train.seed)
     model, fingerprint = base_model(cfg)
     sets = training_sets(cfg, model, fingerprint, cfg.train.replay > 0, cfg.train.distill_weight > 0)
@@ -208,7 +243,7 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
         protected.append(Protected(p.name, _BASE_ERRORS[base_key], degradation_limit(p.kappa, p.kappa_mode),
                                    p.kappa_mode))
     static = {"adapter_params": handle.num_params, "adapter_percent": handle.percent_of_base,
-              "device": _device_name(device), "node_id": ray.get_runtime_context().get_node_id()}
+              "device": _device_name(device), "threads": torch.get_num_threads(), "node_id": ray.get_runtime_context().get_node_id()}
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
 
     def report(metrics: dict, state: dict) -> None:

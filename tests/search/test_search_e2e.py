@@ -56,6 +56,7 @@ def test_results_files_match_their_schemas(e2e):
     for r in trials:
         if r["status"] != "FAIL":
             assert r["adapter_params"] > 0 and r["device"] == "cpu" and r["node_id"] and r["checkpoint_path"]
+            assert r["threads"] == 1  # its CPU share (resources.cpus_per_worker=1), whatever torch started with
             assert r["best_step"] <= r["step"] and r["base_dev_wer_original"] is not None
             assert r["replay"] in (0.0, 0.5) and r["distill_weight"] in (0.0, 2.0)
     on_disk = json.loads((out / "summary.json").read_text())
@@ -172,6 +173,7 @@ def test_multi_worker_trials_run_ray_train_ddp(ray_session, search_data, tmp_pat
     assert [r["status"] for r in rows] == ["COMPLETE", "COMPLETE"]
     for r in rows:  # checkpoints written by the Train run's rank 0
         assert r["checkpoint_path"].startswith(str(out / "train"))
+        assert r["threads"] == 1  # half a CPU each: one thread
     assert summary["winner"] is not None
     handle, _, _ = load_adapter(out / "best_adapter.pt", load_base_model(ModelConfig(checkpoint=str(search_data[1]))))
     assert handle.num_params == summary["winner"]["adapter_params"]
