@@ -20,6 +20,11 @@ pass where the project needs it and owns what an encoder-decoder does differentl
 * Loss: cross-entropy with teacher forcing after the model's own prompt (<|startoftranscript|>,
   language and task tokens for a multilingual model, <|notimestamps|>); labels are the
   transcript's tokens and <|endoftext|>; the mean over an utterance's labels.
+* Teacher forcing (training, distillation, the teacher cache) attends to the encoder's output with the
+  cross-attention's key and value projections folded into the query and the output
+  (:func:`folded_cross_attention`): the same function in another order of operations, which spends
+  a few query tokens' products where the usual order projects all 1,500 encoder frames per layer
+  (``bench/whisper_step.py``). Decoding keeps transformers' own attention and key-value cache.
 * Decoding: greedy, batched, with the checkpoint's suppressed tokens (as transformers'
   ``generate``), until <|endoftext|> or ``model.whisper.max_new_tokens``.
 * Distillation (no labels needed): the teacher cache holds the base model's greedy transcript and,
@@ -33,7 +38,9 @@ pass where the project needs it and owns what an encoder-decoder does differentl
 
 from __future__ import annotations
 
+import contextlib
 import re
+import types
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -53,6 +60,38 @@ _DIGITS = "zero one two three four five six seven eight nine".split()
 _LEADING_ZERO = re.compile(r"\b0\d+\b")  # "007": normalize_text would read it as "seven"
 _BRACKETS = re.compile(r"[<\[][^>\]]*[>\]]|\([^)]*\)")  # [MUSIC], <|0.00|>, (laughs)
 _BETWEEN_DIGITS = re.compile(r"(?<=\d)(?=\d)")
+
+
+def folded_cross_attention(attn: nn.Module, hidden_states: torch.Tensor, key_value_states: torch.Tensor,
+                           **unused) -> Tuple[torch.Tensor, None]:
+    """A decoder cross-attention (transformers' ``WhisperAttention`` with ``key_value_states``, no cache, no
+    mask) computed from the encoder's output E [B, T, d] without projecting it.
+
+    Per head h, with q_h = scaling * q_proj(x)_h and the head's rows K_h of ``k_proj.weight`` (V_h, b_h of
+    ``v_proj``): scores = q_h (E K_h^T)^T = (q_h K_h) E^T, and softmax(scores) (E V_h^T + b_h) =
+    (softmax(scores) E) V_h^T + b_h (each row of weights sums to 1; a key bias would add the same to every
+    score of a row, which softmax ignores). The usual order multiplies all T frames by the d x d key and value
+    matrices; this one multiplies the L query tokens by them and the frames once per head: for a
+    transcript of tens of tokens against Whisper's 1,500 frames, several times fewer products, in the
+    forward pass and the backward one. Equal to transformers' attention up to float rounding."""
+    b, length, d = hidden_states.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    q = (attn.q_proj(hidden_states) * attn.scaling).view(b, length, heads, head_dim)
+    qk = torch.einsum("blhj,hji->bhli", q, attn.k_proj.weight.view(heads, head_dim, d))
+    weights = torch.bmm(qk.reshape(b, heads * length, d), key_value_states.transpose(1, 2)).softmax(dim=-1)
+    context = torch.bmm(weights.to(key_value_states.dtype), key_value_states).view(b, heads, length, d)
+    out = torch.einsum("bhli,hji->blhj", context, attn.v_proj.weight.view(heads, head_dim, d))
+    if attn.v_proj.bias is not None:
+        out = out + attn.v_proj.bias.view(heads, head_dim)
+    return attn.out_proj(out.reshape(b, length, d)), None
+
+
+def _foldable(attn: nn.Module) -> bool:
+    """Whether :func:`folded_cross_attention` computes this module: a decoder cross-attention whose key and value
+    projections are plain linear layers (no LoRA on them) and that drops nothing."""
+    return (type(attn).__name__ == "WhisperAttention" and attn.is_decoder and not attn.is_causal
+            and type(attn.k_proj) is nn.Linear and type(attn.v_proj) is nn.Linear
+            and not (attn.training and attn.dropout > 0))
 
 
 class WhisperLogMel(PerUtterance):
@@ -295,10 +334,23 @@ class Whisper(Backbone):
         return enc.layer_norm(hidden)
 
     # ---- the decoder
+    @contextlib.contextmanager
+    def _folded(self):
+        """The decoder's cross-attentions computed by :func:`folded_cross_attention` (those it can compute)."""
+        folded = [m for m in self.hf.model.decoder.modules() if _foldable(m)]
+        for m in folded:
+            m.forward = types.MethodType(folded_cross_attention, m)
+        try:
+            yield
+        finally:
+            for m in folded:
+                del m.forward
+
     def _logits(self, ids: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         """Teacher-forced next-token logits [B, L, V] of the decoder inputs ``ids`` [B, L] (right-padded: causal
-        attention keeps padding out of the positions before it)."""
-        out = self.hf.model.decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=False)
+        attention keeps padding out of the positions before it), the cross-attention folded."""
+        with self._folded():
+            out = self.hf.model.decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=False)
         return self.hf.proj_out(out.last_hidden_state)
 
     def _teacher_forced(self, encoded: torch.Tensor, targets: List[List[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -330,35 +382,45 @@ class Whisper(Backbone):
     def greedy(self, encoded: torch.Tensor) -> List[List[int]]:
         """Greedy token ids per utterance (<|endoftext|> included when reached) with a key-value cache; with
         ``no_repeat_ngram_size`` > 0 no n-gram of that size occurs twice (the guard against a decoder that
-        loops)."""
+        loops).
+
+        Utterances that ended leave the batch once they are a quarter of it (its caches selected: a copy of
+        the rest, so not at every ending), so a batch costs about its utterances' own lengths rather than its
+        longest one's for every row. Each row's computation is its own: the transcripts do not change."""
         b = encoded.shape[0]
         ids = torch.tensor(self.prompt, device=encoded.device).expand(b, -1)
         decoder = self.hf.model.decoder
         out = decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True)
-        done = torch.zeros(b, dtype=torch.bool, device=encoded.device)
-        tokens: List[torch.Tensor] = []
+        rows = torch.arange(b)  # the utterance of each row of the cache's batch
+        going = torch.ones(b, dtype=torch.bool, device=encoded.device)  # per row: not ended yet
+        seqs: List[List[int]] = [[] for _ in range(b)]
         history = [list(self.prompt) for _ in range(b)]  # prompt + tokens so far (the no-repeat guard's n-grams)
         for step in range(self.max_decoded_tokens()):
             logits = self.hf.proj_out(out.last_hidden_state[:, -1]).float()
             suppressed = self.suppress + (self.begin_suppress if step == 0 else [])
             if suppressed:
                 logits[:, suppressed] = -float("inf")
+            live = going.nonzero().squeeze(1).tolist()
             if self.no_repeat_ngram_size:
-                for i, seq in enumerate(history):
-                    banned = self._repeats(seq)
+                for i in live:
+                    banned = self._repeats(history[int(rows[i])])
                     if banned:
                         logits[i, banned] = -float("inf")
-            nxt = logits.argmax(dim=-1).masked_fill(done, self.eot)
-            tokens.append(nxt)
-            if self.no_repeat_ngram_size:
-                for seq, t in zip(history, nxt.tolist()):
-                    seq.append(t)
-            done = done | (nxt == self.eot)
-            if bool(done.all()):
+            nxt = logits.argmax(dim=-1).masked_fill(~going, self.eot)
+            tokens = nxt.tolist()
+            for i in live:
+                seqs[int(rows[i])].append(tokens[i])
+                history[int(rows[i])].append(tokens[i])
+            going = going & (nxt != self.eot)
+            left = int(going.sum())
+            if left == 0 or step + 1 == self.max_decoded_tokens():
                 break
+            if 4 * left <= 3 * len(rows):
+                keep = going.nonzero().squeeze(1)
+                out.cache.batch_select_indices(keep)
+                encoded, nxt, going, rows = encoded[keep], nxt[keep], going[keep], rows[keep.cpu()]
             out = decoder(input_ids=nxt[:, None], encoder_hidden_states=encoded, cache=out.cache, use_cache=True)
-        seqs = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(b)]
-        return [s[: s.index(self.eot) + 1] if self.eot in s else s for s in seqs]
+        return seqs
 
     # ---- the interface, from block k
     def losses_from(self, hidden, lengths, k, texts) -> torch.Tensor:

@@ -243,3 +243,80 @@ def test_the_guard_keys_the_caches_only_when_on(folders):
     assert "no_repeat_ngram_size" not in plain.config_dict()  # adapters saved without the option still load
     guarded = Whisper.from_pretrained(str(folders["en"]), no_repeat_ngram_size=3)
     assert base_fingerprint(guarded) != base_fingerprint(plain)  # its transcripts, so its teacher cache, differ
+
+
+def _unfolded(model, monkeypatch):
+    """Teacher forcing through transformers' own cross-attention (the order of operations before folding)."""
+    import contextlib
+
+    monkeypatch.setattr(model, "_folded", contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("adapter", ["bottleneck", "lora_cross_q_out", "lora_cross_k_v"])
+def test_folded_cross_attention_gives_transformers_losses_and_gradients_within_rounding(folders, monkeypatch, adapter):
+    from builders import with_random_adapters
+    from raysearch_adapters.config import AdapterConfig
+    from raysearch_adapters.models import whisper as whisper_module
+
+    cfg = {"bottleneck": AdapterConfig(dim=4, blocks="decoder:all", positions=["post", "cross_attn", "ffn"]),
+           "lora_cross_q_out": AdapterConfig(type="lora", rank=2, alpha=4.0, blocks="decoder:all",
+                                             targets="cross_q,cross_out"),
+           "lora_cross_k_v": AdapterConfig(type="lora", rank=2, alpha=4.0, blocks="decoder:all",
+                                           targets="cross_k,cross_v")}[adapter]
+    model = Whisper.from_pretrained(str(folders["en"]))
+    handle = with_random_adapters(model, cfg)
+    feats, lengths = _features(model)
+    hidden = model.encode_prefix(feats, lengths, 0)
+
+    calls = []
+    real = whisper_module.folded_cross_attention
+    monkeypatch.setattr(whisper_module, "folded_cross_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def loss_and_grads():
+        for p in handle.parameters():
+            p.grad = None
+        loss = model.losses_from(*hidden, 0, TEXTS).sum()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in handle.parameters()]
+
+    folded, folded_grads = loss_and_grads()
+    # both decoder layers folded, unless LoRA changes the key and value projections (then transformers' attention)
+    assert len(calls) == (0 if adapter == "lora_cross_k_v" else 2)
+    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        _unfolded(model, m)
+        usual, usual_grads = loss_and_grads()
+    if adapter == "lora_cross_k_v":
+        assert torch.equal(folded, usual)
+    else:
+        torch.testing.assert_close(folded, usual, rtol=1e-5, atol=1e-6)
+    for a, b in zip(folded_grads, usual_grads):
+        assert float(b.abs().max()) > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+@torch.no_grad()
+def test_a_batch_decodes_each_utterance_as_it_would_alone_while_rows_leave_as_they_end(folders):
+    model = Whisper.from_pretrained(str(folders["en"]), max_new_tokens=12)
+    g = torch.Generator().manual_seed(0)
+    # One random vector per utterance over all 1,500 frames (random frames would average out in the attention, and
+    # every row would decode alike).
+    d = model.hf.config.d_model
+    encoded = (4 * torch.randn(9, 1, d, generator=g)).expand(-1, 1500, -1).contiguous()
+    # The tiny random model never ends a transcript: lift <|endoftext|>'s logit (an output bias) to where its margin
+    # to the best token is at its 10th percentile, so that rows end at different steps.
+    margins = []
+    proj = model.hf.proj_out
+    hook = proj.register_forward_hook(lambda m, i, out: margins.append(out.max(-1).values - out[..., model.eot]))
+    model.greedy(encoded)
+    hook.remove()
+    lifted = torch.nn.Linear(proj.in_features, proj.out_features, bias=True)
+    lifted.weight = proj.weight
+    lifted.bias.zero_()
+    lifted.bias[model.eot] = torch.quantile(torch.cat([m.flatten() for m in margins]), 0.1)
+    model.hf.proj_out = lifted
+    batch = model.greedy(encoded)
+    ends = sorted(len(s) for s in batch)
+    assert len(set(ends)) >= 3, ends  # rows ended at different steps, so rows left the batch
+    assert any(s[-1] == model.eot for s in batch) and not all(s[-1] == model.eot for s in batch), batch
+    assert batch == [model.greedy(encoded[i:i + 1])[0] for i in range(9)]
