@@ -64,11 +64,21 @@ def _adapters_bypassed(model: nn.Module) -> Iterator[None]:
             w.enabled = state
 
 
-# Utterances per pass when a backbone's outputs do not depend on batch-mates (``Backbone.fixed_input_shape``): on
-# 2 CPU cores Whisper tiny.en's encoder runs ~1.8x faster per utterance at 8 than at 1; its activations (the
-# attention scores of one layer: 8 x heads x 1500^2 floats, 0.4 GB for tiny, 1.4 GB for large) stay well inside a
-# node's memory.
+# Utterances per pass when a backbone's outputs do not depend on batch-mates (``Backbone.fixed_input_shape``). The
+# teacher (a greedy decode and a teacher-forced pass of a few dozen tokens) gains from it everywhere. The encoder
+# does on a GPU, not on 2 CPU cores: Whisper tiny.en's encoder built its cache ~15 % slower per utterance at 8
+# than at 1 there (4.3-5.0 against 5.2-5.9 utterances/s; each utterance is already 1,500 frames of GEMMs, and 8
+# utterances' attention scores, 8 x heads x 1500^2 floats, leave the caches), so on a CPU it goes one at a time.
 CACHE_BATCH = 8
+CPU_ENCODER_BATCH = 1
+
+
+def _cache_batch(model: Backbone, device: torch.device, encoder: bool) -> int:
+    """Utterances per pass of a cache: 1 where batch-mates could change the outputs (padding), or for the
+    encoder on a CPU; else :data:`CACHE_BATCH`."""
+    if not model.fixed_input_shape:
+        return 1
+    return CPU_ENCODER_BATCH if encoder and torch.device(device).type == "cpu" else CACHE_BATCH
 
 
 def _padded(feature_set: FeatureSet, indices: Sequence[int], device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +126,7 @@ def _prefix_rows(feature_set: FeatureSet, model: Backbone, k: int, progress: boo
         hidden, lengths = model.encode_prefix(*_padded(feature_set, indices, device), k)
         return [hidden[j, : int(lengths[j])].float().cpu().numpy() for j in range(len(indices))]
 
-    batch = CACHE_BATCH if model.fixed_input_shape else 1
+    batch = _cache_batch(model, device, encoder=True)
     with torch.no_grad(), tqdm(total=len(feature_set), desc=what, unit="utt", disable=not progress) as bar:
         for i, out in _batched(compute, len(feature_set), batch, np.array_equal, what, bar):
             yield Row(feature_set.ids[i], feature_set.texts[i], feature_set.durations[i], out)
@@ -189,8 +199,9 @@ def _teacher_rows(feature_set: FeatureSet, model: Backbone, progress: bool, pref
         return [o.float().cpu().numpy() for o in view.teacher(*_padded(inputs, indices, device))]
 
     # batched where the batch is one shape whatever its utterances: on the frozen-prefix outputs of a backbone
-    # whose encoder input has one shape (Whisper's encoder states), or that backbone's own inputs
-    batch = CACHE_BATCH if model.fixed_input_shape else 1
+    # whose encoder input has one shape (Whisper's encoder states), or that backbone's own inputs (then the encoder
+    # runs too: one at a time on a CPU)
+    batch = _cache_batch(model, device, encoder=prefix is None)
     with torch.no_grad(), tqdm(total=len(feature_set), desc=what, unit="utt", disable=not progress) as bar:
         for i, out in _batched(compute, len(feature_set), batch, _same_teacher, what, bar):
             yield Row(feature_set.ids[i], feature_set.texts[i], feature_set.durations[i], out)

@@ -1,7 +1,8 @@
 """The frozen-prefix and teacher caches built in batches where a backbone's outputs cannot depend on batch-mates
-(Whisper: every input is its 30 s window): the same files as one utterance at a time, bit for bit (the encoder)
-or with the same greedy transcripts and logits within fp32 rounding (the teacher); a machine whose batched
-outputs differ builds one utterance at a time; other backbones always do."""
+(Whisper: every input is its 30 s window): the same files as one utterance at a time, bit for bit (the encoder,
+batched on a GPU; one at a time is faster on a CPU) or with the same greedy transcripts and logits within fp32
+rounding (the teacher); a machine whose batched outputs differ builds one utterance at a time; other backbones
+always do."""
 
 from __future__ import annotations
 
@@ -61,9 +62,10 @@ def test_the_whisper_encoder_cache_in_batches_is_the_one_at_a_time_cache_bit_for
     model = tiny_whisper(layers=2)
     fs = _features(model, tmp_path)
     sizes = _Sizes(model)
+    monkeypatch.setattr(prefix_module, "CPU_ENCODER_BATCH", 8)  # as on a GPU
     batched = load_prefix_set(fs, model, k, tmp_path / "batched")
     assert sizes.seen == [1] * 8 + [8, 8]  # the first batch both ways, then the other 3 filled up to 8
-    monkeypatch.setattr(prefix_module, "CACHE_BATCH", 1)
+    monkeypatch.setattr(prefix_module, "CPU_ENCODER_BATCH", 1)
     alone = load_prefix_set(fs, model, k, tmp_path / "alone")
     assert sizes.seen[10:] == [1] * N
     assert batched.ids == alone.ids and batched.num_frames == alone.num_frames
@@ -75,9 +77,19 @@ def test_the_whisper_encoder_cache_in_batches_is_the_one_at_a_time_cache_bit_for
             assert np.array_equal(batched.features(i).numpy(), hidden[0].numpy())
 
 
-def test_where_batched_outputs_differ_the_cache_is_built_one_utterance_at_a_time(tmp_path, capsys):
+def test_on_a_cpu_the_whisper_encoder_cache_is_built_one_utterance_at_a_time(tmp_path):
+    # (faster there: bench/RESULTS.md, "Whisper")
     model = tiny_whisper(layers=2)
     fs = _features(model, tmp_path)
+    sizes = _Sizes(model)
+    load_prefix_set(fs, model, 1, tmp_path / "cache")
+    assert sizes.seen == [1] * N
+
+
+def test_where_batched_outputs_differ_the_cache_is_built_one_utterance_at_a_time(tmp_path, monkeypatch, capsys):
+    model = tiny_whisper(layers=2)
+    fs = _features(model, tmp_path)
+    monkeypatch.setattr(prefix_module, "CPU_ENCODER_BATCH", 8)  # as on a GPU
     sizes = _Sizes(model, noise=1e-6)
     cache = load_prefix_set(fs, model, 1, tmp_path / "cache")
     assert sizes.seen == [1] * 8 + [8] + [1] * 3  # the check's batch differed: the rest one at a time
