@@ -281,14 +281,17 @@ def _interrupted(trials, cfg: Config) -> bool:
 
 
 def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[dict], best_adapter: Path,
-                     dev_sets: dict, results_dir: Path) -> tuple[dict, Optional[dict], Optional[int], Optional[dict], dict]:
+                     dev_sets: dict, results_dir: Path, base_dev: Optional[tuple] = None
+                     ) -> tuple[dict, Optional[dict], Optional[int], Optional[dict], dict]:
     """(base test WERs, winner test WERs or None, the block k they were measured from or None, the bounds of the
     winner's original-domain test degradation or None, the looping hypotheses of dev and test).
 
     The base and the winner decode the dev and test sets of both domains once, through the winner's
     own path: the frozen-prefix cache at its lowest adapted block (unless it trained with SpecAugment)
     and the trial precision, the base with the adapters disabled; no precision offset enters the test
-    degradation. Their transcripts go to ``hypotheses.parquet``; the test WERs are computed from them."""
+    degradation. Their transcripts go to ``hypotheses.parquet``; the test WERs are computed from them.
+    ``base_dev``: (k, the base model's dev transcripts from block k) as the search's baseline decoded them; reused
+    when the winner is measured from that k (the same path, precision and batches: the same transcripts)."""
     measured = {s.name: s for s in cfg.measured_sets()}
     test_sets = {name: load_feature_set(cfg.data, model, s.test, progress=True) for name, s in measured.items()}
     handle, k = None, None
@@ -298,8 +301,9 @@ def _test_evaluation(cfg: Config, model, device: torch.device, winner: Optional[
         k = measurement_block(handle, cfg.train.prefix_cache, bool(winner["specaugment"]))
     sets = {**{(d, "dev"): (measured[d].dev, s) for d, s in dev_sets.items()},
             **{(d, "test"): (measured[d].test, s) for d, s in test_sets.items()}}
+    known = base_dev[1] if base_dev is not None and base_dev[0] == k else None
     rows = decode_sets(model, handle, k, sets, cfg.data.cache_dir, cfg.data.max_batch_seconds, device,
-                       cfg.train.precision, dataset_options(cfg.data))
+                       cfg.train.precision, dataset_options(cfg.data), known_base=known)
     if handle is not None:
         handle.remove()
     write_table(results_dir / HYPOTHESES_FILE, rows, HYPOTHESES_SCHEMA,
@@ -372,10 +376,6 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     block_stacks = [list(s) for s in block_layout(model.adaptable_blocks())]
     model.to(device)
 
-    def wer(m, feature_set) -> float:
-        return evaluate(m, feature_set, max_batch_seconds=cfg.data.max_batch_seconds, device=device,
-                        precision=cfg.train.precision)["wer"]
-
     # Every cache a trial reads is built here, once: trials only map the files. When every trial runs from
     # one block k, that includes the frozen-prefix caches at k, and the base is measured on them.
     k = shared_measurement_block(cfg, model)
@@ -383,8 +383,12 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
     training_sets(cfg, model, base_fingerprint(model), may_be_positive(cfg, "replay"),
                   may_be_positive(cfg, "distill_weight"), progress=True, k=k)
     view = view_from(model, k)
-    baseline = {"dev": {d: wer(view, inputs_from(s, model, k, cfg.data.cache_dir, progress=True))
-                        for d, s in dev_sets.items()}}
+    measured = {d: evaluate(view, inputs_from(s, model, k, cfg.data.cache_dir, progress=True),
+                            max_batch_seconds=cfg.data.max_batch_seconds, device=device, precision=cfg.train.precision)
+                for d, s in dev_sets.items()}
+    baseline = {"dev": {d: r["wer"] for d, r in measured.items()}}
+    # the base model's dev transcripts on this path: the test evaluation's, when the winner is measured from k too
+    base_dev = (k, {(d, "dev"): r["hypotheses"] for d, r in measured.items()})
     limits = ", ".join(f"{set_label(p.name)} <= {degradation_limit(p.kappa, p.kappa_mode):g} "
                        f"{'WER points' if p.kappa_mode == 'absolute' else '% of the base WER'}"
                        for p in cfg.protected_sets())
@@ -464,7 +468,8 @@ def run_search(cfg: Config, resume: bool = False) -> dict:
         _copy_adapter(winner["checkpoint_path"], best_adapter)
         paths["best_adapter"] = str(best_adapter)
     baseline["test"], winner_test, test_k, test_bounds, loops = _test_evaluation(cfg, model, device, winner,
-                                                                                 best_adapter, dev_sets, results_dir)
+                                                                                 best_adapter, dev_sets, results_dir,
+                                                                                 base_dev)
     epochs = read_rows(results_dir / EPOCHS_FILE, EPOCHS_SCHEMA) if (results_dir / EPOCHS_FILE).is_file() else []
     resolution = dev_resolution(cfg, epochs, {p.name: len(dev_sets[p.name]) for p in cfg.protected_sets()})
     ended = time.monotonic()

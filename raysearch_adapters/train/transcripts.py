@@ -53,15 +53,19 @@ def set_rows(domain: Optional[str], split: Optional[str], manifest: str, feature
 
 def decode_sets(model, handle, k: Optional[int], sets: Dict[Tuple[str, str], Tuple[str, FeatureSet]],
                 cache_dir: str, batch_seconds: float, device, precision: str,
-                options: DatasetOptions = DatasetOptions()) -> List[dict]:
+                options: DatasetOptions = DatasetOptions(),
+                known_base: Optional[Dict[Tuple[str, str], List[str]]] = None) -> List[dict]:
     """Rows of every set ``{(domain, split): (manifest, features)}``, decoded from block ``k`` (None: the whole
-    model) by the adapters of ``handle`` (None: no winner) and by the base model (those adapters disabled)."""
+    model) by the adapters of ``handle`` (None: no winner) and by the base model (those adapters disabled).
+    ``known_base``: the base model's transcripts of some of the sets, decoded before on this same path (not again)."""
     view = view_from(model, k)
     rows: List[dict] = []
     for (domain, split), (manifest, features) in sets.items():
         inputs = inputs_from(features, model, k, cache_dir, progress=True)
         winner = None if handle is None else transcribe(view, inputs, None, batch_seconds, device, precision)
-        with contextlib.nullcontext() if handle is None else handle.disabled():
-            base = transcribe(view, inputs, None, batch_seconds, device, precision)
+        base = (known_base or {}).get((domain, split))
+        if base is None:
+            with contextlib.nullcontext() if handle is None else handle.disabled():
+                base = transcribe(view, inputs, None, batch_seconds, device, precision)
         rows += set_rows(domain, split, manifest, features, base, winner, wer_text=model.wer_text, options=options)
     return rows

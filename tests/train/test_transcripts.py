@@ -84,3 +84,34 @@ def test_evaluate_scores_wer_and_cer_on_the_same_normalised_text(small_demo, tmp
     refs = [model.wer_text(t) for t in features.texts[:8]]
     assert any(model.wer_text(h) != h for h in r["hypotheses"])  # raw Whisper text differs from what is scored
     assert r["cer"] == char_error_rate(refs, [model.wer_text(h) for h in r["hypotheses"]])
+
+
+def test_base_transcripts_decoded_before_on_the_same_path_are_taken_not_decoded_again(small_demo, tmp_path):
+    """The search's baseline decodes the base model's dev sets in setup; its test evaluation takes those transcripts
+    (same path, precision and batches) rather than decoding them again, and decodes the rest."""
+    from builders import tiny_conformer, with_random_adapters
+    from raysearch_adapters.config import AdapterConfig
+    from raysearch_adapters.data.cache import load_feature_set
+    from raysearch_adapters.train.evaluate import transcribe
+    from raysearch_adapters.train.transcripts import decode_sets
+
+    model = tiny_conformer(seed=0, num_layers=2)
+    handle = with_random_adapters(model, AdapterConfig(dim=4))
+    cfg = load_config([], [f"data.cache_dir={tmp_path / 'cache'}"])
+    sets = {(d, "dev"): (str(small_demo / d / "dev.json"),
+                         load_feature_set(cfg.data, model, str(small_demo / d / "dev.json"), progress=False))
+            for d in ("new", "original")}
+    args = (model, handle, 0, sets, cfg.data.cache_dir, 30.0, "cpu", "fp32")
+    decoded = decode_sets(*args)
+    with handle.disabled():
+        from raysearch_adapters.train.prefix import inputs_from, view_from
+
+        base_new = transcribe(view_from(model, 0), inputs_from(sets[("new", "dev")][1], model, 0, cfg.data.cache_dir),
+                              None, 30.0, "cpu", "fp32")
+    new_rows = [r for r in decoded if r["domain"] == "new"]
+    assert [r["base_hypothesis"] for r in new_rows] == [model.wer_text(h) for h in base_new]
+    assert decode_sets(*args, known_base={("new", "dev"): base_new}) == decoded  # the same rows
+    marked = ["known"] * len(base_new)
+    rows = decode_sets(*args, known_base={("new", "dev"): marked})
+    assert {r["base_hypothesis"] for r in rows if r["domain"] == "new"} == {"known"}  # taken, not decoded
+    assert [r for r in rows if r["domain"] == "original"] == [r for r in decoded if r["domain"] == "original"]
