@@ -1,8 +1,13 @@
 """On a CUDA GPU (``-m gpu``): ``precision=auto`` is bf16 autocast there, its outputs and a training step's loss
-match the CPU's fp32 within bf16 rounding, and every adapter parameter gets a gradient on the GPU. Skipped without
+match the CPU's fp32 within bf16 rounding, every adapter parameter gets a gradient on the GPU, and a trial's
+memory cap (``resources.gpu_memory_fraction``) refuses an allocation past it. Skipped without
 one; ``bench/gpu_check.sh`` runs them on the GPU machine."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,3 +52,25 @@ def test_a_training_step_on_cuda_reaches_every_adapter_and_matches_the_cpus_loss
     assert abs(float(gpu) - float(cpu)) < 0.01 * abs(float(cpu))
     assert all(p.grad is not None and p.grad.device.type == "cuda" and p.grad.abs().sum() > 0
                for p in handle.parameters())
+
+
+def test_the_memory_cap_holds_in_the_trial_process():
+    # in a process of its own: the cap is the whole process's
+    code = """
+import torch
+from raysearch_adapters.train.worker import cap_gpu_memory
+device = torch.device("cuda:0")
+total = torch.cuda.get_device_properties(device).total_memory
+cap_gpu_memory(device, 0.25)
+small = torch.empty(int(0.2 * total) // 4, dtype=torch.float32, device=device)  # within the cap
+try:
+    torch.empty(int(0.1 * total) // 4, dtype=torch.float32, device=device)  # 0.3 of the GPU in all: past it
+except torch.OutOfMemoryError:
+    print("refused")
+else:
+    print("allowed")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["refused"]
