@@ -391,10 +391,9 @@ class Whisper(Backbone):
         ids = torch.tensor(self.prompt, device=encoded.device).expand(b, -1)
         decoder = self.hf.model.decoder
         out = decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=True)
-        rows = torch.arange(b)  # the utterance of each row of the cache's batch
+        rows = list(range(b))  # the utterance of each row of the cache's batch
         going = torch.ones(b, dtype=torch.bool, device=encoded.device)  # per row: not ended yet
         seqs: List[List[int]] = [[] for _ in range(b)]
-        history = [list(self.prompt) for _ in range(b)]  # prompt + tokens so far (the no-repeat guard's n-grams)
         for step in range(self.max_decoded_tokens()):
             logits = self.hf.proj_out(out.last_hidden_state[:, -1]).float()
             suppressed = self.suppress + (self.begin_suppress if step == 0 else [])
@@ -402,15 +401,14 @@ class Whisper(Backbone):
                 logits[:, suppressed] = -float("inf")
             live = going.nonzero().squeeze(1).tolist()
             if self.no_repeat_ngram_size:
-                for i in live:
-                    banned = self._repeats(history[int(rows[i])])
+                for i in live:  # the guard's n-grams run over the prompt and the tokens so far
+                    banned = self._repeats(self.prompt + seqs[rows[i]])
                     if banned:
                         logits[i, banned] = -float("inf")
             nxt = logits.argmax(dim=-1).masked_fill(~going, self.eot)
             tokens = nxt.tolist()
             for i in live:
-                seqs[int(rows[i])].append(tokens[i])
-                history[int(rows[i])].append(tokens[i])
+                seqs[rows[i]].append(tokens[i])
             going = going & (nxt != self.eot)
             left = int(going.sum())
             if left == 0 or step + 1 == self.max_decoded_tokens():
@@ -418,7 +416,8 @@ class Whisper(Backbone):
             if 4 * left <= 3 * len(rows):
                 keep = going.nonzero().squeeze(1)
                 out.cache.batch_select_indices(keep)
-                encoded, nxt, going, rows = encoded[keep], nxt[keep], going[keep], rows[keep.cpu()]
+                encoded, nxt, going = encoded[keep], nxt[keep], going[keep]
+                rows = [rows[i] for i in keep.tolist()]
             out = decoder(input_ids=nxt[:, None], encoder_hidden_states=encoded, cache=out.cache, use_cache=True)
         return seqs
 

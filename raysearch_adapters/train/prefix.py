@@ -82,12 +82,9 @@ def _cache_batch(model: Backbone, device: torch.device, encoder: bool) -> int:
 
 
 def _padded(feature_set: FeatureSet, indices: Sequence[int], device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Utterances ``indices`` as one zero-padded batch [B, T, D] and their lengths [B]."""
-    feats = [feature_set.features(i) for i in indices]
-    x = torch.zeros(len(feats), max(f.shape[0] for f in feats), feats[0].shape[-1], dtype=feats[0].dtype)
-    for j, f in enumerate(feats):
-        x[j, : f.shape[0]] = f
-    return x.to(device), torch.tensor([feature_set.num_frames[i] for i in indices], device=device)
+    """Utterances ``indices`` as one zero-padded batch [B, T, D] and their lengths [B], on ``device``."""
+    x, lengths, _ = feature_set.collate(indices)
+    return x.to(device), lengths.to(device)
 
 
 def _batched(compute: Callable[[List[int]], List[np.ndarray]], n: int, batch: int,

@@ -243,7 +243,8 @@ def run_trial_worker(config: dict, *, rank: int, world_size: int, device: torch.
         protected.append(Protected(p.name, _BASE_ERRORS[base_key], degradation_limit(p.kappa, p.kappa_mode),
                                    p.kappa_mode))
     static = {"adapter_params": handle.num_params, "adapter_percent": handle.percent_of_base,
-              "device": _device_name(device), "threads": torch.get_num_threads(), "node_id": ray.get_runtime_context().get_node_id()}
+              "device": _device_name(device), "threads": torch.get_num_threads(),
+              "node_id": ray.get_runtime_context().get_node_id()}
     limit = degradation_limit(cfg.search.kappa, cfg.search.kappa_mode)
 
     def report(metrics: dict, state: dict) -> None:
